@@ -1,0 +1,26 @@
+# ComfyUI-MUSAR developer commands. Every target sets up what it needs (scripts/setup.sh is
+# idempotent: minutes the first time, well under a second afterwards).
+PY := .venv/bin/python
+
+.PHONY: setup test test-core test-comfy serve demo bench eval-toy lint clean
+
+setup:            ## .venv with CPU torch 2.13.0 + a real ComfyUI (COMFYUI_PATH or 0.3.75), pack linked
+	scripts/setup.sh
+
+test:             ## both test tiers (the README's test command and what CI runs)
+	scripts/test.sh
+
+test-core: setup  ## tier 1 only (pure torch)
+	$(PY) -m pytest tests/core
+
+test-comfy: setup ## tier 2 only (real ComfyUI)
+	$(PY) -m pytest tests/comfy
+
+serve:            ## ComfyUI server + frontend on http://127.0.0.1:8188 with the pack loaded
+	scripts/serve.sh
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf output .cache test-artifacts

@@ -1,0 +1,1 @@
+"""Headless tools around real ComfyUI: runtime bootstrap, workflow conversion, the runner CLI."""

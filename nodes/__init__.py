@@ -1,0 +1,10 @@
+"""ComfyUI glue: V3 node schemas that translate ComfyUI types to ``musar`` calls."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import testing
+
+
+class MusarExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*testing.NODES]

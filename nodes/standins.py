@@ -1,0 +1,127 @@
+"""Tiny FLUX-architecture MODEL / CLIP / VAE stand-ins built from real ComfyUI classes.
+
+Used by the ``MUSAR/testing`` loader node (so ``make demo`` runs on a CPU with no downloads), by
+the tier-2 tests and by the benchmarks. Weights are seeded, so every build is reproducible.
+Real FLUX.1 is the same code with hidden 3072, 24 heads, 19 double + 38 single blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models
+import comfy.supported_models_base
+import comfy.text_encoders.flux
+import comfy.utils
+from comfy.ldm.models.autoencoder import AutoencoderKL
+
+from ..musar.errors import ModelError
+
+logger = logging.getLogger(__name__)
+CONFIG_METADATA_KEY = "musar.flux_config"
+
+
+def axes_for(head_dim: int) -> list[int]:
+    """RoPE axes (index, row, col) in FLUX's 16:56:56 proportion, each even, summing to head_dim."""
+    first = max(2, (head_dim // 8) // 2 * 2)
+    rest = head_dim - first
+    row = (rest // 2) // 2 * 2
+    return [first, row, rest - row]
+
+
+def flux_unet_config(hidden: int = 128, heads: int = 4, depth: int = 2, single_depth: int = 2,
+                     context_dim: int = 64, vec_dim: int = 32, guidance: bool = True) -> dict:
+    if hidden % heads or (hidden // heads) % 2:
+        raise ModelError(f"hidden size {hidden} must split into {heads} heads of even width")
+    return dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=vec_dim,
+                context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=4.0, num_heads=heads,
+                depth=depth, depth_single_blocks=single_depth, axes_dim=axes_for(hidden // heads),
+                theta=10000, patch_size=2, qkv_bias=True, guidance_embed=guidance)
+
+
+def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> dict:
+    """Deterministic weights: N(0, std) matrices, zero biases, unit norm scales."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in sorted(module.state_dict().items()):
+        if key.endswith(".scale") or key.endswith("norm.weight"):
+            out[key] = torch.ones(value.shape, dtype=torch.float32)
+        elif key.endswith("bias"):
+            out[key] = torch.zeros(value.shape, dtype=torch.float32)
+        else:
+            out[key] = torch.randn(value.shape, generator=gen, dtype=torch.float32) * std
+    return out
+
+
+def build_flux(unet_config: dict, state_dict: dict | None = None, seed: int = 0,
+               dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
+    """A FLUX ModelPatcher through ComfyUI's own model config / model_base classes."""
+    cfg = comfy.supported_models.Flux(dict(unet_config))
+    cfg.set_inference_dtype(dtype, None)
+    model = cfg.get_model({})
+    sd = state_dict if state_dict is not None else seeded_state_dict(model.diffusion_model, seed)
+    model.load_model_weights({k: v.to(dtype) for k, v in sd.items()}, "")
+    model.diffusion_model.to(dtype)
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+def save_flux_file(patcher, path: str, config: dict) -> None:
+    sd = {k: v.contiguous() for k, v in patcher.model.diffusion_model.state_dict().items()}
+    comfy.utils.save_torch_file(sd, path, metadata={CONFIG_METADATA_KEY: json.dumps(config)})
+
+
+def infer_flux_config(sd: dict) -> dict:
+    """FLUX.1 config from tensor shapes (ComfyUI 0.3.75's detection hard-codes 24 heads)."""
+    try:
+        hidden = sd["img_in.weight"].shape[0]
+        head_dim = sd["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0]
+        depth = len({k.split(".")[1] for k in sd if k.startswith("double_blocks.")})
+        single = len({k.split(".")[1] for k in sd if k.startswith("single_blocks.")})
+        return flux_unet_config(hidden, hidden // head_dim, depth, single,
+                                sd["txt_in.weight"].shape[1], sd["vector_in.in_layer.weight"].shape[1],
+                                "guidance_in.in_layer.weight" in sd)
+    except KeyError as e:
+        raise ModelError(f"not a FLUX.1 diffusion model file: tensor {e} is missing") from None
+
+
+def load_flux_file(path: str, dtype: torch.dtype = torch.float32):
+    sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+    config = json.loads((metadata or {}).get(CONFIG_METADATA_KEY) or "null") or infer_flux_config(sd)
+    return build_flux(config, state_dict=sd, dtype=dtype), config
+
+
+def build_clip(seed: int = 0, t5_dim: int = 64, clip_dim: int = 32) -> comfy.sd.CLIP:
+    """FLUX's dual text encoder (CLIP-L + T5) with tiny widths, real tokenizers."""
+    options = {
+        "t5xxl_model_config": {"d_model": t5_dim, "d_kv": 32, "num_heads": max(1, t5_dim // 32),
+                               "d_ff": 2 * t5_dim, "num_layers": 1},
+        "_model_config": {"hidden_size": clip_dim, "intermediate_size": 2 * clip_dim,
+                          "num_attention_heads": 2, "num_hidden_layers": 1,
+                          "projection_dim": clip_dim},
+        "dtype": torch.float32,
+    }
+    target = comfy.supported_models_base.ClipTarget(
+        comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.flux_clip())
+    clip = comfy.sd.CLIP(target=target, model_options=options)
+    clip.cond_stage_model.load_state_dict(seeded_state_dict(clip.cond_stage_model, seed, 0.2),
+                                          strict=False)
+    return clip
+
+
+def build_vae(seed: int = 0, width: int = 32) -> comfy.sd.VAE:
+    """A 16-channel, 8x-downscaling AutoencoderKL (FLUX's latent shape) of tiny width."""
+    ddconfig = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3,
+                "out_ch": 3, "ch": width, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1,
+                "attn_resolutions": [], "dropout": 0.0}
+    params = {"ddconfig": ddconfig, "embed_dim": 16}
+    sd = seeded_state_dict(AutoencoderKL(**params), seed, 0.05)
+    vae = comfy.sd.VAE(sd=sd, config={"params": params}, dtype=torch.float32)
+    vae.latent_channels = 16
+    return vae

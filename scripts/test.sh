@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The README's test command (`make test`): set up the runtime if needed, then run
+#   tier 1 (tests/core)  - pure torch, no ComfyUI on sys.path
+#   tier 2 (tests/comfy) - the real ComfyUI runtime: ModelPatcher, samplers, PromptExecutor, server
+# Both tiers always run; the exit code is non-zero if either fails. Extra args go to pytest.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/setup.sh" || exit 1
+PY="${MUSAR_VENV:-$ROOT/.venv}/bin/python"
+export PYTHONDONTWRITEBYTECODE=1
+cd "$ROOT"
+
+echo "== tier 1: tests/core (no ComfyUI) =="
+"$PY" -m pytest tests/core "$@"
+tier1=$?
+echo "== tier 2: tests/comfy (real ComfyUI $(cat "${MUSAR_VENV:-$ROOT/.venv}/.musar-comfyui-path")) =="
+"$PY" -m pytest tests/comfy "$@"
+tier2=$?
+echo "== summary: tier 1 exit $tier1, tier 2 exit $tier2 =="
+[ "$tier1" = 0 ] && [ "$tier2" = 0 ]
