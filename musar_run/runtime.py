@@ -51,8 +51,8 @@ def bootstrap(comfy_dir: str | os.PathLike | None = None, base_dir: str | os.Pat
     root = str(REPO_ROOT)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != root]
     sys.path.insert(0, str(comfy))
-    import comfy.options  # noqa: F401  (ComfyUI's own import order)
     import comfy.cli_args
+    import comfy.options  # noqa: F401  (ComfyUI's own import order)
 
     args = comfy.cli_args.args
     args.cpu = cpu or args.cpu
@@ -61,6 +61,7 @@ def bootstrap(comfy_dir: str | os.PathLike | None = None, base_dir: str | os.Pat
         args.base_directory = str(base_dir)
         Path(base_dir).mkdir(parents=True, exist_ok=True)
     import utils.extra_config  # noqa: F401  (before `nodes`: nodes.py shadows ComfyUI's utils)
+
     import nodes  # noqa: F401
 
     _STATE["comfy_dir"] = comfy

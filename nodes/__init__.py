@@ -2,9 +2,9 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import testing
+from . import lora, routing, subject, testing
 
 
 class MusarExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*testing.NODES]
+        return [*subject.NODES, *lora.NODES, *routing.NODES, *testing.NODES]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 
-import torch
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
@@ -19,6 +17,7 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.text_encoders.flux
 import comfy.utils
+import torch
 from comfy.ldm.models.autoencoder import AutoencoderKL
 
 from ..musar.errors import ModelError

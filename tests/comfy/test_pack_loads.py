@@ -3,8 +3,9 @@
 import json
 from pathlib import Path
 
-import nodes as comfy_nodes
 import torch
+
+import nodes as comfy_nodes
 
 FROZEN_IDS = json.loads((Path(__file__).resolve().parents[1] / "node_ids.json").read_text())
 

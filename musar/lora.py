@@ -1,0 +1,221 @@
+"""Dual-branch LoRA: math, in-memory form and the safetensors file format.
+
+One linear layer, two low-rank deltas on different tokens (activation space)::
+
+    y = base(x) + s_n * [token is canvas X] * B_n A_n x + s_s * [token is subject image Ic] * B_s A_s x
+
+Prompt and caption tokens get neither. A weight-merged LoRA cannot express this, so the deltas
+are added to the layer's output. Module names follow ComfyUI's FLUX (``double_blocks.3.img_attn.qkv``).
+
+File format (version 1, safetensors)::
+
+    musar.<module>.noisy.down    (r_n, in)      musar.<module>.noisy.up    (out, r_n)
+    musar.<module>.subject.down  (r_s, in)      musar.<module>.subject.up  (out, r_s)
+    metadata: musar.format_version, musar.noisy_rank, musar.subject_rank, musar.noisy_alpha,
+              musar.subject_alpha, musar.targets (JSON list), musar.hidden_size, musar.depth,
+              musar.depth_single_blocks, musar.base_model, plus free-form musar.train.* keys
+
+The scale of a branch is alpha / rank. OminiControl's PEFT/diffusers subject LoRAs are read by
+``omini.py`` into the same in-memory form (as the subject branch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import torch
+
+from .errors import LoRAFormatError
+from .layout import NOISY, SUBJECT
+
+FORMAT_VERSION = 1
+BRANCHES = ("noisy", "subject")
+DOUBLE_TARGETS = ("img_mod.lin", "img_attn.qkv", "img_attn.proj", "img_mlp.2")
+SINGLE_TARGETS = ("modulation.lin", "linear1", "linear2")
+
+
+def target_modules(depth: int, depth_single: int) -> list[str]:
+    """The image-side modules MUSAR adapts (OminiControl's set, in ComfyUI names)."""
+    names = ["img_in"]
+    names += [f"double_blocks.{i}.{t}" for i in range(depth) for t in DOUBLE_TARGETS]
+    names += [f"single_blocks.{i}.{t}" for i in range(depth_single) for t in SINGLE_TARGETS]
+    return names
+
+
+def module_role(name: str) -> str:
+    """How a module's tokens are laid out: 'img_in', 'img' (image stream), 'joint' (single
+    blocks) or 'mod' (modulation: input rows are [sampling vec, clean-condition vec])."""
+    if name == "img_in":
+        return "img_in"
+    if name.endswith("mod.lin") or name.endswith("modulation.lin"):
+        return "mod"
+    if name.startswith("single_blocks."):
+        return "joint"
+    if name.startswith("double_blocks.") and ".img_" in name:
+        return "img"
+    raise LoRAFormatError(f"module {name!r} is not an image-side FLUX module MUSAR can adapt")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAPair:
+    down: torch.Tensor  # (r, in)
+    up: torch.Tensor  # (out, r)
+    scale: float = 1.0
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        down = self.down.to(device=x.device, dtype=x.dtype)
+        up = self.up.to(device=x.device, dtype=x.dtype)
+        return (x @ down.t()) @ (up.t() * self.scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class DualLoRA:
+    """{module name: (noisy pair or None, subject pair or None)} plus file metadata."""
+
+    modules: Mapping[str, tuple[LoRAPair | None, LoRAPair | None]]
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def branch_ranks(self) -> tuple[int, int]:
+        ranks = [max((p[b].rank for p in self.modules.values() if p[b] is not None), default=0)
+                 for b in (0, 1)]
+        return ranks[0], ranks[1]
+
+    def has_branch(self, branch: str) -> bool:
+        b = BRANCHES.index(branch)
+        return any(p[b] is not None for p in self.modules.values())
+
+    def __deepcopy__(self, memo):  # immutable: ComfyUI deep-copies model_options on clone()
+        return self
+
+
+def apply_dual(x: torch.Tensor, out: torch.Tensor, classes: torch.Tensor | None,
+               noisy: LoRAPair | None, subject: LoRAPair | None,
+               s_noisy: float, s_subject: float) -> torch.Tensor:
+    """Add each branch's delta to ``out`` on its own tokens only.
+
+    ``classes`` holds one NOISY / SUBJECT / NONE entry per token along dim -2 of ``x`` (None:
+    every token is NOISY). Deltas are computed on the selected tokens only."""
+    out = out.clone()
+    for pair, strength, cls in ((noisy, s_noisy, NOISY), (subject, s_subject, SUBJECT)):
+        if pair is None or strength == 0:
+            continue
+        if classes is None:
+            if cls == NOISY:
+                out += pair.delta(x) * strength
+            continue
+        idx = torch.nonzero(classes.to(x.device) == cls).flatten()
+        if idx.numel() == 0:
+            continue
+        if idx.numel() == x.shape[-2]:
+            out += pair.delta(x) * strength
+        else:
+            rows = x.index_select(-2, idx)
+            out.index_add_(out.ndim - 2, idx, pair.delta(rows) * strength)
+    return out
+
+
+def modulation_classes(x: torch.Tensor) -> torch.Tensor | None:
+    """Rows of a modulation input: (B, 2, 1, H) is [sampling, clean-condition]; else all noisy."""
+    if x.ndim == 4 and x.shape[1] == 2:
+        return torch.tensor([NOISY, SUBJECT], dtype=torch.int8)
+    return None
+
+
+# ---- file format ---------------------------------------------------------------------------
+def save_dual_lora(path: str | os.PathLike, lora: DualLoRA, extra_metadata: Mapping[str, str] = ()
+                   ) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, pairs in lora.modules.items():
+        for branch, pair in zip(BRANCHES, pairs):
+            if pair is not None:
+                tensors[f"musar.{name}.{branch}.down"] = pair.down.detach().float().contiguous().cpu()
+                tensors[f"musar.{name}.{branch}.up"] = (pair.up.detach().float() * pair.scale).contiguous().cpu()
+    meta = {**lora.metadata, **dict(extra_metadata), "musar.format_version": str(FORMAT_VERSION)}
+    meta["musar.targets"] = json.dumps(sorted(lora.modules))
+    meta.update({f"musar.{b}_rank": str(r) for b, r in zip(BRANCHES, lora.branch_ranks())})
+    meta.update({f"musar.{b}_alpha": str(r) for b, r in zip(BRANCHES, lora.branch_ranks())})
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    save_file(tensors, tmp, metadata={k: str(v) for k, v in meta.items()})
+    os.replace(tmp, path)
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(tensors, metadata); any read failure becomes a LoRAFormatError naming the file."""
+    from safetensors import safe_open
+
+    name = os.path.basename(os.fspath(path))
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several exception types for broken files
+        raise LoRAFormatError(f"LoRA '{name}' could not be read as safetensors ({e}); the file "
+                              "is corrupt or not a safetensors file - download or save it again"
+                              ) from None
+    return tensors, meta
+
+
+def parse_musar_tensors(tensors: dict, meta: dict, name: str) -> DualLoRA:
+    version = int(meta.get("musar.format_version", "0") or 0)
+    if version > FORMAT_VERSION:
+        raise LoRAFormatError(f"LoRA '{name}' uses MUSAR format {version}; this pack reads up to "
+                              f"{FORMAT_VERSION} - update ComfyUI-MUSAR")
+    found: dict[str, list] = {}
+    for key, t in tensors.items():
+        parts = key.split(".")
+        if parts[0] != "musar" or len(parts) < 4 or parts[-2] not in BRANCHES \
+                or parts[-1] not in ("down", "up"):
+            raise LoRAFormatError(f"LoRA '{name}': unexpected tensor {key!r} in a MUSAR file")
+        module = ".".join(parts[1:-2])
+        module_role(module)
+        found.setdefault(module, [{}, {}])[BRANCHES.index(parts[-2])][parts[-1]] = t
+    modules = {}
+    for module, branches in found.items():
+        pairs = []
+        for b, d in zip(BRANCHES, branches):
+            if d and set(d) != {"down", "up"}:
+                raise LoRAFormatError(f"LoRA '{name}': {module} {b} branch lacks its down or up tensor")
+            if d and d["down"].shape[0] != d["up"].shape[1]:
+                raise LoRAFormatError(f"LoRA '{name}': {module} {b} ranks disagree "
+                                      f"(down {tuple(d['down'].shape)}, up {tuple(d['up'].shape)})")
+            pairs.append(LoRAPair(d["down"], d["up"]) if d else None)
+        modules[module] = tuple(pairs)
+    return DualLoRA(modules, meta)
+
+
+def init_trainable(shapes: Mapping[str, tuple[int, int]], noisy_rank: int, subject_rank: int,
+                   seed: int, dtype=torch.float32) -> dict[str, torch.nn.Parameter]:
+    """Fresh trainable factors: down ~ Kaiming-uniform (seeded), up = 0 (a no-op at start).
+    Keys: '<module>.<branch>.down|up'. ``shapes`` maps module -> (in, out)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = {}
+    for name in sorted(shapes):
+        fan_in, fan_out = shapes[name]
+        for branch, rank in (("noisy", noisy_rank), ("subject", subject_rank)):
+            if rank <= 0:
+                continue
+            bound = 1.0 / math.sqrt(fan_in)
+            down = (torch.rand(rank, fan_in, generator=gen, dtype=torch.float32) * 2 - 1) * bound
+            params[f"{name}.{branch}.down"] = torch.nn.Parameter(down.to(dtype))
+            params[f"{name}.{branch}.up"] = torch.nn.Parameter(torch.zeros(fan_out, rank, dtype=dtype))
+    return params
+
+
+def from_trainable(params: Mapping[str, torch.Tensor], metadata: Mapping[str, str] = ()) -> DualLoRA:
+    modules: dict[str, list] = {}
+    for key in params:
+        if key.endswith(".down"):
+            module, branch = key[: -len(".down")].rsplit(".", 1)
+            pair = LoRAPair(params[key].detach(), params[f"{module}.{branch}.up"].detach())
+            modules.setdefault(module, [None, None])[BRANCHES.index(branch)] = pair
+    return DualLoRA({k: tuple(v) for k, v in modules.items()}, dict(metadata))

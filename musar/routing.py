@@ -1,0 +1,208 @@
+"""Static and dynamic attention routing: which queries may see which keys.
+
+Static routing (the paper's mask; rows = queries, columns = keys)::
+
+    q \\ k | own C_i | other C_j | P  | X
+    C_i    |  yes    |   no      | no | yes
+    P      |  no     |   no      | yes| yes
+    X      |  yes    |   yes     | yes| yes
+
+Dynamic routing [chosen reconstruction]: every X token p is routed to one subject r(p) (argmax
+of its attention mass on each subject's image keys) and then sees only that subject's condition
+(plus P and the canvas); background tokens (no subject above the threshold) see no condition.
+With ``symmetric``, condition i's queries see only the X tokens routed to i.
+
+A plan is turned into *query groups*: a set of queries and the keys they may all see. Routed
+attention (``attention.py``) runs the model's own attention kernel once per group, so no
+L x L mask is ever built. ``allowed_mask`` builds that dense mask for tests only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+
+from .errors import RoutingError
+from .layout import TokenLayout
+
+BACKGROUND = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutePlan:
+    static: bool = True
+    route: torch.Tensor | None = None  # (B, x_len) int64 subject index, BACKGROUND = -1
+    symmetric: bool = False
+
+    def __post_init__(self):
+        if self.symmetric and self.route is None:
+            raise RoutingError("symmetric routing needs a dynamic route (enable dynamic routing)")
+
+    @property
+    def is_dense(self) -> bool:
+        return not self.static and self.route is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Queries ``q`` (a slice or index tensor into the joint sequence) that all see keys ``k``
+    (a slice, an index tensor, or None for every key)."""
+
+    q: slice | torch.Tensor
+    k: slice | torch.Tensor | None
+    kind: str = "canvas"  # "prompt", "condition" or "canvas": which queries the group holds
+
+
+def _cat(parts: list[slice], device=None) -> torch.Tensor | slice:
+    parts = [p for p in parts if p.stop > p.start]
+    merged: list[slice] = []
+    for p in sorted(parts, key=lambda s: s.start):
+        if merged and merged[-1].stop == p.start:
+            merged[-1] = slice(merged[-1].start, p.stop)
+        else:
+            merged.append(p)
+    if len(merged) == 1:
+        return merged[0]
+    return torch.cat([torch.arange(p.start, p.stop, device=device) for p in merged])
+
+
+def _cond(layout: TokenLayout, i: int) -> list[slice]:
+    return list(layout.condition(i))
+
+
+def static_groups(layout: TokenLayout, static: bool = True, device=None) -> list[Group]:
+    """Query groups shared by every batch element (no dynamic route)."""
+    if not static or layout.n_subjects == 0:
+        groups = [Group(layout.prompt, None, "prompt")]
+        groups += [Group(_cat(_cond(layout, i), device), None, "condition")
+                   for i in range(layout.n_subjects)]
+        return [g for g in groups + [Group(layout.canvas, None)] if _size(g.q) > 0]
+    groups = [Group(layout.prompt, _cat([layout.prompt, layout.canvas], device), "prompt")]
+    for i in range(layout.n_subjects):
+        groups.append(Group(_cat(_cond(layout, i), device),
+                            _cat(_cond(layout, i) + [layout.canvas], device), "condition"))
+    groups.append(Group(layout.canvas, None))
+    return [g for g in groups if _size(g.q) > 0]
+
+
+def dynamic_groups(layout: TokenLayout, plan: RoutePlan, route: torch.Tensor, device=None
+                   ) -> list[Group]:
+    """Query groups of one batch element under a dynamic route (x_len,) of subject ids."""
+    n, x0 = layout.n_subjects, layout.x.start
+    everything = [layout.prompt, layout.canvas] + [s for i in range(n) for s in _cond(layout, i)]
+    groups = []
+    if plan.static:
+        groups.append(Group(layout.prompt, _cat([layout.prompt, layout.canvas], device), "prompt"))
+    else:
+        groups.append(Group(layout.prompt, None, "prompt"))
+    for i in range(n):
+        own = _cat(_cond(layout, i), device)
+        if plan.symmetric:
+            seen = _index(_cat(_cond(layout, i) + [layout.extra], device), device)
+            routed_x = torch.nonzero(route == i).flatten() + x0
+            keys = torch.cat([seen, routed_x.to(seen.device)])
+            if not plan.static:
+                keys = torch.cat([_index(layout.prompt, device), keys])
+        else:
+            keys = _cat(_cond(layout, i) + [layout.canvas], device) if plan.static else None
+        groups.append(Group(own, keys, "condition"))
+    for i in [BACKGROUND, *range(n)]:
+        q = torch.nonzero(route == i).flatten() + x0
+        if q.numel():
+            seen = [layout.prompt, layout.canvas] + (_cond(layout, i) if i >= 0 else [])
+            groups.append(Group(q.to(device), _cat(seen, device)))
+    if layout.extra_len:
+        groups.append(Group(layout.extra, _cat(everything, device)))
+    return [g for g in groups if _size(g.q) > 0]
+
+
+def _index(s: slice | torch.Tensor, device=None) -> torch.Tensor:
+    return s if isinstance(s, torch.Tensor) else torch.arange(s.start, s.stop, device=device)
+
+
+def _size(s: slice | torch.Tensor) -> int:
+    return s.numel() if isinstance(s, torch.Tensor) else s.stop - s.start
+
+
+def allowed_mask(layout: TokenLayout, plan: RoutePlan, batch: int) -> torch.Tensor:
+    """Dense (B, L, L) boolean mask of the plan. Slow reference for tests only."""
+    L = layout.total
+    mask = torch.zeros(batch, L, L, dtype=torch.bool)
+    for b in range(batch):
+        groups = (static_groups(layout, plan.static) if plan.route is None
+                  else dynamic_groups(layout, plan, plan.route[b]))
+        for g in groups:
+            q = _index(g.q)
+            if g.k is None:
+                mask[b, q] = True
+            else:
+                mask[b, q[:, None], _index(g.k)[None, :]] = True
+    return mask
+
+
+def allowed_fraction(layout: TokenLayout, plan: RoutePlan) -> float:
+    """Allowed query-key pairs / all pairs: the ideal cost ratio of routed vs dense attention."""
+    groups = (static_groups(layout, plan.static) if plan.route is None
+              else dynamic_groups(layout, plan, plan.route[0]))
+    pairs = sum(_size(g.q) * (layout.total if g.k is None else _size(g.k)) for g in groups)
+    return pairs / layout.total ** 2
+
+
+# ---- dynamic route --------------------------------------------------------------------------
+def route_from_scores(scores: torch.Tensor, grid: tuple[int, int], threshold: float = 0.0,
+                      smoothing: int = 1) -> torch.Tensor:
+    """(B, x_len, N) attention mass per subject -> (B, x_len) route (argmax; BACKGROUND where
+    the winning mass is below ``threshold``). ``smoothing`` k > 1 box-filters each subject's
+    score map on the (rows, cols) token grid before the argmax."""
+    b, n_x, n = scores.shape
+    if grid[0] * grid[1] != n_x:
+        raise RoutingError(f"route scores cover {n_x} tokens but the canvas grid is {grid}")
+    s = scores.float()
+    if smoothing > 1:
+        maps = s.permute(0, 2, 1).reshape(b, n, *grid)
+        maps = torch.nn.functional.avg_pool2d(maps, smoothing, stride=1, padding=smoothing // 2,
+                                              count_include_pad=False)
+        s = maps[..., :grid[0], :grid[1]].reshape(b, n, n_x).permute(0, 2, 1)
+    best, route = s.max(dim=-1)
+    if threshold > 0:
+        route = torch.where(best < threshold, torch.full_like(route, BACKGROUND), route)
+    return route
+
+
+_BLOCK_ITEM = re.compile(r"^(d|s)(\d+)(?:-(\d+))?$")
+
+
+def parse_blocks(spec: str, depth: int | None = None, single_depth: int | None = None
+                 ) -> frozenset[tuple[str, int]]:
+    """Routing-block spec -> {("double"|"single", index)}.
+
+    Comma-separated items: ``double``, ``single``, ``all``, ``d3``, ``d2-5``, ``s0-9``. Indices are
+    checked against the model's depth (``depth`` double, ``single_depth`` single blocks); with no
+    depth given only the syntax is checked (and an empty set returned)."""
+    out: set[tuple[str, int]] = set()
+    sizes = {"d": ("double", depth), "s": ("single", single_depth)}
+    for raw in spec.replace(" ", "").lower().split(","):
+        if raw in ("double", "single", "all"):
+            for kind, size in sizes.values():
+                if raw in (kind, "all") and size is not None:
+                    out |= {(kind, i) for i in range(size)}
+            continue
+        m = _BLOCK_ITEM.match(raw)
+        if not m:
+            raise RoutingError(f"routing block {raw!r} not understood: use e.g. 'double', "
+                               "'single', 'all', 'd3', 'd2-5', 's0-9' (comma-separated)")
+        kind, size = sizes[m.group(1)]
+        lo, hi = int(m.group(2)), int(m.group(3) or m.group(2))
+        if lo > hi:
+            raise RoutingError(f"routing blocks {raw!r}: a range must go from low to high")
+        if size is None:
+            continue
+        if hi >= size:
+            raise RoutingError(f"routing blocks {raw!r}: this model has {size} {kind} blocks "
+                               f"(indices 0-{size - 1})")
+        out |= {(kind, i) for i in range(lo, hi + 1)}
+    if not out and depth is not None:
+        raise RoutingError("no routing blocks selected: dynamic routing needs at least one")
+    return frozenset(out)

@@ -1,0 +1,81 @@
+"""MUSAR_Subject: one reference subject (image + caption [+ mask]), chainable."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..musar.errors import LayoutError
+from ..musar.images import CROP_MODES, prepare_reference
+from ..musar.layout import MAX_SUBJECTS
+from ..musar.subjects import Subject, SubjectSet
+from .types import SUBJECTS
+
+MAX_CAPTION_TOKENS = 77
+
+
+def encode_caption(clip, caption: str) -> torch.Tensor:
+    """Caption features from the main text encoder with the padding removed: (1, n, dim)."""
+    text = caption.strip()
+    if not text:
+        raise LayoutError("the subject caption is empty: describe the subject in a few words "
+                          "(e.g. 'a red ceramic mug')")
+    tokens = clip.tokenize(text)
+    main = tokens.get("t5xxl") or next(iter(tokens.values()))
+    ids = [t[0] for chunk in main for t in chunk]
+    n = ids.index(1) + 1 if 1 in ids else len(ids)  # T5: everything up to and with </s>
+    if n > MAX_CAPTION_TOKENS:
+        raise LayoutError(f"the subject caption is {n} tokens long; keep it under "
+                          f"{MAX_CAPTION_TOKENS} (a short name like 'a red ceramic mug' works best)")
+    cond = clip.encode_from_tokens(tokens)
+    return cond[:, :n].float().cpu()
+
+
+class MusarSubject(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MUSAR_Subject",
+            display_name="MUSAR Subject",
+            category="MUSAR",
+            description=(
+                "One reference subject for MUSAR: its image (encoded by the VAE into condition "
+                "image tokens) and a short caption (encoded by the text encoder into condition "
+                "caption tokens). Chain up to 16 Subject nodes through 'subjects'; the order "
+                "sets each subject's colour in the routing preview."),
+            inputs=[
+                io.Image.Input("image", tooltip="The reference picture of this subject (one image)."),
+                io.Vae.Input("vae", tooltip="The VAE of the FLUX model (ae.safetensors)."),
+                io.Clip.Input("clip", tooltip="FLUX's text encoder (DualCLIPLoader, type flux)."),
+                io.String.Input("caption", default="a subject", multiline=False,
+                                tooltip="A short name of the subject, e.g. 'a red ceramic mug'."),
+                io.Combo.Input("crop", options=list(CROP_MODES), default="center crop",
+                               tooltip="How the image becomes a reference: center crop to a "
+                                       "square, pad to a square, stretch, or keep its aspect ratio."),
+                io.Int.Input("reference_size", default=512, min=64, max=2048, step=16,
+                             tooltip="Reference side in pixels (longest side for 'keep aspect'). "
+                                     "512 adds 1024 tokens per subject to FLUX attention."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional: only reference tokens mostly inside the mask "
+                                      "(white) are used; the mask must match the image size."),
+                SUBJECTS.Input("subjects", optional=True,
+                               tooltip="Subjects from an earlier MUSAR Subject node to append to."),
+            ],
+            outputs=[SUBJECTS.Output(display_name="subjects")],
+        )
+
+    @classmethod
+    def execute(cls, image, vae, clip, caption, crop, reference_size, mask=None, subjects=None
+                ) -> io.NodeOutput:
+        chain = subjects if subjects is not None else SubjectSet()
+        if len(chain) >= MAX_SUBJECTS:
+            raise LayoutError(f"this would be subject {len(chain) + 1}; at most {MAX_SUBJECTS} fit")
+        pixels, small_mask = prepare_reference(image, reference_size, crop, mask)
+        latent = vae.encode(pixels).float().cpu()
+        keep = None if small_mask is None else Subject.keep_from_mask(small_mask, latent)
+        subject = Subject(latent, caption.strip(), encode_caption(clip, caption), keep,
+                          preview=pixels.cpu())
+        return io.NodeOutput(chain.add(subject))
+
+
+NODES = [MusarSubject]
