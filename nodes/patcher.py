@@ -102,7 +102,8 @@ class _Routing:
         self.subjects, self.settings, self.recorder = subjects, settings, recorder
         grids = [s.grid for s in subjects.subjects]
         ids = subject_ids(grids, settings.position_mode)
-        self.ids = torch.cat([i if s.keep is None else i[s.keep] for i, s in zip(ids, subjects.subjects)])
+        self.ids = torch.cat([torch.zeros(0, 3)] + [i if s.keep is None else i[s.keep]
+                                                    for i, s in zip(ids, subjects.subjects)])
         self._device_cache: dict = {}
 
     def tokens(self, device, dtype):

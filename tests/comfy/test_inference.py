@@ -1,0 +1,233 @@
+"""MUSAR inside ComfyUI's FLUX: equivalence with the dense reference, no-ops, clone safety,
+isolation, CFG batching, the condition cache and per-segment modulation."""
+
+import pytest
+import torch
+from musar_helpers import make_subjects, pack_module, routed, sample
+
+
+@pytest.fixture(scope="module")
+def model(tiny_flux):
+    return tiny_flux(seed=3)
+
+
+def _dense_reference(pack, monkeypatch):
+    attention = pack_module(pack, "musar.attention")
+    def reference(q, k, v, layout, plan, kernel):
+        return attention.dense_reference(q, k, v, layout, plan)
+
+    monkeypatch.setattr(attention, "routed_attention", reference)
+
+
+SIZES = [(8, 8), (8, 12), (4, 8), (10, 6), (6, 6), (8, 4)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+@pytest.mark.parametrize("dynamic,symmetric", [(False, False), (True, False), (True, True)])
+def test_patched_sampling_equals_dense_reference(pack, model, monkeypatch, n, dynamic, symmetric):
+    subjects = make_subjects(pack, SIZES[:n], tuple(range(2, 2 + n)), seed=n)
+    patched, rec = routed(pack, model, subjects, dynamic=dynamic, symmetric=symmetric)
+    fast = sample(patched, steps=3, cfg=2.0)
+    if dynamic:
+        assert len(rec.latest.routes) == 2  # steps 2 and 3 routed from the previous step's scores
+    _dense_reference(pack, monkeypatch)
+    slow = sample(patched, steps=3, cfg=2.0)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+def test_cond_and_uncond_run_batched_and_share_one_route(pack, model, monkeypatch):
+    session = pack_module(pack, "musar.session")
+    seen = []
+    original = session.block_attention
+
+    def spy(call, block, q, *a):
+        seen.append((q.shape[0], None if call.plan.route is None else call.plan.route.clone()))
+        return original(call, block, q, *a)
+
+    monkeypatch.setattr(session, "block_attention", spy)
+    patched, _ = routed(pack, model, make_subjects(pack))
+    sample(patched, steps=3, cfg=3.0)
+    assert {b for b, _ in seen} == {2}
+    routes = [r for _, r in seen if r is not None]
+    assert routes and all(torch.equal(r[0], r[1]) for r in routes)
+
+
+def test_input_model_is_unchanged_after_a_patched_run(pack, model):
+    before = sample(model)
+    patched, _ = routed(pack, model, make_subjects(pack))
+    sample(patched)
+    assert torch.equal(sample(model), before)
+    assert "musar_routing" not in model.model_options["transformer_options"]
+
+
+def test_zero_subjects_is_bit_identical_to_the_unpatched_model(pack, model):
+    subj = pack_module(pack, "musar.subjects")
+    patched, _ = routed(pack, model, subj.SubjectSet())
+    assert torch.equal(sample(patched), sample(model))
+
+
+def test_routing_node_returns_the_input_model_for_strength_zero(pack, model):
+    routing_nodes = pack_module(pack, "nodes.routing")
+    out = routing_nodes.MusarApplyRouting.execute(
+        model, make_subjects(pack), True, True, 0.2, 1.0, "double", 0.0, 3, False, 0.0, False, "shared")
+    assert out.result[0] is model
+
+
+def test_subjects_change_the_output(pack, model):
+    patched, _ = routed(pack, model, make_subjects(pack))
+    other, _ = routed(pack, model, make_subjects(pack, seed=9))
+    a, b, plain = sample(patched), sample(other), sample(model)
+    assert (a - plain).abs().max() > 1e-4 and (a - b).abs().max() > 1e-4
+
+
+def _capture_blocks(pack, monkeypatch):
+    patcher = pack_module(pack, "nodes.patcher")
+    outputs = {}
+    original = patcher._BlockPatch.__call__
+
+    def spy(self, args, extra):
+        out = original(self, args, extra)
+        outputs.setdefault((self.kind, self.index), []).append({k: v.clone() for k, v in out.items()})
+        return out
+
+    monkeypatch.setattr(patcher._BlockPatch, "__call__", spy)
+    return outputs
+
+
+def _with_image(pack, subjects, j, seed):
+    subj = pack_module(pack, "musar.subjects")
+    s = subjects.subjects[j]
+    g = torch.Generator().manual_seed(seed)
+    changed = subj.Subject(torch.randn(s.latent.shape, generator=g), s.caption, s.caption_tokens)
+    return subj.SubjectSet(tuple(changed if i == j else x for i, x in enumerate(subjects.subjects)))
+
+
+def test_static_isolation_in_the_first_block(pack, model, monkeypatch):
+    """Changing subject 1's image leaves subject 0's condition tokens and the prompt tokens
+    unchanged at the output of the first block (later blocks mix through X, which the paper's
+    mask lets conditions and the prompt see)."""
+    subjects = make_subjects(pack, SIZES[:3], (2, 3, 4))
+    runs = []
+    for s in (subjects, _with_image(pack, subjects, 1, 99)):
+        outputs = _capture_blocks(pack, monkeypatch)
+        patched, _ = routed(pack, model, s, dynamic=False)
+        sample(patched, steps=1, cfg=1.0)
+        runs.append(outputs[("double_block", 0)][0])
+        monkeypatch.undo()
+    layout = _layout(subjects, prompt=7, x=64)
+    a, b = runs
+    for stream, rows in (("txt", layout.prompt), ("txt", layout.caption(0)), ("txt", layout.caption(2)),
+                         ("img", layout.image_in_img_stream(0)), ("img", layout.image_in_img_stream(2))):
+        torch.testing.assert_close(a[stream][:, rows], b[stream][:, rows], rtol=0, atol=1e-6)
+    assert (a["img"][:, layout.image_in_img_stream(1)] - b["img"][:, layout.image_in_img_stream(1)]).abs().max() > 1e-3
+    assert (a["img"][:, :64] - b["img"][:, :64]).abs().max() > 1e-5  # X sees every condition
+
+
+def _layout(subjects, prompt, x):
+    layout = pack_module_from(subjects, "musar.layout")
+    return layout.TokenLayout(prompt, x, tuple(s.caption_tokens.shape[1] for s in subjects.subjects),
+                              tuple(s.n_tokens for s in subjects.subjects))
+
+
+def pack_module_from(obj, name):
+    import importlib
+    root = type(obj).__module__.rsplit(".musar.", 1)[0]
+    return importlib.import_module(f"{root}.{name}")
+
+
+def test_blocked_pairs_carry_no_information_in_every_block(pack, model, monkeypatch):
+    """In every block, replacing subject 1's keys/values by another run's leaves the attention
+    output of the prompt and of subject 0 bit-for-bit unchanged."""
+    session = pack_module(pack, "musar.session")
+    attention = pack_module(pack, "musar.attention")
+    captured = []
+    original = session.block_attention
+
+    def spy(call, block, q, k, v, mask, kernel):
+        captured.append((call.layout, call.plan, q.clone(), k.clone(), v.clone(), kernel))
+        return original(call, block, q, k, v, mask, kernel)
+
+    monkeypatch.setattr(session, "block_attention", spy)
+    subjects = make_subjects(pack, SIZES[:3], (2, 3, 4))
+    other = _with_image(pack, subjects, 1, 5)
+    for s in (subjects, other):
+        patched, _ = routed(pack, model, s, dynamic=False)
+        sample(patched, steps=1, cfg=1.0)
+    first, second = captured[:4], captured[4:]
+    assert len(first) == len(second) == 4  # 2 double + 2 single blocks
+    for (layout, plan, q, k, v, kernel), (_, _, _, k2, v2, _) in zip(first, second):
+        c1 = torch.cat([torch.arange(s.start, s.stop) for s in layout.condition(1)])
+        k_mix, v_mix = k.clone(), v.clone()
+        k_mix[:, :, c1], v_mix[:, :, c1] = k2[:, :, c1], v2[:, :, c1]
+        base = attention.routed_attention(q, k, v, layout, plan, kernel)
+        mixed = attention.routed_attention(q, k_mix, v_mix, layout, plan, kernel)
+        for rows in (layout.prompt, *layout.condition(0), *layout.condition(2)):
+            assert torch.equal(base[:, rows], mixed[:, rows])
+        assert not torch.equal(base[:, layout.x], mixed[:, layout.x])
+
+
+def test_dynamic_route_isolates_x_tokens_routed_elsewhere(pack, model, monkeypatch):
+    session = pack_module(pack, "musar.session")
+    route = torch.zeros(1, 64, dtype=torch.long)
+    route[:, 32:] = 1
+    monkeypatch.setattr(session.RunState, "route_for", lambda self, *a: route)
+    subjects = make_subjects(pack, SIZES[:2], (2, 3))
+    runs = []
+    for s in (subjects, _with_image(pack, subjects, 1, 7)):
+        outputs = _capture_blocks(pack, monkeypatch)
+        monkeypatch.setattr(session.RunState, "route_for", lambda self, *a: route)
+        patched, _ = routed(pack, model, s, dynamic=True)
+        sample(patched, steps=1, cfg=1.0)
+        runs.append(outputs[("double_block", 0)][0]["img"])
+    a, b = runs
+    torch.testing.assert_close(a[:, :32], b[:, :32], rtol=0, atol=1e-6)
+    assert (a[:, 32:64] - b[:, 32:64]).abs().max() > 1e-5
+
+
+def test_condition_tokens_use_clean_modulation(pack, model, monkeypatch):
+    """Row 1 of the modulation input (condition tokens) is FLUX's vector at timestep 0 and
+    guidance 1; row 0 is the sampling vector; and with equal rows the per-segment block equals
+    the stock block (the segment plumbing adds nothing else)."""
+    from comfy.ldm.flux.layers import timestep_embedding
+
+    patcher = pack_module(pack, "nodes.patcher")
+    session = pack_module(pack, "musar.session")
+    dm = model.model.diffusion_model
+    checks = []
+    original = patcher._BlockPatch.__call__
+
+    def spy(self, args, extra):
+        call = session.ACTIVE.get()
+        vec = args["vec"]
+        clean = call.clean_vec(vec)
+        checks.append((vec.clone(), clean.clone()))
+        if self.kind == "double_block" and self.index == 0:
+            call.vec0 = vec  # both rows equal -> must reproduce the stock block
+            mine = original(self, {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}, extra)
+            stock = extra["original_block"]({**args, "img": args["img"].clone(), "txt": args["txt"].clone()})
+            for key in ("img", "txt"):
+                torch.testing.assert_close(mine[key], stock[key], rtol=1e-5, atol=1e-5)
+            call.vec0 = clean
+        return original(self, args, extra)
+
+    monkeypatch.setattr(patcher._BlockPatch, "__call__", spy)
+    patched, _ = routed(pack, model, make_subjects(pack), dynamic=False)
+    sample(patched, steps=2, cfg=1.0)
+    from musar_helpers import conds
+    pooled = conds(0)[0][0][1]["pooled_output"]
+    zero = torch.zeros(1)
+    expected = (dm.time_in(timestep_embedding(zero, 256)) + dm.guidance_in(timestep_embedding(zero + 1, 256))
+                + dm.vector_in(pooled))
+    for vec, clean in checks:
+        torch.testing.assert_close(clean, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(checks[0][0], checks[-1][0])  # the sampling vector does change
+
+
+def test_condition_cache_reuses_and_approximates(pack, model, monkeypatch):
+    subjects = make_subjects(pack)
+    exact, _ = routed(pack, model, subjects)
+    cached, rec = routed(pack, model, subjects, cache=True)
+    a, b = sample(exact, steps=4), sample(cached, steps=4)
+    assert rec.latest.kv and len(rec.latest.kv) == 4
+    assert not torch.equal(a, b)
+    assert (a - b).abs().max() < 0.5 * (a - sample(model, steps=4)).abs().max() + 1e-3
