@@ -1,0 +1,18 @@
+// Subject colours of the routing overlay: index = position of the subject in the chain of
+// MUSAR Subject nodes (first node = 0). Same table as musar/subjects.py PALETTE (RGB 0..1);
+// tests/browser/test_web_static.py keeps the two in sync.
+export const PALETTE = [
+  [0.93, 0.26, 0.21], [0.13, 0.59, 0.95], [0.30, 0.69, 0.31], [1.00, 0.76, 0.03],
+  [0.61, 0.15, 0.69], [0.00, 0.74, 0.83], [1.00, 0.34, 0.13], [0.47, 0.33, 0.28],
+  [0.91, 0.12, 0.39], [0.40, 0.23, 0.72], [0.55, 0.76, 0.29], [0.38, 0.49, 0.55],
+  [0.80, 0.86, 0.22], [0.25, 0.32, 0.71], [0.96, 0.56, 0.69], [0.00, 0.59, 0.53],
+];
+
+export const UNKNOWN_COLOR = "#8a8a8a";
+
+/** CSS colour of subject `index` ("#rrggbb"); grey when the index is unknown. */
+export function subjectColor(index) {
+  if (!Number.isInteger(index) || index < 0) return UNKNOWN_COLOR;
+  const rgb = PALETTE[index % PALETTE.length];
+  return "#" + rgb.map((c) => Math.round(c * 255).toString(16).padStart(2, "0")).join("");
+}
