@@ -104,6 +104,7 @@ class _ServerStub:
         self.last_prompt_id = None
         self.events: list[tuple[str, dict]] = []
         self.on_event = on_event
+        self.sockets_metadata: dict = {}  # read by ComfyUI's progress handler for previews
 
     def send_sync(self, event, data, sid=None):
         self.events.append((event, data))
@@ -156,7 +157,9 @@ def run_prompt(prompt: dict, executor=None, on_event=None) -> RunResult:
             cache_args={"lru": 0, "ram": 0})
     elif on_event is not None:
         executor.server.on_event = on_event
-    executor.execute(prompt, str(uuid.uuid4()), extra_data={}, execute_outputs=outputs)
+    # PromptExecutor reports per-node events (executing, executed, progress_state) only to a client
+    extra_data = {"client_id": "musar-runtime"} if getattr(executor.server, "on_event", None) else {}
+    executor.execute(prompt, str(uuid.uuid4()), extra_data=extra_data, execute_outputs=outputs)
     err = next((d for e, d in executor.status_messages if e == "execution_error"), None)
     ui = getattr(executor, "history_result", {}).get("outputs", {})
     return RunResult(executor.success and err is None, {}, err, ui, executor.status_messages, executor)

@@ -1,0 +1,453 @@
+"""``python -m musar_run WORKFLOW``: run a ComfyUI workflow headless through real ComfyUI.
+
+The workflow (UI or API format) is converted with the node definitions of the loaded runtime,
+edited (stand-in models, model files, ``--set`` overrides), validated by ComfyUI's
+``validate_prompt`` and executed by ComfyUI's ``PromptExecutor`` (``musar_run.runtime``). Images
+land in ``--output``. Exit codes: 0 done, 2 bad command line / workflow, 3 the prompt does not
+validate (missing model file, image, node type, bad value), 4 a node failed while running.
+
+Run it from the repository root (or anywhere with the repository on PYTHONPATH); the runtime
+keeps ComfyUI's ``nodes.py`` ahead of this repository's ``nodes/`` package on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import convert, runtime
+
+logger = logging.getLogger(__name__)
+ASSETS = runtime.REPO_ROOT / "workflows" / "assets"
+EXIT_USAGE, EXIT_INVALID, EXIT_FAILED = 2, 3, 4
+
+
+class UsageError(Exception):
+    """A problem with the command line or the workflow, reported without a traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StandIn:
+    """Replace a workflow's model loaders by one node that builds stand-in models.
+
+    Every output of a ``loaders`` node is rewired to the replacement's output of the same type
+    (MODEL, CLIP, VAE); ``passthrough`` nodes (e.g. a LoRA loader, which has no file for a
+    stand-in) are removed and their consumers get the node's own input of that name; ``caps``
+    limit numeric inputs ``(class_type, input) -> maximum`` so a CPU run stays quick.
+    """
+
+    node: str
+    inputs: dict
+    description: str
+    loaders: frozenset = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPLoader",
+                                    "CheckpointLoaderSimple", "UnetLoaderGGUF", "DualCLIPLoaderGGUF"})
+    passthrough: dict = dataclasses.field(default_factory=lambda: {
+        "MUSAR_LoadDualLoRA": "model", "LoraLoaderModelOnly": "model"})
+    caps: dict = dataclasses.field(default_factory=dict)
+
+
+STANDINS = {
+    "tiny": StandIn(
+        node="MUSAR_TinyFluxLoader", inputs={"size": "tiny (128 wide, 2+2 blocks)", "seed": 0},
+        description="random tiny FLUX stand-ins (shows the pipeline runs, not image quality)",
+        caps={("EmptySD3LatentImage", "width"): 256, ("EmptySD3LatentImage", "height"): 256,
+              ("EmptyLatentImage", "width"): 256, ("EmptyLatentImage", "height"): 256,
+              ("MUSAR_Subject", "reference_size"): 128}),
+}
+
+# --flag -> (ComfyUI model folder, [(loader class_type, input)]) the file is selected in.
+MODEL_FLAGS = {
+    "unet": ("diffusion_models", [("UNETLoader", "unet_name"), ("UnetLoaderGGUF", "unet_name")]),
+    "clip_l": ("text_encoders", [("DualCLIPLoader", "clip_name1")]),
+    "t5": ("text_encoders", [("DualCLIPLoader", "clip_name2")]),
+    "vae": ("vae", [("VAELoader", "vae_name")]),
+    "lora": ("loras", [("MUSAR_LoadDualLoRA", "lora_name"), ("LoraLoaderModelOnly", "lora_name"),
+                       ("LoraLoader", "lora_name")]),
+}
+# Loader inputs whose combo is a model folder's file list (for "missing file" messages).
+MODEL_INPUTS = {"unet_name": "diffusion_models", "clip_name": "text_encoders",
+                "clip_name1": "text_encoders", "clip_name2": "text_encoders",
+                "clip_name3": "text_encoders", "vae_name": "vae", "lora_name": "loras",
+                "ckpt_name": "checkpoints", "control_net_name": "controlnet",
+                "style_model_name": "style_models", "model_name": "upscale_models"}
+FLAG_OF_FOLDER = {"diffusion_models": "--unet", "text_encoders": "--clip-l / --t5", "vae": "--vae",
+                  "loras": "--lora"}
+
+
+# ---------------------------------------------------------------------------------------------
+# prompt edits (pure: API prompt + object_info in, API prompt out)
+
+
+def _links(node: dict):
+    for name, value in node["inputs"].items():
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            yield name, value
+
+
+def _free_id(prompt: dict) -> str:
+    numbers = [int(k) for k in prompt if str(k).isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def substitute_standins(prompt: dict, object_info: dict, standin: StandIn) -> dict:
+    """The same graph with its model loaders replaced by ``standin.node`` (see :class:`StandIn`)."""
+    prompt = copy.deepcopy(prompt)
+    loaders = [k for k, n in prompt.items() if n["class_type"] in standin.loaders]
+    if not loaders:
+        raise UsageError(f"the workflow has no model loader to replace ({', '.join(sorted(standin.loaders))})")
+    new_id = _free_id(prompt)
+    provides = {t: i for i, t in enumerate(object_info[standin.node]["output"])}
+    remap = {}
+    for key in loaders:
+        for slot, kind in enumerate(object_info[prompt[key]["class_type"]]["output"]):
+            if kind not in provides:
+                raise UsageError(f"{standin.node} has no {kind} output to replace node {key} "
+                                 f"({prompt[key]['class_type']})")
+            remap[(key, slot)] = [new_id, provides[kind]]
+    for key, node in list(prompt.items()):
+        name = standin.passthrough.get(node["class_type"])
+        source = node["inputs"].get(name) if name else None
+        if isinstance(source, list):
+            info = object_info[node["class_type"]]
+            kind = {**info["input"].get("required", {}), **info["input"].get("optional", {})}[name][0]
+            for slot, out_kind in enumerate(info["output"]):
+                if out_kind == kind:
+                    remap[(key, slot)] = source
+            loaders.append(key)
+    for key in loaders:
+        del prompt[key]
+    for node in prompt.values():
+        for name, link in list(_links(node)):
+            seen = 0
+            while (link[0], link[1]) in remap and seen <= len(remap):
+                link, seen = remap[(link[0], link[1])], seen + 1
+            node["inputs"][name] = list(link)
+    prompt[new_id] = {"inputs": dict(standin.inputs), "class_type": standin.node,
+                      "_meta": {"title": object_info[standin.node].get("display_name") or standin.node}}
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            cap = standin.caps.get((node["class_type"], name))
+            if cap is not None and isinstance(value, (int, float)) and value > cap:
+                node["inputs"][name] = cap
+    return prompt
+
+
+def find_node(prompt: dict, ref: str) -> str:
+    """A node by id, or by its title / class_type when that names exactly one node."""
+    if ref in prompt:
+        return ref
+    hits = [k for k, n in prompt.items() if ref in (n.get("_meta", {}).get("title"), n["class_type"])]
+    if len(hits) == 1:
+        return hits[0]
+    listing = ", ".join(f"{k}={n.get('_meta', {}).get('title') or n['class_type']}"
+                        for k, n in sorted(prompt.items(), key=lambda kv: (len(kv[0]), kv[0])))
+    why = "matches several nodes" if hits else "is not a node id, title or type of the prompt"
+    raise UsageError(f"--set: {ref!r} {why}; nodes: {listing}")
+
+
+def _coerce(kind, text: str, where: str):
+    try:
+        if kind == "INT":
+            return int(text)
+        if kind == "FLOAT":
+            return float(text)
+    except ValueError:
+        raise UsageError(f"--set {where}: expected a {kind.lower()}, got {text!r}") from None
+    if kind == "BOOLEAN":
+        low = text.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise UsageError(f"--set {where}: expected true or false, got {text!r}")
+        return low in ("true", "1", "yes", "on")
+    if kind in ("STRING", "COMBO") or isinstance(kind, list):
+        return text
+    raise UsageError(f"--set {where}: this input is a {kind} connection, not a value")
+
+
+def apply_overrides(prompt: dict, object_info: dict, assignments: list[str]) -> dict:
+    """``NODE.INPUT=VALUE`` edits; NODE is an id, title or class_type; VALUE is typed by the
+    input's definition (INT, FLOAT, BOOLEAN, STRING / COMBO)."""
+    prompt = copy.deepcopy(prompt)
+    for item in assignments:
+        target, sep, text = item.partition("=")
+        ref, dot, name = target.rpartition(".")
+        if not sep or not dot or not ref or not name:
+            raise UsageError(f"--set {item!r}: expected NODE.INPUT=VALUE, e.g. 11.seed=7")
+        key = find_node(prompt, ref)
+        node = prompt[key]
+        info = object_info[node["class_type"]]["input"]
+        specs = {**info.get("required", {}), **info.get("optional", {})}
+        if name not in specs:
+            raise UsageError(f"--set {item!r}: node {key} ({node['class_type']}) has no input "
+                             f"{name!r}; inputs: {', '.join(specs)}")
+        node["inputs"][name] = _coerce(specs[name][0], text, item)
+    return prompt
+
+
+def set_model_files(prompt: dict, files: dict, link_root: Path) -> dict:
+    """Symlink the given model files into ``link_root/<folder>/`` and select them in the loaders.
+    ``files``: MODEL_FLAGS key -> path. Returns {folder: directory} to register with ComfyUI."""
+    folders = {}
+    for flag, path in files.items():
+        folder, targets = MODEL_FLAGS[flag]
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"--{flag.replace('_', '-')} {path}: no such file")
+        directory = link_root / folder
+        directory.mkdir(parents=True, exist_ok=True)
+        link = directory / path.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(path)  # never copy multi-GB model files
+        folders[folder] = directory
+        hits = [n for n in prompt.values() for cls, name in targets
+                if n["class_type"] == cls and name in n["inputs"]]
+        if not hits:
+            logger.warning("--%s given, but the workflow has no %s node", flag,
+                           " / ".join(c for c, _ in targets))
+        for node in hits:
+            for cls, name in targets:
+                if node["class_type"] == cls:
+                    node["inputs"][name] = path.name
+    return folders
+
+
+def model_dirs(models: Path, folder_paths) -> list[tuple[str, str]]:
+    """(folder name, directory) pairs of a ComfyUI-style models directory (``--models``)."""
+    if not models.is_dir():
+        raise UsageError(f"--models {models}: not a directory")
+    pairs = []
+    default_root = os.path.abspath(folder_paths.models_dir)
+    for folder, (paths, _) in folder_paths.folder_names_and_paths.items():
+        for path in paths:
+            if os.path.dirname(os.path.abspath(path)) == default_root:
+                candidate = models / os.path.basename(path)
+                if candidate.is_dir():
+                    pairs.append((folder, str(candidate)))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# messages
+
+
+def _node_label(prompt: dict, key) -> str:
+    node = prompt.get(str(key), {})
+    title = node.get("_meta", {}).get("title") or node.get("class_type", "?")
+    return f"node {key} '{title}' ({node.get('class_type', '?')})"
+
+
+def describe_errors(prompt: dict, error: dict | None, node_errors: dict, folder_paths) -> list[str]:
+    """Readable lines for validate_prompt's answer: missing model files name the file and folder."""
+    lines = []
+    for key, entry in sorted(node_errors.items(), key=lambda kv: (len(kv[0]), kv[0])):
+        for err in entry.get("errors", []):
+            extra = err.get("extra_info") or {}
+            name, value = extra.get("input_name"), extra.get("received_value")
+            folder = MODEL_INPUTS.get(name)
+            if err.get("type") == "value_not_in_list" and folder:
+                searched = ", ".join(folder_paths.get_folder_paths(folder))
+                hint = FLAG_OF_FOLDER.get(folder, "--models DIR")
+                lines.append(f"{_node_label(prompt, key)}: model file '{value}' is not in the "
+                             f"'{folder}' folder (searched: {searched}). Put it there, or pass "
+                             f"{hint} FILE / --models DIR, or --tiny for the stand-ins.")
+            elif "image" in (name or "") or "Invalid image file" in err.get("details", ""):
+                lines.append(f"{_node_label(prompt, key)}: {err.get('details') or err['message']} "
+                             f"(images are read from {folder_paths.get_input_directory()}; "
+                             "use --input DIR)")
+            else:
+                detail = err.get("details") or ""
+                lines.append(f"{_node_label(prompt, key)}: {err.get('message')}"
+                             + (f": {detail}" if detail else ""))
+    if not lines and error:
+        lines.append(f"{error.get('message', 'invalid prompt')}: {error.get('details', '')}".rstrip(": "))
+    return lines
+
+
+class Progress:
+    """Node-level progress from the executor's events (the sampler draws its own tqdm bar)."""
+
+    def __init__(self, prompt: dict, outputs: list, stream=sys.stderr):
+        self.prompt, self.stream = prompt, stream
+        self.total = len(self._needed(outputs))
+        self.done, self.current, self.started = 0, None, 0.0
+        self.times: dict[str, float] = {}
+
+    def _needed(self, outputs) -> set:
+        seen, stack = set(), [str(o) for o in outputs]
+        while stack:
+            key = stack.pop()
+            if key in seen or key not in self.prompt:
+                continue
+            seen.add(key)
+            stack += [link[0] for _, link in _links(self.prompt[key])]
+        return seen
+
+    def _finish(self):
+        if self.current is not None:
+            self.times[self.current] = time.perf_counter() - self.started
+            self.current = None
+
+    def __call__(self, event: str, data: dict):
+        if event == "execution_cached":
+            self.done += len(data.get("nodes") or [])
+        elif event == "executing":
+            self._finish()
+            node = data.get("node")
+            if node is None:
+                return
+            self.done += 1
+            self.current, self.started = str(node), time.perf_counter()
+            width = 20
+            filled = width * self.done // max(self.total, 1)
+            bar = "#" * filled + "." * (width - filled)
+            entry = self.prompt.get(str(node), {})
+            title = entry.get("_meta", {}).get("title") or entry.get("class_type", "?")
+            print(f"[{bar}] {self.done:>2}/{self.total}  {title} (#{node})", file=self.stream, flush=True)
+        elif event in ("execution_success", "execution_error", "execution_interrupted"):
+            self._finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m musar_run",
+        description="Run a ComfyUI workflow (UI or API JSON) headless through real ComfyUI.")
+    p.add_argument("workflow", type=Path, help="workflow JSON (UI format as saved by ComfyUI, or API format)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="change an input, e.g. --set 11.seed=7 --set '6.text=a cat' "
+                        "(NODE: id, title or node type)")
+    p.add_argument("--output", type=Path, default=Path("output"), help="output folder (default: ./output)")
+    p.add_argument("--input", type=Path,
+                   help="input folder for Load Image (default: a temporary folder holding the "
+                        "pack's demo images from workflows/assets)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--tiny", dest="standin", action="store_const", const="tiny",
+                      help="replace the model loaders by random tiny FLUX stand-ins (pipeline "
+                           "check on CPU in seconds; the images are noise)")
+    mode.add_argument("--models", type=Path, help="a ComfyUI-style models folder (diffusion_models/, "
+                                                  "text_encoders/, vae/, loras/ ...) to search first")
+    for flag, (folder, _) in MODEL_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=f"file_{flag}", type=Path, metavar="FILE",
+                       help=f"model file for the workflow's {folder} loader (symlinked, not copied)")
+    p.add_argument("--save-api", type=Path, metavar="FILE", help="also write the final API prompt here")
+    p.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's log")
+    args = p.parse_args(argv)
+    args.files = {f: getattr(args, f"file_{f}") for f in MODEL_FLAGS if getattr(args, f"file_{f}")}
+    if args.standin and args.files:
+        p.error("--tiny replaces the model loaders; it cannot be combined with model files")
+    return args
+
+
+def _prepare_input(args, scratch: Path) -> Path:
+    if args.input is not None:
+        if not args.input.is_dir():
+            raise UsageError(f"--input {args.input}: not a directory")
+        return args.input.resolve()
+    folder = scratch / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    for png in sorted(ASSETS.glob("*.png")):
+        shutil.copy2(png, folder / png.name)
+    return folder
+
+
+def _saved_files(result, folder_paths) -> list[tuple[str, Path]]:
+    out = []
+    for key, ui in (result.ui or {}).items():
+        for item in ui.get("images", []) if isinstance(ui, dict) else []:
+            if item.get("type") == "output":
+                base = Path(folder_paths.get_output_directory())
+                out.append((key, base / item.get("subfolder", "") / item["filename"]))
+    return out
+
+
+def run(args) -> int:
+    t0 = time.perf_counter()
+    try:
+        data = json.loads(args.workflow.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read workflow {args.workflow}: {e}") from None
+    quiet = None if args.verbose else logging.ERROR
+    root = logging.getLogger()
+    level = root.level
+    if quiet:
+        root.setLevel(quiet)
+    runtime.bootstrap()
+    runtime.load_pack()
+    root.setLevel(level if args.verbose else logging.WARNING)
+    import folder_paths
+
+    object_info = convert.object_info_in_process()
+    t_load = time.perf_counter()
+    try:
+        prompt = convert.to_api(data, object_info)
+    except convert.ConversionError as e:
+        raise UsageError(f"{args.workflow}: {e}") from None
+    scratch = Path(tempfile.mkdtemp(prefix="musar-run-"))
+    try:
+        if args.standin:
+            standin = STANDINS[args.standin]
+            prompt = substitute_standins(prompt, object_info, standin)
+            print(f"--{args.standin}: model loaders replaced by {standin.node}: {standin.description}",
+                  file=sys.stderr)
+        for folder, directory in set_model_files(prompt, args.files, scratch / "models").items():
+            folder_paths.add_model_folder_path(folder, str(directory), is_default=True)
+        if args.models:
+            for folder, directory in model_dirs(args.models.expanduser().resolve(), folder_paths):
+                folder_paths.add_model_folder_path(folder, directory, is_default=True)
+        prompt = apply_overrides(prompt, object_info, args.overrides)
+        folder_paths.set_input_directory(str(_prepare_input(args, scratch)))
+        args.output.mkdir(parents=True, exist_ok=True)
+        folder_paths.set_output_directory(str(args.output.resolve()))
+        folder_paths.set_temp_directory(str(scratch / "temp"))
+        if args.save_api:
+            args.save_api.write_text(json.dumps(prompt, indent=2) + "\n", encoding="utf-8")
+        return _validate_and_execute(prompt, folder_paths, t0, t_load)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _validate_and_execute(prompt, folder_paths, t0, t_load) -> int:
+    valid, error, outputs, node_errors = runtime.validate(prompt)
+    if not valid:
+        print("The workflow does not validate:", file=sys.stderr)
+        for line in describe_errors(prompt, error, node_errors, folder_paths):
+            print(f"  - {line}", file=sys.stderr)
+        return EXIT_INVALID
+    progress = Progress(prompt, outputs)
+    t_run = time.perf_counter()
+    result = runtime.run_prompt(prompt, on_event=progress)
+    t_end = time.perf_counter()
+    if not result.ok:
+        err = result.error or {}
+        print(f"{_node_label(prompt, err.get('node_id', '?'))} failed: "
+              f"{err.get('exception_type', 'error')}: {err.get('exception_message', result.node_errors)}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    for key, path in _saved_files(result, folder_paths):
+        print(f"saved {path}  ({_node_label(prompt, key)})")
+    slow = sorted(progress.times.items(), key=lambda kv: -kv[1])[:3]
+    slowest = ", ".join(f"{prompt[k]['class_type']} #{k} {s:.2f} s" for k, s in slow)
+    print(f"time: {t_end - t0:.1f} s total = startup {t_load - t0:.1f} s (ComfyUI + pack) "
+          f"+ prepare {t_run - t_load:.1f} s + run {t_end - t_run:.1f} s (slowest: {slowest})")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE

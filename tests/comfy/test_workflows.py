@@ -1,0 +1,155 @@
+"""The shipped workflows: they convert, validate in real ComfyUI, equal their committed API copies,
+and the real server lists them as templates. One real server (HTTP) is started for this module."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from musar_run import cli, convert, runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / "workflows"
+NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras")
+
+
+def _load(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def info(pack):
+    return convert.object_info_in_process()
+
+
+@pytest.fixture(scope="module")
+def prepared(info, base_dir):
+    """Placeholder model files named as in the workflows, and the demo images in the input folder
+    (validation only checks that the names are listed / the images exist)."""
+    import folder_paths
+
+    for name in NAMES:
+        for node in convert.ui_to_api(_load(WORKFLOWS / f"{name}.json"), info).values():
+            for key, value in node["inputs"].items():
+                folder = cli.MODEL_INPUTS.get(key)
+                if folder and isinstance(value, str):
+                    target = Path(folder_paths.get_folder_paths(folder)[0]) / value
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.touch()
+    inputs = Path(folder_paths.get_input_directory())
+    inputs.mkdir(parents=True, exist_ok=True)
+    for png in (WORKFLOWS / "assets").glob("*.png"):
+        shutil.copy2(png, inputs / png.name)
+    return base_dir
+
+
+def _get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def server(prepared):
+    """The real ComfyUI server on the same base directory, with the pack in its custom_nodes."""
+    custom = prepared / "custom_nodes"
+    custom.mkdir(exist_ok=True)
+    link = custom / runtime.PACK_NAME
+    if not link.exists():
+        link.symlink_to(ROOT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    comfy = runtime.find_comfyui()
+    log = open(prepared / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+         "--base-directory", str(prepared), "--database-url", "sqlite:///:memory:",
+         "--disable-api-nodes"], cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                _get(port, "/api/object_info/KSampler")
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.flush()
+                    pytest.fail("ComfyUI server did not start:\n" + (prepared / "server.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server_info(server):
+    return _get(server, "/api/object_info")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_workflow_validates_in_real_comfyui(name, info, prepared):
+    prompt = convert.ui_to_api(_load(WORKFLOWS / f"{name}.json"), info)
+    valid, error, outputs, node_errors = runtime.validate(prompt)
+    assert valid, (error, node_errors)
+    assert node_errors == {}
+    kinds = {prompt[o]["class_type"] for o in outputs}
+    assert kinds == {"SaveImage", "MUSAR_RoutingPreview"}
+
+
+def test_committed_api_copies_equal_the_conversion_by_the_servers_object_info(server_info, info):
+    for name in NAMES:
+        ui = _load(WORKFLOWS / f"{name}.json")
+        committed = _load(WORKFLOWS / "api" / f"{name}.json")
+        assert convert.ui_to_api(ui, server_info) == committed, (
+            f"workflows/api/{name}.json is stale: run scripts/make_demo_assets.py")
+        assert convert.ui_to_api(ui, info) == committed
+
+
+def test_in_process_object_info_is_what_the_server_answers(server_info, prepared):
+    info = convert.object_info_in_process()  # now, with the placeholder files in place
+    assert set(server_info) == set(info)
+    used = {n["type"] for name in NAMES for n in _load(WORKFLOWS / f"{name}.json")["nodes"]}
+    for kind in sorted((used - convert.NOTE_TYPES) | {"MUSAR_TinyFluxLoader", "PrimitiveInt"}):
+        a, b = dict(server_info[kind]), dict(info[kind])
+        a.pop("python_module"), b.pop("python_module")  # the pack's folder name differs
+        assert a == b, kind
+
+
+def test_workflows_hold_only_core_and_pack_nodes_with_full_widget_rows(info):
+    for name in NAMES:
+        workflow = _load(WORKFLOWS / f"{name}.json")
+        assert workflow["version"] == 0.4
+        assert workflow["last_node_id"] == max(n["id"] for n in workflow["nodes"])
+        assert workflow["last_link_id"] == len(workflow["links"])
+        for node in workflow["nodes"]:
+            if node["type"] in convert.NOTE_TYPES:
+                continue
+            module = info[node["type"]]["python_module"]
+            assert module == "nodes" or module.startswith(("comfy_extras.", "custom_nodes.")), node
+            slots = convert.widget_slots(info[node["type"]])
+            assert len(node.get("widgets_values", [])) == len(slots), (name, node["id"], slots)
+        notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "Note")
+        for folder in MODEL_FOLDERS:
+            assert f"{folder}/" in notes, (name, folder)
+
+
+def test_server_lists_the_workflows_as_templates(server):
+    templates = _get(server, "/api/workflow_templates")
+    assert sorted(templates[runtime.PACK_NAME]) == NAMES
+    for name in NAMES:
+        served = _get(server, f"/api/workflow_templates/{runtime.PACK_NAME}/{name}.json")
+        assert served == _load(WORKFLOWS / f"{name}.json")
