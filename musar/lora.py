@@ -98,12 +98,14 @@ class DualLoRA:
 
 def apply_dual(x: torch.Tensor, out: torch.Tensor, classes: torch.Tensor | None,
                noisy: LoRAPair | None, subject: LoRAPair | None,
-               s_noisy: float, s_subject: float) -> torch.Tensor:
+               s_noisy: float, s_subject: float, dim: int = -2) -> torch.Tensor:
     """Add each branch's delta to ``out`` on its own tokens only.
 
-    ``classes`` holds one NOISY / SUBJECT / NONE entry per token along dim -2 of ``x`` (None:
-    every token is NOISY). Deltas are computed on the selected tokens only."""
+    ``classes`` holds one NOISY / SUBJECT / NONE entry per index of ``x`` along ``dim`` (the
+    token axis; 1 for modulation inputs whose rows are [sampling, clean-condition]). None means
+    every token is NOISY. Deltas are computed on the selected tokens only."""
     out = out.clone()
+    dim = dim % x.ndim
     for pair, strength, cls in ((noisy, s_noisy, NOISY), (subject, s_subject, SUBJECT)):
         if pair is None or strength == 0:
             continue
@@ -111,19 +113,19 @@ def apply_dual(x: torch.Tensor, out: torch.Tensor, classes: torch.Tensor | None,
             if cls == NOISY:
                 out += pair.delta(x) * strength
             continue
+        if classes.shape[0] != x.shape[dim]:
+            raise ValueError(f"{classes.shape[0]} token classes for {x.shape[dim]} tokens")
         idx = torch.nonzero(classes.to(x.device) == cls).flatten()
-        if idx.numel() == 0:
-            continue
-        if idx.numel() == x.shape[-2]:
+        if idx.numel() == x.shape[dim]:
             out += pair.delta(x) * strength
-        else:
-            rows = x.index_select(-2, idx)
-            out.index_add_(out.ndim - 2, idx, pair.delta(rows) * strength)
+        elif idx.numel():
+            out.index_add_(dim, idx, pair.delta(x.index_select(dim, idx)) * strength)
     return out
 
 
 def modulation_classes(x: torch.Tensor) -> torch.Tensor | None:
-    """Rows of a modulation input: (B, 2, 1, H) is [sampling, clean-condition]; else all noisy."""
+    """Rows (dim 1) of a modulation input: (B, 2, 1, H) is [sampling, clean-condition]; any
+    other shape is a plain FLUX call and all noisy."""
     if x.ndim == 4 and x.shape[1] == 2:
         return torch.tensor([NOISY, SUBJECT], dtype=torch.int8)
     return None

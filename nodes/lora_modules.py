@@ -28,7 +28,8 @@ def _forward(self, x, *args, **kwargs):
         classes = _classes(role, call, x)
         if classes is False:
             continue
-        out = apply_dual(x, out, classes, noisy, subject, s_noisy, s_subject)
+        dim = 1 if role == "mod" else -2
+        out = apply_dual(x, out, classes, noisy, subject, s_noisy, s_subject, dim)
     return out
 
 

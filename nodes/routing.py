@@ -9,7 +9,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..musar import images as imaging
-from ..musar.errors import MusarError, RoutingError
+from ..musar.errors import LayoutError, MusarError, RoutingError
 from ..musar.layout import POSITION_MODES
 from ..musar.routing import parse_blocks
 from ..musar.session import Recorder, RoutingSettings
@@ -81,7 +81,11 @@ class MusarApplyRouting(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **kw):
+    def validate_inputs(cls, routing_blocks, start_percent, end_percent, smoothing, symmetric,
+                        dynamic_routing, condition_cache):
+        kw = dict(routing_blocks=routing_blocks, start_percent=start_percent, end_percent=end_percent,
+                  smoothing=smoothing, symmetric=symmetric, dynamic_routing=dynamic_routing,
+                  condition_cache=condition_cache)
         try:
             if "routing_blocks" in kw:
                 parse_blocks(kw["routing_blocks"])
@@ -102,7 +106,10 @@ class MusarApplyRouting(io.ComfyNode):
                 routing_blocks, threshold, smoothing, symmetric, strength, condition_cache,
                 positions) -> io.NodeOutput:
         dm = patcher.flux_model(model)
-        if subjects is None or len(subjects) == 0 or strength == 0:
+        if subjects is None or len(subjects) == 0:
+            raise LayoutError("no subjects arrived: connect a MUSAR Subject node (chain one per "
+                              "subject) to 'subjects'")
+        if strength == 0:
             return io.NodeOutput(model, RoutingHandle(None, 0))
         subjects.check_model(dm.in_channels // dm.patch_size ** 2, dm.params.context_in_dim)
         blocks = parse_blocks(routing_blocks, len(dm.double_blocks), len(dm.single_blocks))

@@ -59,14 +59,16 @@ def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> 
 
 
 def build_flux(unet_config: dict, state_dict: dict | None = None, seed: int = 0,
-               dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
-    """A FLUX ModelPatcher through ComfyUI's own model config / model_base classes."""
+               dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype | None = None
+               ) -> comfy.model_patcher.ModelPatcher:
+    """A FLUX ModelPatcher through ComfyUI's own model config / model_base classes. With a
+    ``compute_dtype`` the weights stay in ``dtype`` (e.g. fp8) and ComfyUI's manual-cast ops
+    compute in ``compute_dtype``, as UNETLoader's fp8 weight_dtype does."""
     cfg = comfy.supported_models.Flux(dict(unet_config))
-    cfg.set_inference_dtype(dtype, None)
+    cfg.set_inference_dtype(dtype, compute_dtype)
     model = cfg.get_model({})
     sd = state_dict if state_dict is not None else seeded_state_dict(model.diffusion_model, seed)
     model.load_model_weights({k: v.to(dtype) for k, v in sd.items()}, "")
-    model.diffusion_model.to(dtype)
     return comfy.model_patcher.ModelPatcher(
         model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
@@ -101,7 +103,7 @@ def build_clip(seed: int = 0, t5_dim: int = 64, clip_dim: int = 32) -> comfy.sd.
     options = {
         "t5xxl_model_config": {"d_model": t5_dim, "d_kv": 32, "num_heads": max(1, t5_dim // 32),
                                "d_ff": 2 * t5_dim, "num_layers": 1},
-        "_model_config": {"hidden_size": clip_dim, "intermediate_size": 2 * clip_dim,
+        "clip_l_model_config": {"hidden_size": clip_dim, "intermediate_size": 2 * clip_dim,
                           "num_attention_heads": 2, "num_hidden_layers": 1,
                           "projection_dim": clip_dim},
         "dtype": torch.float32,

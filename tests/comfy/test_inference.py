@@ -218,7 +218,7 @@ def test_condition_tokens_use_clean_modulation(pack, model, monkeypatch):
     zero = torch.zeros(1)
     expected = (dm.time_in(timestep_embedding(zero, 256)) + dm.guidance_in(timestep_embedding(zero + 1, 256))
                 + dm.vector_in(pooled))
-    for vec, clean in checks:
+    for _vec, clean in checks:
         torch.testing.assert_close(clean, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(checks[0][0], checks[-1][0])  # the sampling vector does change
 

@@ -1,0 +1,165 @@
+"""Dual-branch LoRA math, the MUSAR file format and OminiControl's PEFT layout."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from musar import lora, omini
+from musar.errors import LoRAFormatError
+from musar.layout import NOISY, NONE, SUBJECT, TokenLayout
+
+
+def _pair(fan_in, fan_out, rank, seed):
+    g = torch.Generator().manual_seed(seed)
+    return lora.LoRAPair(torch.randn(rank, fan_in, generator=g), torch.randn(fan_out, rank, generator=g))
+
+
+def test_each_branch_changes_only_its_own_tokens():
+    layout = TokenLayout(prompt_len=3, x_len=5, caption_lens=(2,), image_lens=(4,))
+    classes = layout.token_classes("joint")
+    x = torch.randn(2, layout.total, 8)
+    base = torch.randn(2, layout.total, 6)
+    noisy, subject = _pair(8, 6, 2, 0), _pair(8, 6, 4, 1)
+    only_noisy = lora.apply_dual(x, base, classes, noisy, None, 1.0, 1.0)
+    only_subject = lora.apply_dual(x, base, classes, None, subject, 1.0, 1.0)
+    both = lora.apply_dual(x, base, classes, noisy, subject, 0.5, 2.0)
+    for out, changed in ((only_noisy, NOISY), (only_subject, SUBJECT)):
+        moved = (out - base).abs().amax(dim=(0, 2)) > 0
+        assert torch.equal(moved, classes == changed)
+    assert torch.equal(both[:, classes == NONE], base[:, classes == NONE])
+    want_x = base[:, layout.x] + 0.5 * noisy.delta(x[:, layout.x])
+    torch.testing.assert_close(both[:, layout.x], want_x)
+    want_ic = base[:, layout.image(0)] + 2.0 * subject.delta(x[:, layout.image(0)])
+    torch.testing.assert_close(both[:, layout.image(0)], want_ic)
+
+
+def test_zero_strength_and_zero_up_are_exact_no_ops():
+    x, base = torch.randn(1, 5, 8), torch.randn(1, 5, 6)
+    p = _pair(8, 6, 2, 0)
+    assert torch.equal(lora.apply_dual(x, base, None, p, p, 0.0, 0.0), base)
+    zero = lora.LoRAPair(p.down, torch.zeros_like(p.up))
+    assert torch.equal(lora.apply_dual(x, base, None, zero, None, 1.0, 1.0), base)
+
+
+def test_modulation_rows_split_between_branches():
+    x = torch.randn(2, 2, 1, 8)
+    base = torch.randn(2, 2, 1, 6)
+    out = lora.apply_dual(x, base, lora.modulation_classes(x), _pair(8, 6, 2, 0), None, 1.0, 1.0, dim=1)
+    assert not torch.equal(out[:, 0], base[:, 0]) and torch.equal(out[:, 1], base[:, 1])
+    out = lora.apply_dual(x, base, lora.modulation_classes(x), None, _pair(8, 6, 2, 0), 1.0, 1.0, dim=1)
+    assert torch.equal(out[:, 0], base[:, 0]) and not torch.equal(out[:, 1], base[:, 1])
+
+
+def _dual(depth=1, single=1, hidden=16, rank_n=2, rank_s=4):
+    shapes = {"img_in": (64, hidden)}
+    for i in range(depth):
+        shapes.update({f"double_blocks.{i}.img_attn.qkv": (hidden, 3 * hidden),
+                       f"double_blocks.{i}.img_mod.lin": (hidden, 6 * hidden)})
+    for i in range(single):
+        shapes[f"single_blocks.{i}.linear1"] = (hidden, 7 * hidden)
+    params = lora.init_trainable(shapes, rank_n, rank_s, seed=0)
+    with torch.no_grad():
+        for k, v in params.items():
+            if k.endswith(".up"):
+                v.normal_()
+    return lora.from_trainable(params, {"musar.hidden_size": str(hidden)}), shapes
+
+
+def test_file_round_trip_is_exact(tmp_path):
+    original, _ = _dual()
+    path = tmp_path / "dual.safetensors"
+    lora.save_dual_lora(path, original, {"musar.train.steps": "10"})
+    loaded = omini.load_lora_file(path)
+    assert set(loaded.modules) == set(original.modules)
+    for name, pairs in original.modules.items():
+        for a, b in zip(pairs, loaded.modules[name]):
+            assert torch.equal(a.down, b.down) and torch.equal(a.up * a.scale, b.up * b.scale)
+    assert loaded.metadata["musar.noisy_rank"] == "2" and loaded.metadata["musar.subject_rank"] == "4"
+    assert loaded.metadata["musar.train.steps"] == "10" and loaded.metadata["musar.layout"] == "musar"
+
+
+def _omini_file(tmp_path, hidden=16, mlp=64, rank=2, alpha=None):
+    g = torch.Generator().manual_seed(3)
+    t = {}
+
+    def add(name, fan_in, fan_out):
+        t[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, fan_in, generator=g)
+        t[f"transformer.{name}.lora_B.weight"] = torch.randn(fan_out, rank, generator=g)
+        if alpha is not None:
+            t[f"transformer.{name}.alpha"] = torch.tensor(float(alpha))
+
+    add("x_embedder", 64, hidden)
+    for part in ("to_q", "to_k", "to_v"):
+        add(f"transformer_blocks.0.attn.{part}", hidden, hidden)
+        add(f"single_transformer_blocks.0.attn.{part}", hidden, hidden)
+    add("transformer_blocks.0.norm1.linear", hidden, 6 * hidden)
+    add("single_transformer_blocks.0.proj_mlp", hidden, mlp)
+    add("single_transformer_blocks.0.proj_out", hidden + mlp, hidden)
+    path = tmp_path / "omini.safetensors"
+    save_file(t, str(path))
+    return path, t
+
+
+@pytest.mark.parametrize("alpha", [None, 8.0])
+def test_omini_subject_lora_matches_the_fused_weight_delta(tmp_path, alpha):
+    hidden, mlp, rank = 16, 64, 2
+    path, t = _omini_file(tmp_path, hidden, mlp, rank, alpha)
+    dual = omini.load_lora_file(path)
+    assert dual.metadata["musar.layout"] == "omini"
+    scale = (alpha or rank) / rank
+
+    def delta_w(name):
+        return t[f"transformer.{name}.lora_B.weight"] @ t[f"transformer.{name}.lora_A.weight"] * scale
+
+    fused = torch.zeros(3 * hidden + mlp, hidden)
+    for i, part in enumerate(("to_q", "to_k", "to_v")):
+        fused[i * hidden:(i + 1) * hidden] = delta_w(f"single_transformer_blocks.0.attn.{part}")
+    fused[3 * hidden:] = delta_w("single_transformer_blocks.0.proj_mlp")
+    noisy, subject = dual.modules["single_blocks.0.linear1"]
+    assert noisy is None
+    x = torch.randn(5, hidden)
+    torch.testing.assert_close(subject.delta(x), x @ fused.t(), rtol=1e-5, atol=1e-5)
+    qkv = torch.cat([delta_w(f"transformer_blocks.0.attn.{p}") for p in ("to_q", "to_k", "to_v")])
+    torch.testing.assert_close(dual.modules["double_blocks.0.img_attn.qkv"][1].delta(x), x @ qkv.t(),
+                               rtol=1e-5, atol=1e-5)
+    assert set(dual.modules) == {"img_in", "double_blocks.0.img_attn.qkv", "double_blocks.0.img_mod.lin",
+                                 "single_blocks.0.linear1", "single_blocks.0.linear2"}
+
+
+def test_fits_check_names_the_width_mismatch(tmp_path):
+    dual, shapes = _dual(hidden=16)
+    wider = {k: (a * 2, b * 2) for k, (a, b) in shapes.items()}
+    with pytest.raises(LoRAFormatError, match="trained for a different model"):
+        omini.check_fits(dual, wider, 32)
+    with pytest.raises(LoRAFormatError, match="deeper model"):
+        omini.check_fits(dual, {"img_in": shapes["img_in"]}, 16)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"not a safetensors file at all", "could not be read"),
+    (None, "unknown layout"),
+    ("prompt", "prompt side"),
+])
+def test_bad_lora_files_are_explained(tmp_path, content, match):
+    path = tmp_path / "bad.safetensors"
+    if content is None:
+        save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(2, 2)}, str(path))
+    elif content == "prompt":
+        save_file({"transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight": torch.zeros(2, 4),
+                   "transformer.transformer_blocks.0.attn.add_q_proj.lora_B.weight": torch.zeros(4, 2)},
+                  str(path))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(LoRAFormatError, match=match):
+        omini.load_lora_file(path)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    dual, _ = _dual()
+    path = tmp_path / "future.safetensors"
+    lora.save_dual_lora(path, dual, {})
+    tensors, meta = lora.read_safetensors(path)
+    meta["musar.format_version"] = "99"
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(LoRAFormatError, match="update ComfyUI-MUSAR"):
+        omini.load_lora_file(path)
