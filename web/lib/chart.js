@@ -61,7 +61,7 @@ export class LineChart {
     ctx.clip();
     ctx.font = "11px sans-serif";
     ctx.textBaseline = "middle";
-    const pad = { l: 40, r: 8, t: 8, b: status ? 22 : 8 };
+    const pad = { l: 52, r: 8, t: 8, b: status ? 22 : 8 };
     const px = x + pad.l;
     const py = y + pad.t;
     const pw = Math.max(1, w - pad.l - pad.r);
