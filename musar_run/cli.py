@@ -42,7 +42,9 @@ class StandIn:
     Every output of a ``loaders`` node is rewired to the replacement's output of the same type
     (MODEL, CLIP, VAE); ``passthrough`` nodes (e.g. a LoRA loader, which has no file for a
     stand-in) are removed and their consumers get the node's own input of that name; ``caps``
-    limit numeric inputs ``(class_type, input) -> maximum`` so a CPU run stays quick.
+    limit numeric inputs ``(class_type, input) -> maximum`` so a CPU run stays quick; ``threads``
+    sets torch's intra-op threads (tiny models are all small ops, where thread hand-offs cost
+    more than they give: 10x slower on a busy 2-core machine), unless OMP_NUM_THREADS is set.
     """
 
     node: str
@@ -53,6 +55,7 @@ class StandIn:
     passthrough: dict = dataclasses.field(default_factory=lambda: {
         "MUSAR_LoadDualLoRA": "model", "LoraLoaderModelOnly": "model"})
     caps: dict = dataclasses.field(default_factory=dict)
+    threads: int | None = 1
 
 
 STANDINS = {
@@ -73,12 +76,15 @@ MODEL_FLAGS = {
     "lora": ("loras", [("MUSAR_LoadDualLoRA", "lora_name"), ("LoraLoaderModelOnly", "lora_name"),
                        ("LoraLoader", "lora_name")]),
 }
-# Loader inputs whose combo is a model folder's file list (for "missing file" messages).
-MODEL_INPUTS = {"unet_name": "diffusion_models", "clip_name": "text_encoders",
-                "clip_name1": "text_encoders", "clip_name2": "text_encoders",
-                "clip_name3": "text_encoders", "vae_name": "vae", "lora_name": "loras",
-                "ckpt_name": "checkpoints", "control_net_name": "controlnet",
-                "style_model_name": "style_models", "model_name": "upscale_models"}
+# Loader inputs whose combo is a model folder's file list (for "missing file" messages; ComfyUI
+# 0.3.75 checks V1 list combos itself but not V3 "COMBO" inputs, so those are checked here).
+MODEL_INPUTS = {
+    ("UNETLoader", "unet_name"): "diffusion_models", ("UnetLoaderGGUF", "unet_name"): "diffusion_models",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders", ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("CLIPLoader", "clip_name"): "text_encoders", ("VAELoader", "vae_name"): "vae",
+    ("MUSAR_LoadDualLoRA", "lora_name"): "loras", ("LoraLoader", "lora_name"): "loras",
+    ("LoraLoaderModelOnly", "lora_name"): "loras", ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+}
 FLAG_OF_FOLDER = {"diffusion_models": "--unet", "text_encoders": "--clip-l / --t5", "vae": "--vae",
                   "loras": "--lora"}
 
@@ -224,14 +230,18 @@ def model_dirs(models: Path, folder_paths) -> list[tuple[str, str]]:
     """(folder name, directory) pairs of a ComfyUI-style models directory (``--models``)."""
     if not models.is_dir():
         raise UsageError(f"--models {models}: not a directory")
-    pairs = []
+    pairs, expected = [], set()
     default_root = os.path.abspath(folder_paths.models_dir)
     for folder, (paths, _) in folder_paths.folder_names_and_paths.items():
         for path in paths:
             if os.path.dirname(os.path.abspath(path)) == default_root:
+                expected.add(os.path.basename(path) + "/")
                 candidate = models / os.path.basename(path)
                 if candidate.is_dir():
                     pairs.append((folder, str(candidate)))
+    if not pairs:
+        raise UsageError(f"--models {models}: none of ComfyUI's model folders is in it (expected a "
+                         f"ComfyUI models directory with e.g. {', '.join(sorted(expected)[:8])} ...)")
     return pairs
 
 
@@ -245,6 +255,28 @@ def _node_label(prompt: dict, key) -> str:
     return f"node {key} '{title}' ({node.get('class_type', '?')})"
 
 
+def _missing_file(prompt, key, folder, value, folder_paths) -> str:
+    searched = ", ".join(folder_paths.get_folder_paths(folder))
+    hint = FLAG_OF_FOLDER.get(folder)
+    return (f"{_node_label(prompt, key)}: model file '{value}' is not in the '{folder}' folder "
+            f"(searched: {searched}). Put it there, or pass {hint + ' FILE / ' if hint else ''}"
+            "--models DIR, or --tiny for the stand-ins.")
+
+
+def missing_model_files(prompt: dict, object_info: dict, folder_paths) -> list[str]:
+    """Model files selected in V3 combos that are not in their folder (ComfyUI does not check)."""
+    lines = []
+    for key, node in sorted(prompt.items(), key=lambda kv: (len(kv[0]), kv[0])):
+        for name, value in node["inputs"].items():
+            folder = MODEL_INPUTS.get((node["class_type"], name))
+            info = object_info.get(node["class_type"], {}).get("input", {})
+            spec = {**info.get("required", {}), **info.get("optional", {})}.get(name)
+            if folder and spec and spec[0] == "COMBO" and isinstance(value, str) \
+                    and value not in folder_paths.get_filename_list(folder):
+                lines.append(_missing_file(prompt, key, folder, value, folder_paths))
+    return lines
+
+
 def describe_errors(prompt: dict, error: dict | None, node_errors: dict, folder_paths) -> list[str]:
     """Readable lines for validate_prompt's answer: missing model files name the file and folder."""
     lines = []
@@ -252,13 +284,9 @@ def describe_errors(prompt: dict, error: dict | None, node_errors: dict, folder_
         for err in entry.get("errors", []):
             extra = err.get("extra_info") or {}
             name, value = extra.get("input_name"), extra.get("received_value")
-            folder = MODEL_INPUTS.get(name)
+            folder = MODEL_INPUTS.get((prompt.get(key, {}).get("class_type"), name))
             if err.get("type") == "value_not_in_list" and folder:
-                searched = ", ".join(folder_paths.get_folder_paths(folder))
-                hint = FLAG_OF_FOLDER.get(folder, "--models DIR")
-                lines.append(f"{_node_label(prompt, key)}: model file '{value}' is not in the "
-                             f"'{folder}' folder (searched: {searched}). Put it there, or pass "
-                             f"{hint} FILE / --models DIR, or --tiny for the stand-ins.")
+                lines.append(_missing_file(prompt, key, folder, value, folder_paths))
             elif "image" in (name or "") or "Invalid image file" in err.get("details", ""):
                 lines.append(f"{_node_label(prompt, key)}: {err.get('details') or err['message']} "
                              f"(images are read from {folder_paths.get_input_directory()}; "
@@ -399,6 +427,10 @@ def run(args) -> int:
         if args.standin:
             standin = STANDINS[args.standin]
             prompt = substitute_standins(prompt, object_info, standin)
+            if standin.threads and "OMP_NUM_THREADS" not in os.environ:
+                import torch
+
+                torch.set_num_threads(standin.threads)
             print(f"--{args.standin}: model loaders replaced by {standin.node}: {standin.description}",
                   file=sys.stderr)
         for folder, directory in set_model_files(prompt, args.files, scratch / "models").items():
@@ -413,16 +445,24 @@ def run(args) -> int:
         folder_paths.set_temp_directory(str(scratch / "temp"))
         if args.save_api:
             args.save_api.write_text(json.dumps(prompt, indent=2) + "\n", encoding="utf-8")
-        return _validate_and_execute(prompt, folder_paths, t0, t_load)
+        return _validate_and_execute(prompt, object_info, folder_paths, args.verbose, t0, t_load)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _validate_and_execute(prompt, folder_paths, t0, t_load) -> int:
-    valid, error, outputs, node_errors = runtime.validate(prompt)
-    if not valid:
+def _validate_and_execute(prompt, object_info, folder_paths, verbose, t0, t_load) -> int:
+    root = logging.getLogger()
+    level = root.level
+    if not verbose:  # ComfyUI logs every validation error; the summary below says it once
+        root.setLevel(logging.CRITICAL)
+    try:
+        valid, error, outputs, node_errors = runtime.validate(prompt)
+    finally:
+        root.setLevel(level)
+    problems = missing_model_files(prompt, object_info, folder_paths)
+    if not valid or problems:
         print("The workflow does not validate:", file=sys.stderr)
-        for line in describe_errors(prompt, error, node_errors, folder_paths):
+        for line in problems + describe_errors(prompt, error, node_errors, folder_paths):
             print(f"  - {line}", file=sys.stderr)
         return EXIT_INVALID
     progress = Progress(prompt, outputs)

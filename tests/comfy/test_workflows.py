@@ -2,16 +2,11 @@
 and the real server lists them as templates. One real server (HTTP) is started for this module."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+import serverutil
 
 from musar_run import cli, convert, runtime
 
@@ -39,7 +34,7 @@ def prepared(info, base_dir):
     for name in NAMES:
         for node in convert.ui_to_api(_load(WORKFLOWS / f"{name}.json"), info).values():
             for key, value in node["inputs"].items():
-                folder = cli.MODEL_INPUTS.get(key)
+                folder = cli.MODEL_INPUTS.get((node["class_type"], key))
                 if folder and isinstance(value, str):
                     target = Path(folder_paths.get_folder_paths(folder)[0]) / value
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,53 +46,18 @@ def prepared(info, base_dir):
     return base_dir
 
 
-def _get(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
-        return json.loads(r.read())
-
-
 @pytest.fixture(scope="module")
 def server(prepared):
     """The real ComfyUI server on the same base directory, with the pack in its custom_nodes."""
-    custom = prepared / "custom_nodes"
-    custom.mkdir(exist_ok=True)
-    link = custom / runtime.PACK_NAME
-    if not link.exists():
-        link.symlink_to(ROOT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    comfy = runtime.find_comfyui()
-    log = open(prepared / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--base-directory", str(prepared), "--database-url", "sqlite:///:memory:",
-         "--disable-api-nodes"], cwd=comfy, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                _get(port, "/api/object_info/KSampler")
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log.flush()
-                    pytest.fail("ComfyUI server did not start:\n" + (prepared / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    if not (prepared / "custom_nodes" / serverutil.PACK_NAME).exists():
+        serverutil.make_base_dir(prepared)
+    with serverutil.running_server(prepared, timeout=120) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def server_info(server):
-    return _get(server, "/api/object_info")
+    return server.get_json("/api/object_info")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -148,8 +108,8 @@ def test_workflows_hold_only_core_and_pack_nodes_with_full_widget_rows(info):
 
 
 def test_server_lists_the_workflows_as_templates(server):
-    templates = _get(server, "/api/workflow_templates")
+    templates = server.get_json("/api/workflow_templates")
     assert sorted(templates[runtime.PACK_NAME]) == NAMES
     for name in NAMES:
-        served = _get(server, f"/api/workflow_templates/{runtime.PACK_NAME}/{name}.json")
+        served = server.get_json(f"/api/workflow_templates/{runtime.PACK_NAME}/{name}.json")
         assert served == _load(WORKFLOWS / f"{name}.json")
