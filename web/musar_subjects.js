@@ -19,9 +19,16 @@ function drawChip(node, ctx) {
   const text = known ? `subject ${index}` : node.mode === 4 ? "bypassed" : "subject ?";
   const th = titleHeight();
   ctx.save();
+  ctx.font = `${globalThis.LiteGraph?.NODE_TEXT_SIZE ?? 14}px sans-serif`;
+  const titleEnd = 30 + ctx.measureText(node.getTitle?.() ?? node.title ?? "").width;
   ctx.font = "bold 11px sans-serif";
   const chipH = 18;
-  const chipW = ctx.measureText(text).width + 24;
+  let label = text;
+  let chipW = ctx.measureText(label).width + 24;
+  if (node.size[0] - chipW - 8 < titleEnd) {
+    label = known ? String(index) : "?"; // narrow node: keep the title readable
+    chipW = ctx.measureText(label).width + 24;
+  }
   const x = node.size[0] - chipW - 8;
   const y = -th + (th - chipH) / 2;
   ctx.beginPath();
@@ -35,7 +42,7 @@ function drawChip(node, ctx) {
   ctx.fillStyle = "#fff";
   ctx.textAlign = "left";
   ctx.textBaseline = "middle";
-  ctx.fillText(text, x + 19, y + chipH / 2 + 0.5);
+  ctx.fillText(label, x + 19, y + chipH / 2 + 0.5);
   ctx.fillStyle = color; // the colour bar under the title
   ctx.fillRect(0, 0, node.size[0], 3);
   ctx.restore();
