@@ -236,7 +236,7 @@ class Builder:
 
     def workflow(self) -> dict:
         self._set_order()
-        return {"id": None, "revision": 0, "last_node_id": max(n["id"] for n in self.nodes),
+        return {"last_node_id": max(n["id"] for n in self.nodes),
                 "last_link_id": len(self.links), "nodes": sorted(self.nodes, key=lambda n: n["id"]),
                 "links": self.links, "groups": self.groups, "config": {},
                 "extra": {"ds": {"scale": 0.75, "offset": [480, 60]}, "frontendVersion": "1.32.9"},
