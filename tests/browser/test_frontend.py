@@ -102,7 +102,10 @@ def test_workflow_loads_with_every_node_known_and_schema_widgets(ui, object_info
     alerts = ui.js(VISIBLE_ALERTS)
     shot = ui.screenshot(f"workflow-{Path(workflow).stem}")
     assert nodes, "the graph is empty after loading"
-    assert not [a for a in alerts if "missing" in a.lower() or "invalid workflow" in a.lower()], alerts
+    bad = [a for a in alerts if "missing" in a.lower() or "invalid workflow" in a.lower()]
+    assert not bad, (f"{workflow}: a user loading this file sees {bad} (the frontend validates "
+                     "workflows with its zod schema: e.g. a top-level \"id\" must be a UUID string "
+                     f"or absent, not null); screenshot {shot}")
     unknown = [f"{n['id']}:{n['type']}" for n in nodes if not n["known"] or n["hasErrors"]]
     assert not unknown, f"unknown node types {unknown} (screenshot {shot})"
     files = {n["id"]: n for n in data.get("nodes", [])}
