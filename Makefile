@@ -19,6 +19,9 @@ test-comfy: setup ## tier 2 only (real ComfyUI)
 serve:            ## ComfyUI server + frontend on http://127.0.0.1:8188 with the pack loaded
 	scripts/serve.sh
 
+demo:             ## the two-subject workflow headless on tiny random FLUX stand-ins -> output/ (shows the pipeline, not image quality); real FLUX: make demo DEMO_ARGS="--models DIR"
+	scripts/demo.sh $(DEMO_ARGS)
+
 lint: setup
 	$(PY) -m ruff check .
 

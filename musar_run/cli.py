@@ -85,6 +85,9 @@ MODEL_INPUTS = {
     ("MUSAR_LoadDualLoRA", "lora_name"): "loras", ("LoraLoader", "lora_name"): "loras",
     ("LoraLoaderModelOnly", "lora_name"): "loras", ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
 }
+FLAG_HELP = {"unet": "FLUX.1 diffusion model (fp16 or fp8)", "clip_l": "CLIP-L text encoder",
+             "t5": "T5-XXL text encoder (fp16 or fp8)", "vae": "FLUX VAE (ae.safetensors)",
+             "lora": "MUSAR dual LoRA or OminiControl subject LoRA"}
 FLAG_OF_FOLDER = {"diffusion_models": "--unet", "text_encoders": "--clip-l / --t5", "vae": "--vae",
                   "loras": "--lora"}
 
@@ -289,8 +292,8 @@ def describe_errors(prompt: dict, error: dict | None, node_errors: dict, folder_
                 lines.append(_missing_file(prompt, key, folder, value, folder_paths))
             elif "image" in (name or "") or "Invalid image file" in err.get("details", ""):
                 lines.append(f"{_node_label(prompt, key)}: {err.get('details') or err['message']} "
-                             f"(images are read from {folder_paths.get_input_directory()}; "
-                             "use --input DIR)")
+                             f"(images are read from {folder_paths.get_input_directory()}: pass "
+                             f"--input DIR; the demo drawings are in {ASSETS})")
             else:
                 detail = err.get("details") or ""
                 lines.append(f"{_node_label(prompt, key)}: {err.get('message')}"
@@ -366,9 +369,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "check on CPU in seconds; the images are noise)")
     mode.add_argument("--models", type=Path, help="a ComfyUI-style models folder (diffusion_models/, "
                                                   "text_encoders/, vae/, loras/ ...) to search first")
-    for flag, (folder, _) in MODEL_FLAGS.items():
+    for flag, (folder, targets) in MODEL_FLAGS.items():
+        where = ", ".join(f"{c}.{n}" for c, n in targets[:2])
         p.add_argument(f"--{flag.replace('_', '-')}", dest=f"file_{flag}", type=Path, metavar="FILE",
-                       help=f"model file for the workflow's {folder} loader (symlinked, not copied)")
+                       help=f"{FLAG_HELP[flag]}: symlinked into a {folder} folder and selected in "
+                            f"{where}")
     p.add_argument("--save-api", type=Path, metavar="FILE", help="also write the final API prompt here")
     p.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's log")
     args = p.parse_args(argv)

@@ -27,11 +27,14 @@ _STATE: dict = {}
 
 
 def find_comfyui(explicit: str | os.PathLike | None = None) -> Path:
-    """ComfyUI checkout: explicit argument, then $COMFYUI_PATH, then the dev runtime of setup.sh."""
+    """ComfyUI checkout: explicit argument, then $COMFYUI_PATH, then the dev runtime of setup.sh,
+    then the ComfyUI this pack is installed in (custom_nodes/<pack>), then .comfyui/0.3.75."""
     candidates = [explicit, os.environ.get("COMFYUI_PATH")]
     marker = REPO_ROOT / ".venv" / ".musar-comfyui-path"
     if marker.is_file():
         candidates.append(marker.read_text().strip())
+    if REPO_ROOT.parent.name == "custom_nodes":  # installed as ComfyUI/custom_nodes/<pack>
+        candidates.append(REPO_ROOT.parent.parent)
     candidates.append(REPO_ROOT / ".comfyui" / "0.3.75")
     for c in candidates:
         if c and (Path(c) / "main.py").is_file() and (Path(c) / "comfy").is_dir():
