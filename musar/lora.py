@@ -214,10 +214,21 @@ def init_trainable(shapes: Mapping[str, tuple[int, int]], noisy_rank: int, subje
 
 
 def from_trainable(params: Mapping[str, torch.Tensor], metadata: Mapping[str, str] = ()) -> DualLoRA:
+    """A detached snapshot of trainable factors (for saving / inference)."""
+    return _collect(params, metadata, detach=True)
+
+
+def from_trainable_live(params: Mapping[str, torch.Tensor], metadata: Mapping[str, str] = ()) -> DualLoRA:
+    """The trainable factors themselves (gradients flow through the returned pairs)."""
+    return _collect(params, metadata, detach=False)
+
+
+def _collect(params, metadata, detach: bool) -> DualLoRA:
     modules: dict[str, list] = {}
     for key in params:
         if key.endswith(".down"):
             module, branch = key[: -len(".down")].rsplit(".", 1)
-            pair = LoRAPair(params[key].detach(), params[f"{module}.{branch}.up"].detach())
+            down, up = params[key], params[f"{module}.{branch}.up"]
+            pair = LoRAPair(down.detach() if detach else down, up.detach() if detach else up)
             modules.setdefault(module, [None, None])[BRANCHES.index(branch)] = pair
     return DualLoRA({k: tuple(v) for k, v in modules.items()}, dict(metadata))

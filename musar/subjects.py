@@ -56,9 +56,11 @@ class Subject:
     def n_tokens(self) -> int:
         return self.n_grid_tokens if self.keep is None else int(self.keep.sum())
 
-    def packed(self) -> torch.Tensor:
-        """(1, n_tokens, C*4) reference tokens (keep-mask applied)."""
-        tokens, _ = pack_latent(self.latent)
+    def packed(self, process_in=None) -> torch.Tensor:
+        """(1, n_tokens, C*4) reference tokens (keep-mask applied). ``process_in`` maps the raw
+        VAE latent into the model's latent space (FLUX: shift and scale), as the canvas is."""
+        latent = self.latent if process_in is None else process_in(self.latent)
+        tokens, _ = pack_latent(latent)
         return tokens if self.keep is None else tokens[:, self.keep]
 
     @staticmethod

@@ -34,11 +34,13 @@ def _forward(self, x, *args, **kwargs):
 
 
 def _classes(role: str, call, x: torch.Tensor):
-    """Token classes for this module call; None = all tokens noisy; False = no LoRA at all."""
+    """Token classes for this module call; None = all tokens noisy; False = no LoRA at all.
+    Object patches stay applied while ComfyUI keeps the model loaded, so outside a call of the
+    patched MODEL (no active MusarCall) the wrapper must be inert."""
+    if call is None:  # not inside a MUSAR-wrapped diffusion-model call (e.g. training forward)
+        return False
     if role == "mod":
         return modulation_classes(x)
-    if call is None:
-        return None if role in ("img_in", "img") else False
     if role == "img_in":
         if call.img_in_mode == "subject":
             return torch.full((x.shape[-2],), SUBJECT, dtype=torch.int8)

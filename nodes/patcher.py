@@ -80,7 +80,7 @@ def apply_routing(model, subjects, settings: session.RoutingSettings, recorder: 
     if replaced:
         raise ModelError(f"another node already replaced FLUX blocks {sorted(replaced)[:3]}...; "
                          "apply MUSAR routing before it (MUSAR must run the blocks itself)")
-    to[ROUTING] = _Routing(subjects, settings, recorder)
+    to[ROUTING] = _Routing(subjects, settings, recorder, model.model.process_latent_in)
     for kind, count in (("double_block", len(dm.double_blocks)), ("single_block", len(dm.single_blocks))):
         for i in range(count):
             m.set_model_patch_replace(_BlockPatch(kind, i), "dit", kind, i)
@@ -98,8 +98,9 @@ def apply_routing(model, subjects, settings: session.RoutingSettings, recorder: 
 class _Routing:
     """What ApplyRouting put on the MODEL (immutable; shared by clones)."""
 
-    def __init__(self, subjects, settings, recorder):
+    def __init__(self, subjects, settings, recorder, process_latent_in):
         self.subjects, self.settings, self.recorder = subjects, settings, recorder
+        self.process_latent_in = process_latent_in  # VAE latent -> model latent space
         grids = [s.grid for s in subjects.subjects]
         ids = subject_ids(grids, settings.position_mode)
         self.ids = torch.cat([torch.zeros(0, 3)] + [i if s.keep is None else i[s.keep]
@@ -110,7 +111,7 @@ class _Routing:
         """(packed reference tokens (1, n, C*4), caption features list) on device/dtype."""
         key = (str(device), dtype)
         if key not in self._device_cache:
-            packed = torch.cat([s.packed() for s in self.subjects.subjects], dim=1)
+            packed = torch.cat([s.packed(self.process_latent_in) for s in self.subjects.subjects], 1)
             caps = [s.caption_tokens.to(device=device, dtype=dtype) for s in self.subjects.subjects]
             self._device_cache = {key: (packed.to(device=device, dtype=dtype), caps)}
         return self._device_cache[key]
