@@ -133,11 +133,12 @@ def _vec(dm, t, guidance, y):
     return vec + dm.vector_in(y[:, :dm.params.vec_in_dim])
 
 
-def musar_forward(dm, inp: ForwardInputs, layout: TokenLayout, plan: RoutePlan = RoutePlan(),
+def musar_forward(dm, inp: ForwardInputs, layout: TokenLayout, plan: RoutePlan | None = None,
                   lora: Mapping = (), s_noisy: float = 1.0, s_subject: float = 1.0,
                   attn: AttnFn = sdpa, gradient_checkpointing: bool = False) -> torch.Tensor:
     """Velocity prediction for the X tokens: (B, x_len, C*4)."""
     b = inp.x.shape[0]
+    plan = plan or RoutePlan()
     adapted = _Adapted(dict(lora), s_noisy, s_subject)
     img = adapted(dm.img_in, "img_in", inp.x, None)
     ic = adapted(dm.img_in, "img_in", inp.subjects.expand(b, -1, -1), _all_subject(inp.subjects))
