@@ -4,7 +4,8 @@
     .venv/bin/python scripts/make_demo_assets.py --check    # exit 1 if a committed file differs
 
 - ``workflows/assets/musar_*.png``: four flat, PIL-drawn subjects (our own drawings, 512x512).
-- ``workflows/*.json``: UI-format workflows (frontend format 0.4). Widget values are laid out from
+- ``workflows/*.json``: UI-format workflows (frontend format 0.4), ``workflows/*.jpg`` their
+  Templates-browser thumbnails. Widget values are laid out from
   the node definitions of the real ComfyUI runtime (``/object_info``, built in process), so they
   follow each node's input order.
 - ``workflows/api/*.json``: the same graphs converted by ``musar_run.convert`` (a tier-2 test
@@ -104,6 +105,20 @@ IMAGES = {
 def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def thumbnail(images: list[str]) -> bytes:
+    """Templates-browser thumbnail (``<workflow>.jpg``): the workflow's reference drawings."""
+    side = 2 if len(images) > 1 else 1
+    cell = SIZE // side
+    sheet = Image.new("RGB", (SIZE, SIZE), (250, 250, 250))
+    top = (SIZE - cell * ((len(images) + side - 1) // side)) // 2
+    for i, name in enumerate(images):
+        tile = IMAGES[name][0]().resize((cell - 8, cell - 8), Image.LANCZOS)
+        sheet.paste(tile, ((i % side) * cell + 4, top + (i // side) * cell + 4))
+    buf = io.BytesIO()
+    sheet.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
 
 
@@ -307,20 +322,27 @@ def build_musar(info, name, subjects, scene, unet, lora, strengths, sampling, la
     return b.workflow()
 
 
+SUBJECTS = {
+    "musar_two_subjects": ["musar_red_mug.png", "musar_yellow_duck.png"],
+    "musar_four_subjects": list(IMAGES),
+    "musar_omnicontrol_training_free": ["musar_green_cactus.png", "musar_blue_teapot.png"],
+}
+
+
 def workflows(info) -> dict:
     dev_sampling = {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
                     "scheduler": "simple", "denoise": 1.0}
     square = {"width": 1024, "height": 1024, "batch_size": 1}
     return {
         "musar_two_subjects": build_musar(
-            info, "musar_two_subjects", ["musar_red_mug.png", "musar_yellow_duck.png"],
+            info, "musar_two_subjects", SUBJECTS["musar_two_subjects"],
             "sunlit kitchen", DEV_UNET, MUSAR_LORA, (1.0, 1.0), dev_sampling, square, 3.5),
         "musar_four_subjects": build_musar(
-            info, "musar_four_subjects", list(IMAGES), "wooden bookshelf", DEV_UNET, MUSAR_LORA,
+            info, "musar_four_subjects", SUBJECTS["musar_four_subjects"], "wooden bookshelf", DEV_UNET, MUSAR_LORA,
             (1.0, 1.0), dev_sampling, square, 3.5),
         "musar_omnicontrol_training_free": build_musar(
             info, "musar_omnicontrol_training_free",
-            ["musar_green_cactus.png", "musar_blue_teapot.png"], "garden picnic", OMNI_UNET,
+            SUBJECTS["musar_omnicontrol_training_free"], "garden picnic", OMNI_UNET,
             OMNI_LORA, (0.0, 1.0), {**dev_sampling, "steps": 8},
             {"width": 512, "height": 512, "batch_size": 1}, None),
     }
@@ -340,6 +362,7 @@ def generated_files() -> dict[Path, bytes]:
     files = {ASSETS / name: png_bytes(draw()) for name, (draw, _) in IMAGES.items()}
     for name, workflow in workflows(info).items():
         files[WORKFLOWS / f"{name}.json"] = dump(workflow)
+        files[WORKFLOWS / f"{name}.jpg"] = thumbnail(SUBJECTS[name])
         files[API / f"{name}.json"] = dump(convert.ui_to_api(workflow, info))
     return files
 

@@ -113,3 +113,5 @@ def test_server_lists_the_workflows_as_templates(server):
     for name in NAMES:
         served = server.get_json(f"/api/workflow_templates/{runtime.PACK_NAME}/{name}.json")
         assert served == _load(WORKFLOWS / f"{name}.json")
+        status, _, body = server.request(f"/api/workflow_templates/{runtime.PACK_NAME}/{name}.jpg")
+        assert status == 200 and body == (WORKFLOWS / f"{name}.jpg").read_bytes()  # thumbnail
