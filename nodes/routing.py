@@ -13,6 +13,7 @@ from ..musar.errors import LayoutError, MusarError, RoutingError
 from ..musar.layout import POSITION_MODES
 from ..musar.routing import parse_blocks
 from ..musar.session import Recorder, RoutingSettings
+from ..musar.subjects import PALETTE
 from . import patcher
 from .types import ROUTING, SUBJECTS
 
@@ -153,14 +154,21 @@ class MusarRoutingPreview(io.ComfyNode):
             logger.warning("MUSAR preview: no route recorded (dynamic routing off, no subjects, "
                            "or the sampler has not run with this MODEL); showing the image as is")
             masks = torch.zeros(max(1, routing.n_subjects), height, width)
-            return io.NodeOutput(images, masks, ui=ui.PreviewImage(images, cls=cls))
+            return io.NodeOutput(images, masks, ui=_preview(images, routing, cls))
         if step >= len(run.routes):
             raise RoutingError(f"step {step} asked, but the run recorded {len(run.routes)} routed "
                                f"steps (use -1 for the last)")
         _, route = run.routes[step]
         masks = imaging.route_masks(route[0], run.grid, routing.n_subjects, height, width)
         out = imaging.overlay(images, masks, opacity)
-        return io.NodeOutput(out, masks, ui=ui.PreviewImage(out, cls=cls))
+        return io.NodeOutput(out, masks, ui=_preview(out, routing, cls))
+
+
+def _preview(image, routing: RoutingHandle, cls) -> dict:
+    """Preview images plus the captions and colours the web legend shows."""
+    captions = list(routing.recorder.captions) if routing.recorder is not None else []
+    return {**ui.PreviewImage(image, cls=cls).as_dict(), "captions": captions,
+            "colors": [list(PALETTE[i % len(PALETTE)]) for i in range(len(captions))]}
 
 
 NODES = [MusarApplyRouting, MusarRoutingPreview]

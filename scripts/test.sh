@@ -2,7 +2,8 @@
 # The README's test command (`make test`): set up the runtime if needed, then run
 #   tier 1 (tests/core)  - pure torch, no ComfyUI on sys.path
 #   tier 2 (tests/comfy) - the real ComfyUI runtime: ModelPatcher, samplers, PromptExecutor, server
-# Both tiers always run; the exit code is non-zero if either fails. Extra args go to pytest.
+#   tier 3 (tests/browser) - the real frontend in headless Debian Chromium (installed if missing)
+# All tiers always run; the exit code is non-zero if either fails. Extra args go to pytest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh" || exit 1
@@ -16,5 +17,8 @@ tier1=$?
 echo "== tier 2: tests/comfy (real ComfyUI $(cat "${MUSAR_VENV:-$ROOT/.venv}/.musar-comfyui-path")) =="
 "$PY" -m pytest tests/comfy "$@"
 tier2=$?
-echo "== summary: tier 1 exit $tier1, tier 2 exit $tier2 =="
-[ "$tier1" = 0 ] && [ "$tier2" = 0 ]
+echo "== tier 3: tests/browser (real frontend, headless Chromium) =="
+"$ROOT/scripts/setup_browser.sh" && "$PY" -m pytest tests/browser "$@"
+tier3=$?
+echo "== summary: tier 1 exit $tier1, tier 2 exit $tier2, tier 3 exit $tier3 =="
+[ "$tier1" = 0 ] && [ "$tier2" = 0 ] && [ "$tier3" = 0 ]
