@@ -231,3 +231,55 @@ def test_condition_cache_reuses_and_approximates(pack, model, monkeypatch):
     assert rec.latest.kv and len(rec.latest.kv) == 4
     assert not torch.equal(a, b)
     assert (a - b).abs().max() < 0.5 * (a - sample(model, steps=4)).abs().max() + 1e-3
+
+
+def test_masked_subject_uses_only_kept_tokens_and_matches_the_reference(pack, model, monkeypatch):
+    subj = pack_module(pack, "musar.subjects")
+    g = torch.Generator().manual_seed(4)
+    latent = torch.randn(1, 16, 8, 8, generator=g)
+    mask = torch.zeros(64, 64)
+    mask[:, :32] = 1  # left half of the reference image
+    keep = subj.Subject.keep_from_mask(mask, latent)
+    assert int(keep.sum()) == 8  # 4x4 token grid, left two columns
+    subjects = make_subjects(pack, ((8, 8),), (3,)).add(subj.Subject(latent, "half", torch.randn(1, 2, 64, generator=g), keep))
+    patched, _ = routed(pack, model, subjects)
+    fast = sample(patched)
+    _dense_reference(pack, monkeypatch)
+    torch.testing.assert_close(fast, sample(patched), rtol=1e-4, atol=1e-4)
+
+
+def test_kontext_reference_latents_are_routed_with_the_canvas(pack, model, monkeypatch):
+    """ComfyUI's own ReferenceLatent tokens (appended after X) join the canvas group."""
+    import comfy.sample
+    from musar_helpers import conds
+
+    pos, neg = conds()
+    ref = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    for c in (pos, neg):
+        c[0][1]["reference_latents"] = [ref]
+    patched, _ = routed(pack, model, make_subjects(pack), position_mode="kontext")
+    noise = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        return comfy.sample.sample(patched, noise, 3, 2.0, "euler", "simple", pos, neg,
+                                   torch.zeros_like(noise), seed=0, disable_pbar=True)
+
+    session = pack_module(pack, "musar.session")
+    extras = []
+    original = session.block_attention
+    monkeypatch.setattr(session, "block_attention",
+                        lambda call, *a: extras.append(call.layout.extra_len) or original(call, *a))
+    fast = run()
+    assert set(extras) == {16}
+    _dense_reference(pack, monkeypatch)
+    torch.testing.assert_close(fast, run(), rtol=1e-4, atol=1e-4)
+
+
+def test_two_patched_models_do_not_share_state(pack, model):
+    a_model, rec_a = routed(pack, model, make_subjects(pack, seed=1))
+    b_model, rec_b = routed(pack, model, make_subjects(pack, seed=2))
+    alone_a, alone_b = sample(a_model, seed=1), sample(b_model, seed=2)
+    interleaved = [sample(a_model, seed=1), sample(b_model, seed=2), sample(a_model, seed=1)]
+    assert torch.equal(interleaved[0], alone_a) and torch.equal(interleaved[2], alone_a)
+    assert torch.equal(interleaved[1], alone_b)
+    assert rec_a.latest is not rec_b.latest
