@@ -61,7 +61,8 @@ class StandIn:
 STANDINS = {
     "tiny": StandIn(
         node="MUSAR_TinyFluxLoader", inputs={"size": "tiny (128 wide, 2+2 blocks)", "seed": 0},
-        description="random tiny FLUX stand-ins (shows the pipeline runs, not image quality)",
+        description="random tiny FLUX stand-ins, a pipeline check on CPU in seconds (the images "
+                    "are noise: it shows the pipeline runs, not image quality)",
         caps={("EmptySD3LatentImage", "width"): 256, ("EmptySD3LatentImage", "height"): 256,
               ("EmptyLatentImage", "width"): 256, ("EmptyLatentImage", "height"): 256,
               ("MUSAR_Subject", "reference_size"): 128}),
@@ -364,9 +365,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="input folder for Load Image (default: a temporary folder holding the "
                         "pack's demo images from workflows/assets)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--tiny", dest="standin", action="store_const", const="tiny",
-                      help="replace the model loaders by random tiny FLUX stand-ins (pipeline "
-                           "check on CPU in seconds; the images are noise)")
+    for name, standin in STANDINS.items():  # one flag per stand-in set: --tiny, ...
+        mode.add_argument(f"--{name}", dest="standin", action="store_const", const=name,
+                          help=f"replace the model loaders by {standin.node}: {standin.description}")
     mode.add_argument("--models", type=Path, help="a ComfyUI-style models folder (diffusion_models/, "
                                                   "text_encoders/, vae/, loras/ ...) to search first")
     for flag, (folder, targets) in MODEL_FLAGS.items():
@@ -379,7 +380,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.files = {f: getattr(args, f"file_{f}") for f in MODEL_FLAGS if getattr(args, f"file_{f}")}
     if args.standin and args.files:
-        p.error("--tiny replaces the model loaders; it cannot be combined with model files")
+        p.error(f"--{args.standin} replaces the model loaders; it cannot be combined with model files")
     return args
 
 

@@ -28,22 +28,30 @@ def info(pack):
 @pytest.fixture(scope="module")
 def prepared(info, base_dir):
     """Placeholder model files named as in the workflows, and the demo images in the input folder
-    (validation only checks that the names are listed / the images exist)."""
+    (validation only checks that the names are listed / the images exist). Removed afterwards so
+    other test modules of the session see the base directory as it was."""
     import folder_paths
+
+    created = []
+
+    def place(target: Path, source: Path | None = None):
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target) if source else target.touch()
+        created.append(target)
 
     for name in NAMES:
         for node in convert.ui_to_api(_load(WORKFLOWS / f"{name}.json"), info).values():
             for key, value in node["inputs"].items():
                 folder = cli.MODEL_INPUTS.get((node["class_type"], key))
                 if folder and isinstance(value, str):
-                    target = Path(folder_paths.get_folder_paths(folder)[0]) / value
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.touch()
-    inputs = Path(folder_paths.get_input_directory())
-    inputs.mkdir(parents=True, exist_ok=True)
+                    place(Path(folder_paths.get_folder_paths(folder)[0]) / value)
     for png in (WORKFLOWS / "assets").glob("*.png"):
-        shutil.copy2(png, inputs / png.name)
-    return base_dir
+        place(Path(folder_paths.get_input_directory()) / png.name, png)
+    yield base_dir
+    for path in created:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
