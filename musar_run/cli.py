@@ -375,6 +375,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument(f"--{flag.replace('_', '-')}", dest=f"file_{flag}", type=Path, metavar="FILE",
                        help=f"{FLAG_HELP[flag]}: symlinked into a {folder} folder and selected in "
                             f"{where}")
+    p.add_argument("--cpu", action="store_true",
+                   help="run on the CPU even when a GPU is available (stand-in runs always use the CPU)")
     p.add_argument("--save-api", type=Path, metavar="FILE", help="also write the final API prompt here")
     p.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's log")
     args = p.parse_args(argv)
@@ -406,6 +408,16 @@ def _saved_files(result, folder_paths) -> list[tuple[str, Path]]:
     return out
 
 
+def _use_cpu(args) -> bool:
+    """ComfyUI must be told --cpu on a machine without an accelerator; use one when there is."""
+    if args.cpu or args.standin:
+        return True
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
+
+
 def run(args) -> int:
     t0 = time.perf_counter()
     try:
@@ -417,7 +429,7 @@ def run(args) -> int:
     level = root.level
     if quiet:
         root.setLevel(quiet)
-    runtime.bootstrap()
+    runtime.bootstrap(cpu=_use_cpu(args))
     runtime.load_pack()
     root.setLevel(level if args.verbose else logging.WARNING)
     import folder_paths
