@@ -13,8 +13,6 @@ keeps ComfyUI's ``nodes.py`` ahead of this repository's ``nodes/`` package on ``
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import logging
 import os
@@ -25,228 +23,26 @@ import time
 from pathlib import Path
 
 from . import convert, runtime
+from .edits import (
+    MODEL_FLAGS,
+    MODEL_INPUTS,
+    STANDINS,
+    UsageError,
+    apply_overrides,
+    links_of,
+    model_dirs,
+    set_model_files,
+    substitute_standins,
+)
 
 logger = logging.getLogger(__name__)
 ASSETS = runtime.REPO_ROOT / "workflows" / "assets"
-EXIT_USAGE, EXIT_INVALID, EXIT_FAILED = 2, 3, 4
-
-
-class UsageError(Exception):
-    """A problem with the command line or the workflow, reported without a traceback."""
-
-
-@dataclasses.dataclass(frozen=True)
-class StandIn:
-    """Replace a workflow's model loaders by one node that builds stand-in models.
-
-    Every output of a ``loaders`` node is rewired to the replacement's output of the same type
-    (MODEL, CLIP, VAE); ``passthrough`` nodes (e.g. a LoRA loader, which has no file for a
-    stand-in) are removed and their consumers get the node's own input of that name; ``caps``
-    limit numeric inputs ``(class_type, input) -> maximum`` so a CPU run stays quick; ``threads``
-    sets torch's intra-op threads (tiny models are all small ops, where thread hand-offs cost
-    more than they give: 10x slower on a busy 2-core machine), unless OMP_NUM_THREADS is set.
-    """
-
-    node: str
-    inputs: dict
-    description: str
-    loaders: frozenset = frozenset({"UNETLoader", "DualCLIPLoader", "VAELoader", "CLIPLoader",
-                                    "CheckpointLoaderSimple", "UnetLoaderGGUF", "DualCLIPLoaderGGUF"})
-    passthrough: dict = dataclasses.field(default_factory=lambda: {
-        "MUSAR_LoadDualLoRA": "model", "LoraLoaderModelOnly": "model"})
-    caps: dict = dataclasses.field(default_factory=dict)
-    threads: int | None = 1
-
-
-STANDINS = {
-    "tiny": StandIn(
-        node="MUSAR_TinyFluxLoader", inputs={"size": "tiny (128 wide, 2+2 blocks)", "seed": 0},
-        description="random tiny FLUX stand-ins, a pipeline check on CPU in seconds (the images "
-                    "are noise: it shows the pipeline runs, not image quality)",
-        caps={("EmptySD3LatentImage", "width"): 256, ("EmptySD3LatentImage", "height"): 256,
-              ("EmptyLatentImage", "width"): 256, ("EmptyLatentImage", "height"): 256,
-              ("MUSAR_Subject", "reference_size"): 128}),
-}
-
-# --flag -> (ComfyUI model folder, [(loader class_type, input)]) the file is selected in.
-MODEL_FLAGS = {
-    "unet": ("diffusion_models", [("UNETLoader", "unet_name"), ("UnetLoaderGGUF", "unet_name")]),
-    "clip_l": ("text_encoders", [("DualCLIPLoader", "clip_name1")]),
-    "t5": ("text_encoders", [("DualCLIPLoader", "clip_name2")]),
-    "vae": ("vae", [("VAELoader", "vae_name")]),
-    "lora": ("loras", [("MUSAR_LoadDualLoRA", "lora_name"), ("LoraLoaderModelOnly", "lora_name"),
-                       ("LoraLoader", "lora_name")]),
-}
-# Loader inputs whose combo is a model folder's file list (for "missing file" messages; ComfyUI
-# 0.3.75 checks V1 list combos itself but not V3 "COMBO" inputs, so those are checked here).
-MODEL_INPUTS = {
-    ("UNETLoader", "unet_name"): "diffusion_models", ("UnetLoaderGGUF", "unet_name"): "diffusion_models",
-    ("DualCLIPLoader", "clip_name1"): "text_encoders", ("DualCLIPLoader", "clip_name2"): "text_encoders",
-    ("CLIPLoader", "clip_name"): "text_encoders", ("VAELoader", "vae_name"): "vae",
-    ("MUSAR_LoadDualLoRA", "lora_name"): "loras", ("LoraLoader", "lora_name"): "loras",
-    ("LoraLoaderModelOnly", "lora_name"): "loras", ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
-}
 FLAG_HELP = {"unet": "FLUX.1 diffusion model (fp16 or fp8)", "clip_l": "CLIP-L text encoder",
              "t5": "T5-XXL text encoder (fp16 or fp8)", "vae": "FLUX VAE (ae.safetensors)",
              "lora": "MUSAR dual LoRA or OminiControl subject LoRA"}
 FLAG_OF_FOLDER = {"diffusion_models": "--unet", "text_encoders": "--clip-l / --t5", "vae": "--vae",
                   "loras": "--lora"}
-
-
-# ---------------------------------------------------------------------------------------------
-# prompt edits (pure: API prompt + object_info in, API prompt out)
-
-
-def _links(node: dict):
-    for name, value in node["inputs"].items():
-        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
-            yield name, value
-
-
-def _free_id(prompt: dict) -> str:
-    numbers = [int(k) for k in prompt if str(k).isdigit()]
-    return str(max(numbers, default=0) + 1)
-
-
-def substitute_standins(prompt: dict, object_info: dict, standin: StandIn) -> dict:
-    """The same graph with its model loaders replaced by ``standin.node`` (see :class:`StandIn`)."""
-    prompt = copy.deepcopy(prompt)
-    loaders = [k for k, n in prompt.items() if n["class_type"] in standin.loaders]
-    if not loaders:
-        raise UsageError(f"the workflow has no model loader to replace ({', '.join(sorted(standin.loaders))})")
-    new_id = _free_id(prompt)
-    provides = {t: i for i, t in enumerate(object_info[standin.node]["output"])}
-    remap = {}
-    for key in loaders:
-        for slot, kind in enumerate(object_info[prompt[key]["class_type"]]["output"]):
-            if kind not in provides:
-                raise UsageError(f"{standin.node} has no {kind} output to replace node {key} "
-                                 f"({prompt[key]['class_type']})")
-            remap[(key, slot)] = [new_id, provides[kind]]
-    for key, node in list(prompt.items()):
-        name = standin.passthrough.get(node["class_type"])
-        source = node["inputs"].get(name) if name else None
-        if isinstance(source, list):
-            info = object_info[node["class_type"]]
-            kind = {**info["input"].get("required", {}), **info["input"].get("optional", {})}[name][0]
-            for slot, out_kind in enumerate(info["output"]):
-                if out_kind == kind:
-                    remap[(key, slot)] = source
-            loaders.append(key)
-    for key in loaders:
-        del prompt[key]
-    for node in prompt.values():
-        for name, link in list(_links(node)):
-            seen = 0
-            while (link[0], link[1]) in remap and seen <= len(remap):
-                link, seen = remap[(link[0], link[1])], seen + 1
-            node["inputs"][name] = list(link)
-    prompt[new_id] = {"inputs": dict(standin.inputs), "class_type": standin.node,
-                      "_meta": {"title": object_info[standin.node].get("display_name") or standin.node}}
-    for node in prompt.values():
-        for name, value in node["inputs"].items():
-            cap = standin.caps.get((node["class_type"], name))
-            if cap is not None and isinstance(value, (int, float)) and value > cap:
-                node["inputs"][name] = cap
-    return prompt
-
-
-def find_node(prompt: dict, ref: str) -> str:
-    """A node by id, or by its title / class_type when that names exactly one node."""
-    if ref in prompt:
-        return ref
-    hits = [k for k, n in prompt.items() if ref in (n.get("_meta", {}).get("title"), n["class_type"])]
-    if len(hits) == 1:
-        return hits[0]
-    listing = ", ".join(f"{k}={n.get('_meta', {}).get('title') or n['class_type']}"
-                        for k, n in sorted(prompt.items(), key=lambda kv: (len(kv[0]), kv[0])))
-    why = "matches several nodes" if hits else "is not a node id, title or type of the prompt"
-    raise UsageError(f"--set: {ref!r} {why}; nodes: {listing}")
-
-
-def _coerce(kind, text: str, where: str):
-    try:
-        if kind == "INT":
-            return int(text)
-        if kind == "FLOAT":
-            return float(text)
-    except ValueError:
-        raise UsageError(f"--set {where}: expected a {kind.lower()}, got {text!r}") from None
-    if kind == "BOOLEAN":
-        low = text.strip().lower()
-        if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            raise UsageError(f"--set {where}: expected true or false, got {text!r}")
-        return low in ("true", "1", "yes", "on")
-    if kind in ("STRING", "COMBO") or isinstance(kind, list):
-        return text
-    raise UsageError(f"--set {where}: this input is a {kind} connection, not a value")
-
-
-def apply_overrides(prompt: dict, object_info: dict, assignments: list[str]) -> dict:
-    """``NODE.INPUT=VALUE`` edits; NODE is an id, title or class_type; VALUE is typed by the
-    input's definition (INT, FLOAT, BOOLEAN, STRING / COMBO)."""
-    prompt = copy.deepcopy(prompt)
-    for item in assignments:
-        target, sep, text = item.partition("=")
-        ref, dot, name = target.rpartition(".")
-        if not sep or not dot or not ref or not name:
-            raise UsageError(f"--set {item!r}: expected NODE.INPUT=VALUE, e.g. 11.seed=7")
-        key = find_node(prompt, ref)
-        node = prompt[key]
-        info = object_info[node["class_type"]]["input"]
-        specs = {**info.get("required", {}), **info.get("optional", {})}
-        if name not in specs:
-            raise UsageError(f"--set {item!r}: node {key} ({node['class_type']}) has no input "
-                             f"{name!r}; inputs: {', '.join(specs)}")
-        node["inputs"][name] = _coerce(specs[name][0], text, item)
-    return prompt
-
-
-def set_model_files(prompt: dict, files: dict, link_root: Path) -> dict:
-    """Symlink the given model files into ``link_root/<folder>/`` and select them in the loaders.
-    ``files``: MODEL_FLAGS key -> path. Returns {folder: directory} to register with ComfyUI."""
-    folders = {}
-    for flag, path in files.items():
-        folder, targets = MODEL_FLAGS[flag]
-        path = Path(path).expanduser().resolve()
-        if not path.is_file():
-            raise UsageError(f"--{flag.replace('_', '-')} {path}: no such file")
-        directory = link_root / folder
-        directory.mkdir(parents=True, exist_ok=True)
-        link = directory / path.name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(path)  # never copy multi-GB model files
-        folders[folder] = directory
-        hits = [n for n in prompt.values() for cls, name in targets
-                if n["class_type"] == cls and name in n["inputs"]]
-        if not hits:
-            logger.warning("--%s given, but the workflow has no %s node", flag,
-                           " / ".join(c for c, _ in targets))
-        for node in hits:
-            for cls, name in targets:
-                if node["class_type"] == cls:
-                    node["inputs"][name] = path.name
-    return folders
-
-
-def model_dirs(models: Path, folder_paths) -> list[tuple[str, str]]:
-    """(folder name, directory) pairs of a ComfyUI-style models directory (``--models``)."""
-    if not models.is_dir():
-        raise UsageError(f"--models {models}: not a directory")
-    pairs, expected = [], set()
-    default_root = os.path.abspath(folder_paths.models_dir)
-    for folder, (paths, _) in folder_paths.folder_names_and_paths.items():
-        for path in paths:
-            if os.path.dirname(os.path.abspath(path)) == default_root:
-                expected.add(os.path.basename(path) + "/")
-                candidate = models / os.path.basename(path)
-                if candidate.is_dir():
-                    pairs.append((folder, str(candidate)))
-    if not pairs:
-        raise UsageError(f"--models {models}: none of ComfyUI's model folders is in it (expected a "
-                         f"ComfyUI models directory with e.g. {', '.join(sorted(expected)[:8])} ...)")
-    return pairs
+EXIT_USAGE, EXIT_INVALID, EXIT_FAILED = 2, 3, 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +116,7 @@ class Progress:
             if key in seen or key not in self.prompt:
                 continue
             seen.add(key)
-            stack += [link[0] for _, link in _links(self.prompt[key])]
+            stack += [link[0] for _, link in links_of(self.prompt[key])]
         return seen
 
     def _finish(self):
@@ -418,57 +214,67 @@ def _use_cpu(args) -> bool:
     return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
 
 
+def _start_comfyui(args):
+    """Bootstrap ComfyUI and load the pack with ComfyUI's import noise hidden (unless -v)."""
+    root = logging.getLogger()
+    if args.verbose and not root.handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    root.setLevel(logging.INFO if args.verbose else logging.ERROR)
+    runtime.bootstrap(cpu=_use_cpu(args))
+    runtime.load_pack()
+    if not args.verbose:
+        root.setLevel(logging.WARNING)
+    return convert.object_info_in_process()
+
+
+def _edit(args, prompt: dict, object_info: dict, folder_paths, scratch: Path) -> dict:
+    """Stand-ins, model files, overrides; ComfyUI's input / output / temp folders."""
+    if args.standin:
+        standin = STANDINS[args.standin]
+        prompt = substitute_standins(prompt, object_info, standin)
+        if standin.threads and "OMP_NUM_THREADS" not in os.environ:
+            import torch
+
+            torch.set_num_threads(standin.threads)
+        print(f"--{args.standin}: model loaders replaced by {standin.node}: {standin.description}",
+              file=sys.stderr)
+    for folder, directory in set_model_files(prompt, args.files, scratch / "models").items():
+        folder_paths.add_model_folder_path(folder, str(directory), is_default=True)
+    if args.models:
+        for folder, directory in model_dirs(args.models.expanduser().resolve(), folder_paths):
+            folder_paths.add_model_folder_path(folder, directory, is_default=True)
+    prompt = apply_overrides(prompt, object_info, args.overrides)
+    folder_paths.set_input_directory(str(_prepare_input(args, scratch)))
+    args.output.mkdir(parents=True, exist_ok=True)
+    folder_paths.set_output_directory(str(args.output.resolve()))
+    folder_paths.set_temp_directory(str(scratch / "temp"))
+    if args.save_api:
+        args.save_api.write_text(json.dumps(prompt, indent=2) + "\n", encoding="utf-8")
+    return prompt
+
+
 def run(args) -> int:
     t0 = time.perf_counter()
     try:
         data = json.loads(args.workflow.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read workflow {args.workflow}: {e}") from None
-    quiet = None if args.verbose else logging.ERROR
-    root = logging.getLogger()
-    level = root.level
-    if quiet:
-        root.setLevel(quiet)
-    runtime.bootstrap(cpu=_use_cpu(args))
-    runtime.load_pack()
-    root.setLevel(level if args.verbose else logging.WARNING)
+    object_info = _start_comfyui(args)
     import folder_paths
 
-    object_info = convert.object_info_in_process()
-    t_load = time.perf_counter()
     try:
         prompt = convert.to_api(data, object_info)
     except convert.ConversionError as e:
         raise UsageError(f"{args.workflow}: {e}") from None
     scratch = Path(tempfile.mkdtemp(prefix="musar-run-"))
     try:
-        if args.standin:
-            standin = STANDINS[args.standin]
-            prompt = substitute_standins(prompt, object_info, standin)
-            if standin.threads and "OMP_NUM_THREADS" not in os.environ:
-                import torch
-
-                torch.set_num_threads(standin.threads)
-            print(f"--{args.standin}: model loaders replaced by {standin.node}: {standin.description}",
-                  file=sys.stderr)
-        for folder, directory in set_model_files(prompt, args.files, scratch / "models").items():
-            folder_paths.add_model_folder_path(folder, str(directory), is_default=True)
-        if args.models:
-            for folder, directory in model_dirs(args.models.expanduser().resolve(), folder_paths):
-                folder_paths.add_model_folder_path(folder, directory, is_default=True)
-        prompt = apply_overrides(prompt, object_info, args.overrides)
-        folder_paths.set_input_directory(str(_prepare_input(args, scratch)))
-        args.output.mkdir(parents=True, exist_ok=True)
-        folder_paths.set_output_directory(str(args.output.resolve()))
-        folder_paths.set_temp_directory(str(scratch / "temp"))
-        if args.save_api:
-            args.save_api.write_text(json.dumps(prompt, indent=2) + "\n", encoding="utf-8")
-        return _validate_and_execute(prompt, object_info, folder_paths, args.verbose, t0, t_load)
+        prompt = _edit(args, prompt, object_info, folder_paths, scratch)
+        return _validate_and_execute(prompt, object_info, folder_paths, args.verbose, t0)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _validate_and_execute(prompt, object_info, folder_paths, verbose, t0, t_load) -> int:
+def _validate_and_execute(prompt, object_info, folder_paths, verbose, t0) -> int:
     root = logging.getLogger()
     level = root.level
     if not verbose:  # ComfyUI logs every validation error; the summary below says it once
@@ -497,8 +303,8 @@ def _validate_and_execute(prompt, object_info, folder_paths, verbose, t0, t_load
         print(f"saved {path}  ({_node_label(prompt, key)})")
     slow = sorted(progress.times.items(), key=lambda kv: -kv[1])[:3]
     slowest = ", ".join(f"{prompt[k]['class_type']} #{k} {s:.2f} s" for k, s in slow)
-    print(f"time: {t_end - t0:.1f} s total = startup {t_load - t0:.1f} s (ComfyUI + pack) "
-          f"+ prepare {t_run - t_load:.1f} s + run {t_end - t_run:.1f} s (slowest: {slowest})")
+    print(f"time: {t_end - t0:.1f} s = ComfyUI start-up and checks {t_run - t0:.1f} s + graph "
+          f"{t_end - t_run:.1f} s (slowest nodes: {slowest})")
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from musar_run import cli, convert
+from musar_run import cli, convert, edits
 
 ROOT = Path(__file__).resolve().parents[2]
 TWO = ROOT / "workflows" / "musar_two_subjects.json"
@@ -75,7 +75,7 @@ def test_missing_model_file_names_the_file_and_folder_and_exits_non_zero(cli_run
 
 
 def test_standins_replace_only_the_loaders(two, info):
-    tiny = cli.substitute_standins(two, info, cli.STANDINS["tiny"])
+    tiny = edits.substitute_standins(two, info, edits.STANDINS["tiny"])
     added = set(tiny) - set(two)
     assert len(added) == 1
     new = added.pop()
@@ -91,7 +91,7 @@ def test_standins_replace_only_the_loaders(two, info):
 
 
 def test_overrides_are_typed_by_the_input_definition(two, info):
-    edited = cli.apply_overrides(two, info, ["11.seed=7", "6.text=42", "KSampler.cfg=2.5",
+    edited = edits.apply_overrides(two, info, ["11.seed=7", "6.text=42", "KSampler.cfg=2.5",
                                              "MUSAR Apply Routing.symmetric=yes"])
     assert edited["11"]["inputs"]["seed"] == 7 and edited["11"]["inputs"]["cfg"] == 2.5
     assert edited["6"]["inputs"]["text"] == "42"
@@ -100,8 +100,8 @@ def test_overrides_are_typed_by_the_input_definition(two, info):
     for bad, message in [("11.seeds=1", "has no input 'seeds'"), ("11.seed=x", "expected a int"),
                          ("11.model=1", "MODEL connection"), ("99.seed=1", "not a node id"),
                          ("SaveImage.filename_prefix=a", "matches several nodes"), ("11seed=1", "NODE.INPUT")]:
-        with pytest.raises(cli.UsageError, match=message):
-            cli.apply_overrides(two, info, [bad])
+        with pytest.raises(edits.UsageError, match=message):
+            edits.apply_overrides(two, info, [bad])
 
 
 def test_model_file_flags_symlink_the_files_and_select_them(two, tmp_path):
@@ -109,10 +109,10 @@ def test_model_file_flags_symlink_the_files_and_select_them(two, tmp_path):
     unet.parent.mkdir()
     unet.write_bytes(b"x")
     prompt = json.loads(json.dumps(two))
-    folders = cli.set_model_files(prompt, {"unet": unet}, tmp_path / "models")
+    folders = edits.set_model_files(prompt, {"unet": unet}, tmp_path / "models")
     link = tmp_path / "models" / "diffusion_models" / unet.name
     assert folders == {"diffusion_models": link.parent}
     assert link.is_symlink() and link.resolve() == unet.resolve()
     assert prompt["2"]["inputs"]["unet_name"] == unet.name
-    with pytest.raises(cli.UsageError, match="no such file"):
-        cli.set_model_files(prompt, {"vae": tmp_path / "nope.safetensors"}, tmp_path / "models")
+    with pytest.raises(edits.UsageError, match="no such file"):
+        edits.set_model_files(prompt, {"vae": tmp_path / "nope.safetensors"}, tmp_path / "models")

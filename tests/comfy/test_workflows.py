@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import serverutil
 
-from musar_run import cli, convert, runtime
+from musar_run import convert, edits, runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
@@ -44,7 +44,7 @@ def prepared(info, base_dir):
     for name in NAMES:
         for node in convert.ui_to_api(_load(WORKFLOWS / f"{name}.json"), info).values():
             for key, value in node["inputs"].items():
-                folder = cli.MODEL_INPUTS.get((node["class_type"], key))
+                folder = edits.MODEL_INPUTS.get((node["class_type"], key))
                 if folder and isinstance(value, str):
                     place(Path(folder_paths.get_folder_paths(folder)[0]) / value)
     for png in (WORKFLOWS / "assets").glob("*.png"):
