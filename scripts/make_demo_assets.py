@@ -9,7 +9,8 @@
   the node definitions of the real ComfyUI runtime (``/object_info``, built in process), so they
   follow each node's input order.
 - ``workflows/api/*.json``: the same graphs converted by ``musar_run.convert`` (a tier-2 test
-  checks that the committed copies equal the conversion).
+  checks that the committed copies equal the conversion), also for shipped UI workflows this
+  script does not build (they are converted as they are).
 """
 
 from __future__ import annotations
@@ -360,10 +361,14 @@ def generated_files() -> dict[Path, bytes]:
     runtime.load_pack(ROOT)
     info = convert.object_info_in_process()
     files = {ASSETS / name: png_bytes(draw()) for name, (draw, _) in IMAGES.items()}
-    for name, workflow in workflows(info).items():
+    built = workflows(info)
+    for name, workflow in built.items():
         files[WORKFLOWS / f"{name}.json"] = dump(workflow)
         files[WORKFLOWS / f"{name}.jpg"] = thumbnail(SUBJECTS[name])
         files[API / f"{name}.json"] = dump(convert.ui_to_api(workflow, info))
+    for path in sorted(WORKFLOWS.glob("*.json")):  # other shipped UI workflows: their API copies
+        if path.stem not in built:
+            files[API / path.name] = dump(convert.ui_to_api(json.loads(path.read_text()), info))
     return files
 
 
