@@ -183,7 +183,8 @@ class Trainer:
         if hit is not None:
             self._memory_bytes -= _nbytes(hit)
             return hit
-        return self.encoder.encode(self.data.source.sample(index))
+        with torch.no_grad():  # encoders are frozen models too
+            return self.encoder.encode(self.data.source.sample(index))
 
     def _pre_encode(self) -> None:
         """Encode every sample the rest of the run uses (cache on disk, some kept in memory), so
@@ -195,7 +196,8 @@ class Trainer:
             for p in mine:
                 if indices[p] in self._memory:
                     continue
-                sample = self.encoder.encode(self.data.source.sample(indices[p]))
+                with torch.no_grad():
+                    sample = self.encoder.encode(self.data.source.sample(indices[p]))
                 if self._memory_bytes + _nbytes(sample) <= MEMORY_BUDGET:
                     self._memory[indices[p]] = sample
                     self._memory_bytes += _nbytes(sample)
@@ -264,11 +266,11 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 last_ckpt, saved_at = self._save(cb) or last_ckpt, self.step
             if cfg.validate_every and self.step % cfg.validate_every == 0:
-                preview, shown = self._validate(cb) or preview, self.step
+                preview, shown = _newer(self._validate(cb), preview), self.step
         if saved_at != self.step and self.step > 0:
             last_ckpt = self._save(cb) or last_ckpt
         if cfg.validate_every and shown != self.step and not stopped:
-            preview = self._validate(cb) or preview
+            preview = _newer(self._validate(cb), preview)
         self.dist.barrier()
         return TrainResult(self.snapshot(), self.history, self.step, stopped, last_ckpt, preview,
                            self.elapsed)
@@ -300,6 +302,10 @@ class Trainer:
         """A detached copy of the LoRA as it is now, with file metadata."""
         return from_trainable({k: v.detach().float().cpu().clone() for k, v in self.params.items()},
                               self.metadata())
+
+
+def _newer(value, old):
+    return old if value is None else value
 
 
 def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig):
