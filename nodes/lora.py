@@ -59,6 +59,13 @@ class MusarLoadDualLoRA(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name):
+        if folder_paths.get_full_path("loras", lora_name) is None:
+            return (f"LoRA '{lora_name}' is not in models/loras; put the file there and refresh "
+                    "(R), or pick another file")
+        return True
+
+    @classmethod
     def execute(cls, model, lora_name, strength_noisy, strength_subject) -> io.NodeOutput:
         patcher.flux_model(model)
         if strength_noisy == 0 and strength_subject == 0:
