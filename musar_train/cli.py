@@ -109,8 +109,8 @@ def train(cfg: RunConfig) -> int:
     mt = _pack_module(pack, "musar.train")
     dataset = _pack_module(pack, "musar.train.dataset")
     lora = _pack_module(pack, "musar.lora")
+    config = mt.TrainConfig.from_mapping(cfg.train)  # cheap checks first
     data = dataset.open_training_set(**cfg.dataset)
-    config = mt.TrainConfig.from_mapping(cfg.train)
     out_dir = Path(cfg.output_dir).expanduser()
     store = mt.CheckpointStore(out_dir / "checkpoints", cfg.name, config.keep_checkpoints)
     model, clip, vae, base_name = load_models(cfg, pack)
