@@ -2,9 +2,9 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import lora, routing, subject, testing, training
+from . import lora, routing, subject, testing, toy, training
 
 
 class MusarExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*subject.NODES, *lora.NODES, *routing.NODES, *testing.NODES, *training.NODES]
+        return [*subject.NODES, *lora.NODES, *routing.NODES, *testing.NODES, *toy.NODES, *training.NODES]

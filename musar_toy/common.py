@@ -1,0 +1,77 @@
+"""What every toy-world script shares: the ComfyUI runtime with the pack loaded, the toy
+encoders as ComfyUI objects, paths, atomic safetensors writes and a small log.
+
+Scripts run inside real ComfyUI (``musar_run.runtime``): the base model is a ComfyUI Flux built
+by ``nodes.standins``, the VAE / CLIP are the ``MUSAR_ToyWorldLoader`` objects of ``nodes.toy``,
+so the tensors a script trains on are exactly what the inference graph computes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = ROOT / "musar" / "toy" / "weights"
+CACHE_DIR = ROOT / ".cache" / "toy"
+logger = logging.getLogger("musar_toy")
+
+
+def setup(threads: int | None = None, base_dir: str | os.PathLike | None = None):
+    """Bootstrap ComfyUI (CPU), load the pack; returns the pack module."""
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))  # appended: ComfyUI's nodes.py must win over our nodes/
+    import torch
+
+    from musar_run import runtime
+
+    if threads:
+        torch.set_num_threads(threads)
+    runtime.bootstrap(base_dir=base_dir)
+    return runtime.load_pack(ROOT)
+
+
+def module(pack, name: str):
+    """A pack submodule as ComfyUI loaded it (``nodes.toy``, ``musar.flux_forward`` ...)."""
+    return importlib.import_module(f"{pack.__name__}.{name}")
+
+
+def log_setup(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logger.setLevel(logging.INFO)
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """Atomic write: temporary name in the same folder, then os.replace."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+
+
+def write_json(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class Clock:
+    """Wall-clock seconds, accumulated over resumed runs."""
+
+    def __init__(self, already: float = 0.0):
+        self.start, self.already = time.perf_counter(), float(already)
+
+    def __call__(self) -> float:
+        return self.already + time.perf_counter() - self.start
