@@ -66,6 +66,12 @@ def load_plain(model) -> None:
     MUSAR dual-LoRA wrappers of an earlier generation) installed when the plain patcher loads;
     clones share the backup of the replaced modules, so the plain patcher can put them back."""
     model.unpatch_model(unpatch_weights=False)
+    params = model.model.diffusion_model.parameters()
+    if model.load_device != model.offload_device and any(p.is_inference() for p in params):
+        # weights made under inference mode (an earlier generation loaded them) cannot be saved
+        # for backward; moved again outside inference mode they become normal tensors, instead
+        # of the trainer holding a second copy (frozen_base) in VRAM
+        mm.unload_all_models()
     mm.load_models_gpu([model])
 
 
