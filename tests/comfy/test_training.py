@@ -100,7 +100,7 @@ def test_resume_on_the_tiny_flux_is_bit_identical(pack, glue, mt, standins, pair
     def run(steps, folder, resume=None):
         model, clip, vae = _models(standins)
         config = mt.TrainConfig(steps=steps, learning_rate=1e-3, noisy_rank=2, subject_rank=8,
-                                validate_every=2)
+                                validate_every=3)
         store = mt.CheckpointStore(tmp_path / folder, "run")
         return glue.run_training(model, clip, vae, data, config, store, resume=resume,
                                  cache_dir=tmp_path / "cache")[0]

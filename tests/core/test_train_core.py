@@ -217,3 +217,27 @@ def test_resume_from_another_model_or_config_or_file(data, tmp_path):
 
 def test_every_training_error_is_a_musar_error():
     assert issubclass(TrainingError, MusarError) and issubclass(DatasetError, MusarError)
+
+
+def test_samples_without_conditions_or_prompt_train(tmp_path):
+    root = toy.make_pair_folder(tmp_path / "data")
+    dropped = open_training_set(root, target_size=(32, 64), cond_size=32, seed=3,
+                                prompt_dropout=1.0, cond_dropout=1.0)
+    result = _trainer(dropped, tmp_path, 2, store=False).run()
+    assert result.step == 2 and all(v > 0 for v in result.history.raw)
+
+
+def test_mixed_layouts_in_one_batch_weigh_every_sample_the_same(tmp_path):
+    root = toy.make_pair_folder(tmp_path / "data")
+    mixed = open_training_set(root, target_size=(32, 64), cond_size=32, seed=3, cond_dropout=0.5)
+    a = _trainer(mixed, tmp_path / "a", 3, batch_size=4, store=False).run()
+    b = _trainer(mixed, tmp_path / "b", 3, batch_size=1, grad_accum=4, store=False).run()
+    assert a.history.raw == pytest.approx(b.history.raw, rel=1e-5)
+
+
+def test_a_second_run_reads_every_encoding_from_the_cache(data, tmp_path):
+    _trainer(data, tmp_path, 3, store=False).run()
+    again = _trainer(data, tmp_path, 3, store=False)
+    again.run()
+    stats = again.encoder.stats()
+    assert all(s["misses"] == 0 and s["hits"] > 0 for s in stats.values()), stats
