@@ -7,11 +7,12 @@ import os
 
 import comfy.utils
 import folder_paths
-import nodes as comfy_nodes
 import pytest
 import torch
 from musar_helpers import pack_module
 from safetensors.torch import save_file
+
+import nodes as comfy_nodes
 
 pytestmark = pytest.mark.slow
 HIDDEN, MLP = 3072, 12288
