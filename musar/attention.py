@@ -24,16 +24,102 @@ def _take(t: torch.Tensor, idx) -> torch.Tensor:
         return t
     if isinstance(idx, slice):
         return t[:, :, idx]
-    return t.index_select(2, idx.to(t.device))
+    return t[:, :, idx.to(t.device)]  # advanced indexing: several times faster than index_select
 
 
-def _run_groups(q, k, v, groups: list[Group], attn: AttnFn, out: torch.Tensor) -> None:
-    for g in groups:
-        res = attn(_take(q, g.q), _take(k, g.k), _take(v, g.k))
-        if isinstance(g.q, slice):
-            out[:, g.q] = res
-        else:
-            out[:, g.q.to(out.device)] = res
+def _merged(parts: tuple[slice, ...]) -> slice | None:
+    """The segments as one slice when they are adjacent (in any order), else None."""
+    parts = sorted(parts, key=lambda p: p.start)
+    if all(a.stop == b.start for a, b in zip(parts, parts[1:])):
+        return slice(parts[0].start, parts[-1].stop)
+    return None
+
+
+class _Keys:
+    """Key/value views for each group. Groups whose keys are the canvas plus a few segments
+    (every static group, every routed canvas group) read one buffer: the canvas is copied to its
+    front once per call and each group's other segments behind it, so the canvas is never
+    re-gathered per group and segments already in place (shared with the previous group) are
+    not copied again. With autograd on, every group gets fresh concatenated keys instead (the
+    buffer is overwritten between groups)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, canvas: slice, groups: list[Group]):
+        self.k, self.v, self.canvas = k, v, canvas
+        self.reuse = not (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad))
+        rests = [self.rest(g) for g in groups]
+        self.slot = max((sum(p.stop - p.start for p in r) for r in rests if r), default=0)
+        self.buf: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.held: tuple[slice, ...] = ()
+
+    def rest(self, g: Group) -> tuple[slice, ...] | None:
+        """The group's key segments other than the canvas (latest first: a subject's condition
+        before the prompt, so groups sharing the condition share the buffer), or None when the
+        keys are all keys, one slice, or not canvas + segments."""
+        if g.k is None or isinstance(g.k, slice) or self.canvas not in g.k_parts:
+            return None
+        if _merged(g.k_parts) is not None:
+            return None
+        return tuple(sorted((p for p in g.k_parts if p != self.canvas), key=lambda p: -p.start))
+
+    def order(self, g: Group):
+        """Execution order: groups without the buffer first, then buffer groups so that groups
+        sharing leading segments run back to back."""
+        r = self.rest(g)
+        return (0, ()) if r is None else (1, tuple(-p.start for p in r))
+
+    def get(self, g: Group) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.k, self.v
+        if g.k is None:
+            return k, v
+        whole = g.k if isinstance(g.k, slice) else _merged(g.k_parts) if g.k_parts else None
+        if whole is not None:
+            return k[:, :, whole], v[:, :, whole]
+        rest = self.rest(g)
+        if rest is None:
+            return _take(k, g.k), _take(v, g.k)
+        if not self.reuse:
+            parts = (self.canvas, *rest)
+            return (torch.cat([k[:, :, p] for p in parts], 2), torch.cat([v[:, :, p] for p in parts], 2))
+        return self._fill(rest)
+
+    def _fill(self, rest: tuple[slice, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.canvas.stop - self.canvas.start
+        if self.buf is None:
+            b, h, _, d = self.k.shape
+            self.buf = tuple(t.new_empty(b, h, c + self.slot, d) for t in (self.k, self.v))
+            for buf, src in zip(self.buf, (self.k, self.v)):
+                buf[:, :, :c] = src[:, :, self.canvas]
+        same = 0
+        while same < min(len(rest), len(self.held)) and rest[same] == self.held[same]:
+            same += 1
+        at = c + sum(p.stop - p.start for p in rest[:same])
+        for p in rest[same:]:
+            n = p.stop - p.start
+            for buf, src in zip(self.buf, (self.k, self.v)):
+                buf[:, :, at:at + n] = src[:, :, p]
+            at += n
+        self.held = rest
+        end = c + sum(p.stop - p.start for p in rest)
+        return self.buf[0][:, :, :end], self.buf[1][:, :, :end]
+
+
+def _query_pieces(g: Group):
+    """The group's queries as slices (no gather) when it has segments, else its index tensor."""
+    return g.q_parts if g.q_parts else (g.q,)
+
+
+def _run_groups(q, k, v, groups: list[Group], attn: AttnFn, out: torch.Tensor,
+                canvas: slice) -> None:
+    keys = _Keys(k, v, canvas, groups)
+    for g in sorted(groups, key=keys.order):
+        kk, vv = keys.get(g)
+        for rows in _query_pieces(g):
+            res = attn(_take(q, rows), kk, vv)
+            if isinstance(rows, slice):
+                out[:, rows] = res
+            else:
+                out[:, rows.to(out.device)] = res
+            del res  # before the next group's kernel allocates its own
 
 
 def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout,
@@ -44,12 +130,12 @@ def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
         return attn(q, k, v)
     out = q.new_empty(b, length, heads * dim)
     if plan.route is None:
-        _run_groups(q, k, v, static_groups(layout, plan.static, q.device), attn, out)
+        _run_groups(q, k, v, static_groups(layout, plan.static, q.device), attn, out, layout.canvas)
         return out
     for rows, route in _same_route_batches(plan.route):
         sub = out[rows] if isinstance(rows, slice) else out.new_empty(len(rows), length, heads * dim)
         groups = dynamic_groups(layout, plan, route.to(q.device), q.device)
-        _run_groups(_rows(q, rows), _rows(k, rows), _rows(v, rows), groups, attn, sub)
+        _run_groups(_rows(q, rows), _rows(k, rows), _rows(v, rows), groups, attn, sub, layout.canvas)
         if not isinstance(rows, slice):
             out[rows] = sub
     return out
@@ -126,16 +212,21 @@ def subject_attention_mass(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayo
     """Route scores: for every X query (``q_x`` is (B, heads, x_len, dim)), the head-averaged
     softmax mass on each subject's image keys, with the softmax over every key of the joint
     sequence ``k`` (the static view, so a route can change between steps). Returns
-    (B, x_len, N) float32. Chunked over queries: at most ``budget`` scores live at once."""
+    (B, x_len, N) float32. Computed as attention whose values are one-hot subject indicators
+    (softmax @ indicator = mass per subject), i.e. one fused SDPA call: no score matrix is
+    materialised; queries go in chunks whose output holds at most ``budget`` numbers."""
     b, heads, n_x, dim = q_x.shape
-    kf = k.float().transpose(-1, -2)
-    chunk = max(1, budget // max(1, b * heads * k.shape[2]))
-    out = torch.empty(b, n_x, layout.n_subjects, dtype=torch.float32, device=q_x.device)
-    for start in range(0, n_x, chunk):
-        stop = min(start + chunk, n_x)
-        s = (q_x[:, :, start:stop].float() @ kf) * dim ** -0.5
-        lse_all = torch.logsumexp(s, dim=-1)
-        for i in range(layout.n_subjects):
-            lse_i = torch.logsumexp(s[..., layout.image(i)], dim=-1)
-            out[:, start:stop, i] = (lse_i - lse_all).exp().mean(dim=1)
+    n = layout.n_subjects
+    width = max(dim, n)  # equal q/k/v widths keep SDPA on its fused kernels
+    ind = torch.zeros(1, 1, k.shape[2], width, dtype=torch.float32, device=k.device)
+    for i in range(n):
+        ind[0, 0, layout.image(i), i] = 1.0
+    ind = ind.expand(b, heads, -1, -1)
+    qf, kf = q_x.float(), k.float()
+    rows = max(1, budget // max(1, b * heads * width))
+    out = torch.empty(b, n_x, n, dtype=torch.float32, device=q_x.device)
+    for start in range(0, n_x, rows):
+        stop = min(start + rows, n_x)
+        mass = torch.nn.functional.scaled_dot_product_attention(qf[:, :, start:stop], kf, ind)
+        out[:, start:stop] = mass[..., :n].mean(dim=1)
     return out

@@ -48,11 +48,29 @@ class RoutePlan:
 @dataclasses.dataclass(frozen=True)
 class Group:
     """Queries ``q`` (a slice or index tensor into the joint sequence) that all see keys ``k``
-    (a slice, an index tensor, or None for every key)."""
+    (a slice, an index tensor, or None for every key). ``q_parts`` / ``k_parts`` list the same
+    sets as segments (non-empty slices) when they are unions of segments, else are empty: the
+    executor then runs the kernel on slice views instead of gathering with an index tensor."""
 
     q: slice | torch.Tensor
     k: slice | torch.Tensor | None
     kind: str = "canvas"  # "prompt", "condition" or "canvas": which queries the group holds
+    q_parts: tuple[slice, ...] = ()
+    k_parts: tuple[slice, ...] = ()
+
+
+def _group(q, k, kind: str, device=None) -> Group:
+    """Group from segment lists (or a ready index tensor / None), keeping the segments."""
+
+    def full(x):
+        if not isinstance(x, list):
+            return x
+        return x[0] if len(x) == 1 else _cat(x, device)
+
+    def segments(x) -> tuple[slice, ...]:
+        return tuple(p for p in x if p.stop > p.start) if isinstance(x, list) else ()
+
+    return Group(full(q), full(k), kind, segments(q), segments(k))
 
 
 def _cat(parts: list[slice], device=None) -> torch.Tensor | slice:
@@ -75,15 +93,15 @@ def _cond(layout: TokenLayout, i: int) -> list[slice]:
 def static_groups(layout: TokenLayout, static: bool = True, device=None) -> list[Group]:
     """Query groups shared by every batch element (no dynamic route)."""
     if not static or layout.n_subjects == 0:
-        groups = [Group(layout.prompt, None, "prompt")]
-        groups += [Group(_cat(_cond(layout, i), device), None, "condition")
+        groups = [_group([layout.prompt], None, "prompt", device)]
+        groups += [_group(_cond(layout, i), None, "condition", device)
                    for i in range(layout.n_subjects)]
-        return [g for g in groups + [Group(layout.canvas, None)] if _size(g.q) > 0]
-    groups = [Group(layout.prompt, _cat([layout.prompt, layout.canvas], device), "prompt")]
+        return [g for g in groups + [_group([layout.canvas], None, "canvas")] if _size(g.q) > 0]
+    groups = [_group([layout.prompt], [layout.prompt, layout.canvas], "prompt", device)]
     for i in range(layout.n_subjects):
-        groups.append(Group(_cat(_cond(layout, i), device),
-                            _cat(_cond(layout, i) + [layout.canvas], device), "condition"))
-    groups.append(Group(layout.canvas, None))
+        groups.append(_group(_cond(layout, i), _cond(layout, i) + [layout.canvas], "condition",
+                             device))
+    groups.append(_group([layout.canvas], None, "canvas"))
     return [g for g in groups if _size(g.q) > 0]
 
 
@@ -92,13 +110,9 @@ def dynamic_groups(layout: TokenLayout, plan: RoutePlan, route: torch.Tensor, de
     """Query groups of one batch element under a dynamic route (x_len,) of subject ids."""
     n, x0 = layout.n_subjects, layout.x.start
     everything = [layout.prompt, layout.canvas] + [s for i in range(n) for s in _cond(layout, i)]
-    groups = []
-    if plan.static:
-        groups.append(Group(layout.prompt, _cat([layout.prompt, layout.canvas], device), "prompt"))
-    else:
-        groups.append(Group(layout.prompt, None, "prompt"))
+    groups = [_group([layout.prompt], [layout.prompt, layout.canvas] if plan.static else None,
+                     "prompt", device)]
     for i in range(n):
-        own = _cat(_cond(layout, i), device)
         if plan.symmetric:
             seen = _index(_cat(_cond(layout, i) + [layout.extra], device), device)
             routed_x = torch.nonzero(route == i).flatten() + x0
@@ -106,15 +120,15 @@ def dynamic_groups(layout: TokenLayout, plan: RoutePlan, route: torch.Tensor, de
             if not plan.static:
                 keys = torch.cat([_index(layout.prompt, device), keys])
         else:
-            keys = _cat(_cond(layout, i) + [layout.canvas], device) if plan.static else None
-        groups.append(Group(own, keys, "condition"))
+            keys = _cond(layout, i) + [layout.canvas] if plan.static else None
+        groups.append(_group(_cond(layout, i), keys, "condition", device))
     for i in [BACKGROUND, *range(n)]:
         q = torch.nonzero(route == i).flatten() + x0
         if q.numel():
             seen = [layout.prompt, layout.canvas] + (_cond(layout, i) if i >= 0 else [])
-            groups.append(Group(q.to(device), _cat(seen, device)))
+            groups.append(_group(q.to(device), seen, "canvas", device))
     if layout.extra_len:
-        groups.append(Group(layout.extra, _cat(everything, device)))
+        groups.append(_group([layout.extra], everything, "canvas", device))
     return [g for g in groups if _size(g.q) > 0]
 
 
