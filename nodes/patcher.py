@@ -183,8 +183,19 @@ def _build_call(dm, routing, base, grid, x, timestep, y, guidance, transformer_o
         run.kv, run.kv_batch = {}, batch_key
     vec0 = functools.partial(_clean_vec, dm, y, guidance, x.shape[0])
     return session.MusarCall(layout, plan, settings, run, kinds,
-                             collect=settings.dynamic and sigma >= settings.sigma_end,
+                             collect=_next_step_routes(settings, sigma, transformer_options),
                              cached=cached, model=dm, source=routing, vec0=vec0)
+
+
+def _next_step_routes(settings, sigma: float, transformer_options) -> bool:
+    """Route scores are only worth computing when the next step will use a route."""
+    if not settings.dynamic:
+        return False
+    schedule = transformer_options.get("sample_sigmas")
+    if schedule is None:  # not called by a ComfyUI sampler: keep scores for any later call
+        return sigma >= settings.sigma_end
+    later = [float(s) for s in schedule if 0 < float(s) < sigma]
+    return bool(later) and settings.dynamic_at(max(later))
 
 
 def _clean_vec(dm, y, guidance, batch, like: torch.Tensor) -> torch.Tensor:
