@@ -4,7 +4,7 @@
 // (`captions`, a list of strings, optional `colors`), otherwise from the caption widgets of the
 // Subject chain wired into the routing (same order, same colours). No captions, no legend.
 import { app } from "../../scripts/app.js";
-import { PALETTE, subjectColor } from "./lib/palette.js";
+import { PALETTE, cssColor, subjectColor } from "./lib/palette.js";
 import { routedCaptions } from "./lib/subjects.js";
 
 const PREVIEW_TYPE = "MUSAR_RoutingPreview";
@@ -21,10 +21,7 @@ function textWidth(text) {
 
 function toColor(c, i) {
   if (typeof c === "string") return c;
-  if (Array.isArray(c) && c.length >= 3) {
-    const s = c.every((v) => v <= 1) ? 255 : 1;
-    return `rgb(${c.slice(0, 3).map((v) => Math.round(v * s)).join(", ")})`;
-  }
+  if (Array.isArray(c) && c.length >= 3) return cssColor(c);
   return subjectColor(i);
 }
 

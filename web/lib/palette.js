@@ -10,9 +10,14 @@ export const PALETTE = [
 
 export const UNKNOWN_COLOR = "#8a8a8a";
 
+/** "#rrggbb" of an [r, g, b] colour given in 0..1 (or 0..255 when any channel is above 1). */
+export function cssColor(rgb) {
+  const scale = rgb.slice(0, 3).every((v) => v <= 1) ? 255 : 1;
+  return "#" + rgb.slice(0, 3).map((c) => Math.round(c * scale).toString(16).padStart(2, "0")).join("");
+}
+
 /** CSS colour of subject `index` ("#rrggbb"); grey when the index is unknown. */
 export function subjectColor(index) {
   if (!Number.isInteger(index) || index < 0) return UNKNOWN_COLOR;
-  const rgb = PALETTE[index % PALETTE.length];
-  return "#" + rgb.map((c) => Math.round(c * 255).toString(16).padStart(2, "0")).join("");
+  return cssColor(PALETTE[index % PALETTE.length]);
 }
