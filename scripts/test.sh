@@ -6,7 +6,9 @@
 # All tiers always run; the exit code is non-zero if either fails. Extra args go to pytest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SECONDS=0
 "$ROOT/scripts/setup.sh" || exit 1
+echo "== setup: ${SECONDS}s =="
 PY="${MUSAR_VENV:-$ROOT/.venv}/bin/python"
 export PYTHONDONTWRITEBYTECODE=1
 cd "$ROOT"
@@ -14,11 +16,14 @@ cd "$ROOT"
 echo "== tier 1: tests/core (no ComfyUI) =="
 "$PY" -m pytest tests/core "$@"
 tier1=$?
+echo "== tier 1 done at ${SECONDS}s =="
 echo "== tier 2: tests/comfy (real ComfyUI $(cat "${MUSAR_VENV:-$ROOT/.venv}/.musar-comfyui-path")) =="
 "$PY" -m pytest tests/comfy "$@"
 tier2=$?
+echo "== tier 2 done at ${SECONDS}s =="
 echo "== tier 3: tests/browser (real frontend, headless Chromium) =="
 "$ROOT/scripts/setup_browser.sh" && "$PY" -m pytest tests/browser "$@"
 tier3=$?
+echo "== tier 3 done at ${SECONDS}s =="
 echo "== summary: tier 1 exit $tier1, tier 2 exit $tier2, tier 3 exit $tier3 =="
 [ "$tier1" = 0 ] && [ "$tier2" = 0 ] && [ "$tier3" = 0 ]
