@@ -37,13 +37,12 @@ from . import common
 from .common import module
 from .figures import eval_figure
 from .graph import toy_graph
+from .report import render_table, table_rows
 
 logger = logging.getLogger("musar_toy.eval")
 CONDITIONS = {"text": None, "a": dict(static_routing=False, dynamic_routing=False),
               "b": dict(static_routing=True, dynamic_routing=False),
               "c": dict(static_routing=True, dynamic_routing=True)}
-LABELS = {"text": "text only (no subjects)", "a": "(a) no routing", "b": "(b) static routing",
-          "c": "(c) static + dynamic routing"}
 LORA_FILE = "toy_musar_lora.safetensors"
 
 
@@ -59,6 +58,9 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=1.0)
     p.add_argument("--routing", default="{}", help="JSON overrides of MUSAR_ApplyRouting inputs")
+    p.add_argument("--prompt", choices=("full", "category"), default="full",
+                   help="the prompt names each subject fully ('a red striped star') or only its "
+                        "category ('a star'); subject captions always name the whole subject")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=4, help="cases saved as images per subject count")
     p.add_argument("--threads", type=int, default=1)
@@ -87,7 +89,8 @@ def make_cases(world, multi_caption, counts, n_sets: int, n_seeds: int, seed: in
             for s in range(n_seeds):
                 cases.append({"id": f"n{n}-set{k:03d}-seed{s}", "n": n, "subjects": [x.item for x in subjects],
                               "background": background, "refs": refs, "seed": _rs(seed, n, k, "noise", s),
-                              "prompt": multi_caption(subjects, background)})
+                              "prompt": multi_caption(subjects, background),
+                              "shapes": [x.shape for x in subjects]})
     return cases
 
 
@@ -108,6 +111,14 @@ def reference_files(world, case: dict, input_dir: Path) -> list[tuple[str, str]]
     return out
 
 
+def prompt_text(case: dict, mode: str) -> str:
+    text = case["prompt"]
+    if mode == "category":
+        for item, shape in zip(case["subjects"], case["shapes"]):
+            text = text.replace(f"a {item}", f"a {shape}", 1)
+    return text
+
+
 def run_case(executor, world, case, cond, args, input_dir):
     from musar_run import runtime
 
@@ -115,7 +126,7 @@ def run_case(executor, world, case, cond, args, input_dir):
     if settings is not None:
         settings = {**settings, **json.loads(args.routing)} if cond != "a" else dict(settings)
     lora = LORA_FILE if args.lora else None
-    graph = toy_graph(case["prompt"], reference_files(world, case, input_dir), settings, seed=case["seed"],
+    graph = toy_graph(prompt_text(case, args.prompt), reference_files(world, case, input_dir), settings, seed=case["seed"],
                       lora=lora, steps=args.steps, cfg=args.cfg)
     result = runtime.run_prompt(graph, executor=executor)
     result.raise_for_error()
@@ -211,46 +222,14 @@ def save_images(args, case, cond, image, overlay) -> None:
         to_png(overlay).save(folder / f"{case['id']}_{cond}_route.png")
 
 
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    z, p = 1.96, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return (round(centre - half, 3), round(centre + half, 3))
-
-
 def summarise(args, records: list[dict], seconds: float) -> dict:
-    rows = []
-    for cond in args.conditions.split(","):
-        for n in sorted({r["n"] for r in records}):
-            sel = [r for r in records if r["condition"] == cond and r["n"] == n]
-            if not sel:
-                continue
-            row = {"condition": cond, "n": n, "images": len(sel)}
-            for key in ("all_present", "exact", "entangled", "collapsed"):
-                k = sum(bool(r[key]) for r in sel)
-                row[key], row[key + "_ci95"] = round(k / len(sel), 3), _wilson(k, len(sel))
-            row["subjects_present"] = round(sum(sum(r["present"]) for r in sel) / sum(len(r["present"]) for r in sel), 3)
-            row["extra"] = round(sum(r["extra"] for r in sel) / len(sel), 2)
-            row["seconds_per_image"] = round(sum(r["seconds"] for r in sel) / len(sel), 2)
-            rows.append(row)
+    rows = table_rows(records, args.conditions.split(","))
     table = render_table(rows)
     summary = {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "seconds": round(seconds, 1)}
     (args.out / "table.md").write_text(table)
     common.write_json(summary, args.out / "summary.json")
     print(table)
     return summary
-
-
-def render_table(rows: list[dict]) -> str:
-    head = ("| condition | subjects | images | all present | exact | entangled | collapsed | "
-            "subjects present | extra / image |\n|---|---|---|---|---|---|---|---|---|\n")
-    body = "".join(
-        f"| {LABELS[r['condition']]} | {r['n']} | {r['images']} | {r['all_present']:.2f} | {r['exact']:.2f} | "
-        f"{r['entangled']:.2f} | {r['collapsed']:.2f} | {r['subjects_present']:.2f} | {r['extra']:.2f} |\n"
-        for r in rows)
-    return head + body
 
 
 def main(argv=None) -> int:

@@ -49,6 +49,10 @@ def parse(argv=None):
     p.add_argument("--wide", type=int, default=4000, help="two-panel images in the pool")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--init-from", type=Path, help="phase 2+: start from the weights, EMA and AdamW "
+                   "state of a finished run's checkpoint (fresh schedule over --steps)")
+    p.add_argument("--phase", type=int, default=0, help="data / noise stream of this phase (use 1 "
+                   "with --init-from so the batches differ from phase 0's)")
     p.add_argument("--stop-after", type=int, default=0, help="stop after this many steps of this "
                    "session (checkpointed; rerun to continue)")
     p.add_argument("--threads", type=int, default=1)
@@ -89,7 +93,7 @@ def text_batch(enc: ToyEncoders, prompts: list[str]):
 
 def step_batch(args, pools, step: int):
     """The seeded batch of one step: (latents (B,16,h,w), prompts, t (B,), noise)."""
-    g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    g = torch.Generator().manual_seed(args.seed * 1_000_003 + step + args.phase * 10_000_019)
     wide = bool(torch.rand(1, generator=g) < args.wide_share)
     latents, prompts = pools["wide" if wide else "square"]
     b = max(1, args.batch // 2) if wide else args.batch
@@ -170,7 +174,8 @@ def load_checkpoint(path: Path, dm, ema, opt, settings: dict):
 
 def settings_of(args) -> dict:
     keep = ("steps", "batch", "lr", "warmup", "ema", "wide_share", "prompt_dropout", "square", "wide", "seed")
-    return {"model": MODEL, **{k: getattr(args, k) for k in keep}}
+    extra = {"phase": args.phase, "init_from": args.init_from.name} if args.init_from else {}
+    return {"model": MODEL, **{k: getattr(args, k) for k in keep}, **extra}
 
 
 def train(args) -> dict:
@@ -193,7 +198,9 @@ def run_loop(args, pack, dm, enc, pools, settings, ckpt, config) -> dict:
         dm.requires_grad_(True)
         opt = torch.optim.AdamW(dm.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
         ema = {k: v.detach().clone() for k, v in dm.state_dict().items()}
-        step, losses, elapsed = 0, [], 0.0
+        step, losses, elapsed, before = 0, [], 0.0, {}
+        if args.init_from:
+            before = previous_phase(args.init_from, dm, ema, opt)
         if ckpt.is_file():
             step, losses, elapsed = load_checkpoint(ckpt, dm, ema, opt, settings)
             logger.info("resumed at step %d", step)
@@ -220,10 +227,21 @@ def run_loop(args, pack, dm, enc, pools, settings, ckpt, config) -> dict:
     if step < args.steps:
         logger.info("stopped at step %d of %d (checkpoint %s)", step, args.steps, ckpt)
         return {"stopped": step}
-    return finish(args, pack, ema, config, losses, clock(), settings)
+    return finish(args, pack, ema, config, losses, clock(), settings, before)
 
 
-def finish(args, pack, ema, config, losses, seconds: float, settings: dict) -> dict:
+def previous_phase(path: Path, dm, ema, opt) -> dict:
+    """Weights, EMA and optimizer state of an earlier phase; its losses, time and settings."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        settings = json.loads(f.metadata()["settings"])
+    step, losses, elapsed = load_checkpoint(path, dm, ema, opt, settings)
+    logger.info("phase start: weights of %s (step %d)", path, step)
+    return {"steps": step, "seconds": round(elapsed, 1), "settings": settings, "losses": losses}
+
+
+def finish(args, pack, ema, config, losses, seconds: float, settings: dict, before: dict) -> dict:
     import comfy.utils
 
     from_pack = module(pack, "nodes.standins")
@@ -231,12 +249,14 @@ def finish(args, pack, ema, config, losses, seconds: float, settings: dict) -> d
     args.out.mkdir(parents=True, exist_ok=True)
     comfy.utils.save_torch_file(sd, str(args.out / "toy_flux.safetensors"),
                                 metadata={from_pack.CONFIG_METADATA_KEY: json.dumps(config)})
+    phases = [*before.get("phases", []), {k: before[k] for k in ("steps", "seconds", "settings")}] if before else []
+    losses = [*before.get("losses", []), *losses]
     n = len(losses)
     window = max(1, min(100, n // 10))
     curve = [{"step": s, "loss": sum(losses[max(0, s - window):s]) / len(losses[max(0, s - window):s])}
              for s in range(window, n + 1, window)]
-    log = {"settings": settings, "params": sum(v.numel() for v in ema.values()), "steps": n,
-           "seconds": round(seconds, 1), "loss_first": curve[0]["loss"] if curve else None,
+    log = {"settings": settings, "previous_phases": phases, "params": sum(v.numel() for v in ema.values()),
+           "steps": n, "seconds": round(seconds + sum(p["seconds"] for p in phases), 1), "loss_first": curve[0]["loss"] if curve else None,
            "loss_last": curve[-1]["loss"] if curve else None, "curve_window": window, "curve": curve}
     write_json(log, args.out / "train_base_log.json")
     logger.info("done: %d steps in %.0f s, loss %.4f -> %.4f", n, seconds, log["loss_first"] or 0,

@@ -43,6 +43,10 @@ def parse(argv=None):
     p.add_argument("--subject-rank", type=int, default=64)
     p.add_argument("--prompt-dropout", type=float, default=0.1)
     p.add_argument("--cond-dropout", type=float, default=0.0)
+    p.add_argument("--descriptions", choices=("full", "category"), default="full",
+                   help="panel descriptions (the diptych prompt) name the whole subject ('a red striped "
+                        "star on grass') or only its category ('a star on grass'); the condition "
+                        "captions always name the whole subject")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
@@ -50,11 +54,32 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def export(pack, world, work: Path, n_pairs: int, seed: int) -> Path:
+def export(pack, world, work: Path, n_pairs: int, seed: int, descriptions: str = "full") -> Path:
     path = work / "data" / f"toy_pairs_train_{n_pairs}_{seed}.parquet"
     if not path.is_file():
         module(pack, "musar.toy").export_pairs(world, path.parent, n_pairs, seed, "train", filename=path.name)
-    return path
+    if descriptions == "full":
+        return path
+    generic = path.with_name(path.stem + "_category.parquet")
+    if not generic.is_file():
+        category_descriptions(path, generic)
+    return generic
+
+
+def category_descriptions(src: Path, dst: Path) -> None:
+    """The same rows with description_0/1 naming only the category: 'a red striped star on
+    grass' -> 'a star on grass' (item and category unchanged)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(src)
+    rows = table.column("description").to_pylist()
+    for d in rows:
+        for key in ("description_0", "description_1"):
+            d[key] = d[key].replace(f"a {d['item']}", f"a {d['category']}", 1)
+    column = pa.array(rows, type=table.schema.field("description").type)
+    table = table.set_column(table.schema.get_field_index("description"), "description", column)
+    pq.write_table(table.replace_schema_metadata(table.schema.metadata), dst)
 
 
 def train(args) -> dict:
@@ -64,7 +89,7 @@ def train(args) -> dict:
     train_mod, lora_mod = module(pack, "musar.train"), module(pack, "musar.lora")
     world = module(pack, "musar.toy").World(seed=0, panel=128)
     t0 = time.perf_counter()
-    parquet = export(pack, world, args.work, args.pairs, args.seed)
+    parquet = export(pack, world, args.work, args.pairs, args.seed, args.descriptions)
     data = module(pack, "musar.train.dataset").open_training_set(
         parquet, target_size=(128, 256), cond_size=128, prompt_dropout=args.prompt_dropout,
         cond_dropout=args.cond_dropout, seed=args.seed)
@@ -88,7 +113,7 @@ def write_log(args, result, data, seconds: float) -> dict:
     curve = [{"step": s, "loss": round(sum(raw[s - window:s]) / window, 5)}
              for s in range(window, len(raw) + 1, window)]
     keep = ("pairs", "steps", "batch", "lr", "warmup", "noisy_rank", "subject_rank", "prompt_dropout",
-            "cond_dropout", "seed")
+            "cond_dropout", "descriptions", "seed")
     log = {"settings": {k: getattr(args, k) for k in keep}, "dataset": data.summary,
            "steps": result.step, "train_seconds": round(result.elapsed, 1),
            "total_seconds_this_session": round(seconds, 1), "loss_first": curve[0]["loss"] if curve else None,
