@@ -22,6 +22,9 @@ serve:            ## ComfyUI server + frontend on http://127.0.0.1:8188 with the
 demo:             ## the two-subject workflow headless on tiny random FLUX stand-ins -> output/ (shows the pipeline, not image quality); real FLUX: make demo DEMO_ARGS="--models DIR"
 	scripts/demo.sh $(DEMO_ARGS)
 
+eval-toy: setup   ## toy-world routing evaluation (docs/TOY_WORLD.md): held-out subjects through the real ComfyUI graph, exact detector -> table; EVAL_ARGS="--sets 4" for a quick run
+	nice $(PY) -m musar_toy.eval $(EVAL_ARGS)
+
 bench:            ## performance bench (docs/PERFORMANCE.md): routed vs dense vs naive attention, sampling steps vs ReferenceLatent / text-to-image; prints PASS/MISS per target, never fails the build; report in bench/results/report.md
 	scripts/setup.sh
 	MUSAR_BENCH_COMMAND="make bench" $(PY) bench/run.py $(BENCH_ARGS) || echo "[bench] MISS: the bench crashed (see above)"

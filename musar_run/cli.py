@@ -13,6 +13,7 @@ keeps ComfyUI's ``nodes.py`` ahead of this repository's ``nodes/`` package on ``
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -243,8 +244,14 @@ def _edit(args, prompt: dict, object_info: dict, folder_paths, scratch: Path) ->
     if args.models:
         for folder, directory in model_dirs(args.models.expanduser().resolve(), folder_paths):
             folder_paths.add_model_folder_path(folder, directory, is_default=True)
+    input_dir = _prepare_input(args, scratch)
+    if args.standin and STANDINS[args.standin].prepare:
+        if str(runtime.REPO_ROOT) not in sys.path:  # appended: ComfyUI's nodes.py keeps winning
+            sys.path.append(str(runtime.REPO_ROOT))
+        module, _, function = STANDINS[args.standin].prepare.partition(":")
+        prompt = getattr(importlib.import_module(module), function)(prompt, input_dir)
     prompt = apply_overrides(prompt, object_info, args.overrides)
-    folder_paths.set_input_directory(str(_prepare_input(args, scratch)))
+    folder_paths.set_input_directory(str(input_dir))
     args.output.mkdir(parents=True, exist_ok=True)
     folder_paths.set_output_directory(str(args.output.resolve()))
     folder_paths.set_temp_directory(str(scratch / "temp"))

@@ -32,6 +32,9 @@ class StandIn:
     limit numeric inputs ``(class_type, input) -> maximum`` so a CPU run stays quick; ``threads``
     sets torch's intra-op threads (tiny models are all small ops, where thread hand-offs cost
     more than they give: 10x slower on a busy 2-core machine), unless OMP_NUM_THREADS is set.
+    ``prepare`` ("module:function") edits the prompt before ``--set``: ``f(prompt, input_dir) ->
+    prompt`` (e.g. model files, subjects and a prompt the stand-in model knows, reference images
+    written to input_dir).
     """
 
     node: str
@@ -43,6 +46,7 @@ class StandIn:
         "MUSAR_LoadDualLoRA": "model", "LoraLoaderModelOnly": "model"})
     caps: dict = dataclasses.field(default_factory=dict)
     threads: int | None = 1
+    prepare: str | None = None
 
 
 STANDINS = {
@@ -52,6 +56,16 @@ STANDINS = {
                     "are noise: it shows the pipeline runs, not image quality)",
         caps={("EmptySD3LatentImage", "width"): 256, ("EmptySD3LatentImage", "height"): 256,
               ("EmptyLatentImage", "width"): 256, ("EmptyLatentImage", "height"): 256,
+              ("MUSAR_Subject", "reference_size"): 128}),
+    "toy": StandIn(
+        node="MUSAR_ToyWorldLoader", inputs={"model_file": "toy_flux.safetensors"},
+        description="the trained toy-world FLUX, codec, text encoder and MUSAR LoRA "
+                    "(musar/toy/weights, docs/TOY_WORLD.md): toy subjects, prompt and reference "
+                    "images replace the workflow's, so the image shows the chosen subjects",
+        passthrough={"LoraLoaderModelOnly": "model"},
+        prepare="musar_toy.demo:prepare",
+        caps={("EmptySD3LatentImage", "width"): 128, ("EmptySD3LatentImage", "height"): 128,
+              ("EmptyLatentImage", "width"): 128, ("EmptyLatentImage", "height"): 128,
               ("MUSAR_Subject", "reference_size"): 128}),
 }
 
