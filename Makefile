@@ -19,7 +19,7 @@ test-comfy: setup ## tier 2 only (real ComfyUI)
 serve:            ## ComfyUI server + frontend on http://127.0.0.1:8188 with the pack loaded
 	scripts/serve.sh
 
-demo:             ## the two-subject workflow headless on tiny random FLUX stand-ins -> output/ (shows the pipeline, not image quality); real FLUX: make demo DEMO_ARGS="--models DIR"
+demo:             ## the two-subject workflow headless on the trained toy-world model -> output/ (shows the pipeline, not image quality); DEMO_ARGS="--tiny" random stand-ins; real FLUX: DEMO_ARGS="--models DIR"
 	scripts/demo.sh $(DEMO_ARGS)
 
 eval-toy: setup   ## toy-world routing evaluation (docs/TOY_WORLD.md): held-out subjects through the real ComfyUI graph, exact detector -> table; EVAL_ARGS="--sets 4" for a quick run

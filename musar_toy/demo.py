@@ -78,6 +78,11 @@ def select_lora(prompt: dict) -> None:
             node["inputs"]["lora_name"] = LORA_FILE
 
 
+def reference_image(world, i: int, item: str):
+    """Subject i's reference scene (the same pixels :func:`prepare` writes)."""
+    return world.render_scene([item], REFERENCE_BACKGROUNDS[i % len(REFERENCE_BACKGROUNDS)], None, 1000 + i)[0]
+
+
 def prepare(prompt: dict, input_dir: Path) -> dict:
     prompt = copy.deepcopy(prompt)
     select_lora(prompt)
@@ -91,8 +96,7 @@ def prepare(prompt: dict, input_dir: Path) -> dict:
         image = node.get("image")
         if isinstance(image, list) and prompt.get(image[0], {}).get("class_type") == "LoadImage":
             name = f"toy_{item.replace(' ', '_')}.png"
-            background = REFERENCE_BACKGROUNDS[i % len(REFERENCE_BACKGROUNDS)]
-            world.render_scene([item], background, None, 1000 + i)[0].save(Path(input_dir) / name)
+            reference_image(world, i, item).save(Path(input_dir) / name)
             prompt[image[0]]["inputs"]["image"] = name
     for node in prompt.values():
         if node["class_type"] in ("KSampler", "KSamplerAdvanced"):
@@ -102,3 +106,36 @@ def prepare(prompt: dict, input_dir: Path) -> dict:
         for key in _positive_texts(prompt):
             prompt[key]["inputs"]["text"] = text
     return prompt
+
+
+def demo_figure(output_dir: Path, out: Path, n_subjects: int = 2) -> Path:
+    """References | image | routing overlay of the newest ``make demo`` run in ``output_dir``
+    (e.g. docs/images/demo_overlay.png)."""
+    from musar.toy import World
+
+    from .figures import case_row, grid
+
+    newest = {}
+    for kind in ("musar_two_subjects_[0-9]*.png", "musar_two_subjects_routing_*.png"):
+        files = sorted(Path(output_dir).glob(kind))
+        if not files:
+            raise SystemExit(f"no {kind} in {output_dir}: run `make demo` first")
+        newest[kind] = files[-1]
+    from PIL import Image
+
+    world = World(seed=0, panel=128)
+    refs = [reference_image(world, i, DEMO_SUBJECTS[i]) for i in range(n_subjects)]
+    row = case_row(refs + [Image.open(p) for p in newest.values()])
+    header = [DEMO_SUBJECTS[i] for i in range(n_subjects)] + ["generated", "route"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid([row], header).save(out, optimize=True)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    print(demo_figure(Path(sys.argv[1] if len(sys.argv) > 1 else root / "output"),
+                      root / "docs" / "images" / "demo_overlay.png"))

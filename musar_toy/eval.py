@@ -56,7 +56,7 @@ def parse(argv=None):
     p.add_argument("--seeds", type=int, default=2, help="noise seeds per set")
     p.add_argument("--conditions", default="text,a,b,c")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg", type=float, default=1.0)
+    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance (the toy model is not guidance-distilled; 4 is what docs/TOY_WORLD.md reports)")
     p.add_argument("--routing", default="{}", help="JSON overrides of MUSAR_ApplyRouting inputs")
     p.add_argument("--prompt", choices=("full", "category"), default="full",
                    help="the prompt names each subject fully ('a red striped star') or only its "
