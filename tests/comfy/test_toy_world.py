@@ -3,6 +3,7 @@ text encoder under stock nodes, and short smoke runs of the toy scripts (base tr
 bit-identical resume, dual-LoRA training through the pack's trainer, a one-image evaluation
 through the real graph, the --toy demo edits)."""
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,17 @@ from musar_toy.common import WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 CODEC, TEXT = "toy_codec.safetensors", "toy_text_encoder.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def _own_model_folders(monkeypatch):
+    """The toy scripts add model folders (the toy LoRA) to ComfyUI's global folder_paths, as
+    they must in their own process; here every test gets a copy, so later test files see the
+    folders they configured (and no cached file list that includes the toy LoRA)."""
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", copy.deepcopy(folder_paths.folder_names_and_paths))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
 
 
 @pytest.fixture(scope="module")
