@@ -110,6 +110,17 @@ def test_lora_training_smoke_goes_through_the_pack_trainer(tmp_path, pack):
     assert list((tmp_path / "work" / "ckpt").glob("toy_lora-step*.safetensors"))
 
 
+@pytest.mark.parametrize("name", ["toy_musar_lora.safetensors", "toy_musar_lora_category.safetensors"])
+def test_committed_toy_loras_load_as_dual_loras_for_the_committed_base(pack, loaded, name):
+    lora = pack_module(pack, "musar.omini").load_lora_file(WEIGHTS_DIR / name)
+    assert lora.branch_ranks() == (4, 64)
+    patched = pack_module(pack, "nodes.lora").apply_dual_lora(loaded[0], lora, 1.0, 1.0)  # checks the fit
+    assert patched is not loaded[0]
+    log = json.loads((WEIGHTS_DIR / ("train_lora_log.json" if name == "toy_musar_lora.safetensors"
+                                     else "train_lora_category_log.json")).read_text())
+    assert log["steps"] == 1500 and log["loss_last"] < log["loss_first"]
+
+
 def test_one_image_eval_through_the_real_graph(tmp_path):
     out = tmp_path / "eval"
     assert toy_eval.main(["--out", str(out), "--counts", "2", "--sets", "1", "--seeds", "1",
