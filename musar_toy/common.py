@@ -47,6 +47,24 @@ def log_setup(verbose: bool = False) -> None:
     logger.setLevel(logging.INFO)
 
 
+def loss_curve(losses: list[float], max_window: int) -> dict:
+    """The log fields of a loss history: window means every ``window`` steps (window = a tenth of
+    the run, at most ``max_window``), first / last window, the window size."""
+    window = max(1, min(max_window, len(losses) // 10))
+    curve = [{"step": s, "loss": round(sum(losses[s - window:s]) / window, 5)}
+             for s in range(window, len(losses) + 1, window)]
+    return {"loss_first": curve[0]["loss"] if curve else None, "loss_last": curve[-1]["loss"] if curve else None,
+            "curve_window": window, "curve": curve}
+
+
+def run_script(parse, work, argv=None) -> int:
+    """``main`` of a toy script: parse, set up logging, run."""
+    args = parse(argv)
+    log_setup(args.verbose)
+    work(args)
+    return 0
+
+
 def save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     """Atomic write: temporary name in the same folder, then os.replace."""
     from safetensors.torch import save_file

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import common
-from .common import Clock, module, save_safetensors, write_json
+from .common import Clock, loss_curve, module, run_script, save_safetensors, write_json
 from .data import ToyEncoders, build_pool
 
 logger = logging.getLogger("musar_toy.base")
@@ -252,12 +252,9 @@ def finish(args, pack, ema, config, losses, seconds: float, settings: dict, befo
     phases = [*before.get("phases", []), {k: before[k] for k in ("steps", "seconds", "settings")}] if before else []
     losses = [*before.get("losses", []), *losses]
     n = len(losses)
-    window = max(1, min(100, n // 10))
-    curve = [{"step": s, "loss": sum(losses[max(0, s - window):s]) / len(losses[max(0, s - window):s])}
-             for s in range(window, n + 1, window)]
     log = {"settings": settings, "previous_phases": phases, "params": sum(v.numel() for v in ema.values()),
-           "steps": n, "seconds": round(seconds + sum(p["seconds"] for p in phases), 1), "loss_first": curve[0]["loss"] if curve else None,
-           "loss_last": curve[-1]["loss"] if curve else None, "curve_window": window, "curve": curve}
+           "steps": n, "seconds": round(seconds + sum(p["seconds"] for p in phases), 1),
+           **loss_curve(losses, 100)}
     write_json(log, args.out / "train_base_log.json")
     logger.info("done: %d steps in %.0f s, loss %.4f -> %.4f", n, seconds, log["loss_first"] or 0,
                 log["loss_last"] or 0)
@@ -265,10 +262,7 @@ def finish(args, pack, ema, config, losses, seconds: float, settings: dict, befo
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
-    common.log_setup(args.verbose)
-    train(args)
-    return 0
+    return run_script(parse, train, argv)
 
 
 if __name__ == "__main__":

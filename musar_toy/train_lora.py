@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import common
-from .common import module, write_json
+from .common import loss_curve, module, run_script, write_json
 
 logger = logging.getLogger("musar_toy.lora")
 LORA_FILE = "toy_musar_lora.safetensors"
@@ -108,16 +108,11 @@ def train(args) -> dict:
 
 
 def write_log(args, result, data, seconds: float) -> dict:
-    raw = result.history.raw
-    window = max(1, min(50, len(raw) // 10))
-    curve = [{"step": s, "loss": round(sum(raw[s - window:s]) / window, 5)}
-             for s in range(window, len(raw) + 1, window)]
     keep = ("pairs", "steps", "batch", "lr", "warmup", "noisy_rank", "subject_rank", "prompt_dropout",
             "cond_dropout", "descriptions", "seed")
     log = {"settings": {k: getattr(args, k) for k in keep}, "dataset": data.summary,
            "steps": result.step, "train_seconds": round(result.elapsed, 1),
-           "total_seconds_this_session": round(seconds, 1), "loss_first": curve[0]["loss"] if curve else None,
-           "loss_last": curve[-1]["loss"] if curve else None, "curve_window": window, "curve": curve}
+           "total_seconds_this_session": round(seconds, 1), **loss_curve(result.history.raw, 50)}
     write_json(log, args.out / "train_lora_log.json")
     logger.info("done: %d steps, training %.0f s, loss %s -> %s", result.step, result.elapsed,
                 log["loss_first"], log["loss_last"])
@@ -125,10 +120,7 @@ def write_log(args, result, data, seconds: float) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
-    common.log_setup(args.verbose)
-    train(args)
-    return 0
+    return run_script(parse, train, argv)
 
 
 if __name__ == "__main__":
