@@ -131,7 +131,7 @@ def run_case(executor, world, case, cond, args, input_dir):
     result = runtime.run_prompt(graph, executor=executor)
     result.raise_for_error()
     image = result.output("12")[0]
-    overlay = result.output("14")[0] if settings is not None else None
+    overlay = result.output("14")[0] if "14" in graph else None
     return result.executor, image, overlay
 
 

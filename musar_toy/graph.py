@@ -60,6 +60,8 @@ def toy_graph(prompt_text: str, subjects: list[tuple[str, str]], settings: dict 
     g["10"] = _node("MUSAR_ApplyRouting", "MUSAR Apply Routing", **{**ROUTING_DEFAULTS, **settings},
                     model=model, subjects=chain)
     g["11"]["inputs"]["model"] = ["10", 0]
+    if not g["10"]["inputs"]["dynamic_routing"]:
+        return g  # no route to preview
     g["14"] = _node("MUSAR_RoutingPreview", "Routing preview", step=-1, opacity=0.5, routing=["10", 1],
                     images=["12", 0])
     g["15"] = _node("PreviewImage", "Routing overlay", images=["14", 0])
