@@ -5,7 +5,7 @@ Pure Python / torch / numpy / PIL / pyarrow; user documentation in docs/DATASETS
     ds = open_dataset("Subjects200K/data", min_quality=5)   # PairDataset (lazy)
     source = build_source(ds, seed=0)                      # DiptychBuilder
     sample = source.sample(0)                              # MultiSubjectSample
-    print(ds.report.summary())
+    logger.info(ds.report.summary())
 """
 
 from .cache import EncodingCache, image_to_tensor

@@ -7,18 +7,12 @@ import folder_paths
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from test_training import make_pairs
 
 TINY = "tiny (128 wide, 2+2 blocks)"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,7 @@ from musar.train.rng import SampleOrder  # noqa: E402
 FAST = dict(learning_rate=3e-3, noisy_rank=2, subject_rank=4, pre_encode=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: thread hand-offs cost more than they give
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
