@@ -7,7 +7,7 @@ PY := .venv/bin/python
 setup:            ## .venv with CPU torch 2.13.0 + a real ComfyUI (COMFYUI_PATH or 0.3.75), pack linked
 	scripts/setup.sh
 
-test:             ## both test tiers (the README's test command and what CI runs)
+test:             ## all three test tiers (the README's test command and what CI runs)
 	scripts/test.sh
 
 test-core: setup  ## tier 1 only (pure torch)
