@@ -2,7 +2,7 @@
 # idempotent: minutes the first time, well under a second afterwards).
 PY := .venv/bin/python
 
-.PHONY: setup test test-core test-comfy serve demo bench eval-toy lint clean
+.PHONY: setup test test-core test-comfy serve demo bench toy-base toy-lora eval-toy lint clean
 
 setup:            ## .venv with CPU torch 2.13.0 + a real ComfyUI (COMFYUI_PATH or 0.3.75), pack linked
 	scripts/setup.sh
@@ -19,10 +19,17 @@ test-comfy: setup ## tier 2 only (real ComfyUI)
 serve:            ## ComfyUI server + frontend on http://127.0.0.1:8188 with the pack loaded
 	scripts/serve.sh
 
-demo:             ## the two-subject workflow headless on the trained toy-world model -> output/ (shows the pipeline, not image quality); DEMO_ARGS="--tiny" random stand-ins; real FLUX: DEMO_ARGS="--models DIR"
+demo:             ## the two-subject workflow headless on the trained toy-world model, with and without routing -> output/toy_demo.png; DEMO_ARGS="--tiny" random stand-ins; real FLUX: DEMO_ARGS="--models DIR"
 	scripts/demo.sh $(DEMO_ARGS)
 
-eval-toy: setup   ## toy-world routing evaluation (docs/TOY_WORLD.md): held-out subjects through the real ComfyUI graph, exact detector -> table; EVAL_ARGS="--sets 4" for a quick run
+toy-base: setup   ## toy world stage 1 (docs/TOY_WORLD.md): the base model and its gate -> toyworld/weights; resumable, nice'd; TOY_ARGS="--steps 4 --out /tmp/x --no-gate" for a smoke run
+	nice $(PY) -m toyworld.train_base $(TOY_ARGS)
+
+toy-lora: setup   ## toy world stage 2: the two dual LoRAs through the pack's trainer (static routing / dense attention) and their gates -> toyworld/weights; resumable
+	nice $(PY) -m toyworld.train_lora --attention static $(TOY_ARGS)
+	nice $(PY) -m toyworld.train_lora --attention dense $(TOY_ARGS)
+
+eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI graph (held-out identities, 6 conditions, counterfactual swaps) -> .cache/toyworld/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
 	nice $(PY) -m toyworld.eval $(EVAL_ARGS)
 
 bench:            ## performance bench (docs/PERFORMANCE.md): routed vs dense vs naive attention, sampling steps vs ReferenceLatent / text-to-image; prints PASS/MISS per target, never fails the build; report in bench/results/report.md

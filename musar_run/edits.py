@@ -60,8 +60,9 @@ STANDINS = {
     "toy": StandIn(
         node="MUSAR_ToyWorldLoader", inputs={"model_file": "toy_flux.safetensors"},
         description="the trained toy-world FLUX, codec, text encoder and MUSAR LoRA "
-                    "(toyworld/weights, docs/TOY_WORLD.md): toy subjects, prompt and reference "
-                    "images replace the workflow's, so the image shows the chosen subjects",
+                    "(toyworld/weights, docs/TOY_WORLD.md): held-out toy subjects, their reference "
+                    "images and a prompt that names their slots but not their colours replace the "
+                    "workflow's, so the colours in the image come from the references",
         passthrough={"LoraLoaderModelOnly": "model"},
         prepare="toyworld.demo:prepare",
         caps={("EmptySD3LatentImage", "width"): 128, ("EmptySD3LatentImage", "height"): 128,

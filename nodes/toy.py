@@ -2,8 +2,8 @@
 ComfyUI MODEL / CLIP / VAE objects, so stock CLIPTextEncode, VAEEncode, VAEDecode and KSampler
 run on them unchanged (docs/TOY_WORLD.md).
 
-- VAE: a ``comfy.sd.VAE`` whose first-stage model is the toy codec (``ToyCodec``, 16 channels,
-  8x). Its raw latents are scaled like ae.safetensors' (``z / scale_factor + shift_factor`` of
+- VAE: a ``comfy.sd.VAE`` whose first-stage model is the toy codec (``CellCodec``, exact and
+  linear on the world's flat 8 px cells, 16 channels, 8x). Its raw latents are scaled like ae.safetensors' (``z / scale_factor + shift_factor`` of
   ComfyUI's Flux latent format), so the model's ``process_latent_in`` hands FLUX the codec's
   unit-variance latents, as it does for real FLUX.
 - CLIP: a ``comfy.sd.CLIP`` around a tokenizer / encoder pair wrapping ``ToyTextEncoder`` in T5's
@@ -30,7 +30,7 @@ import torch
 from comfy_api.latest import io
 
 from ..musar.errors import ModelError, MusarError
-from ..toyworld.codec import ToyCodec
+from ..toyworld.codec import CellCodec
 from ..toyworld.textenc import ToyTextEncoder
 from . import standins
 
@@ -48,15 +48,14 @@ PAD_ID, END_ID, ID_SHIFT = 0, 1, 1
 class ToyFirstStage(torch.nn.Module):
     """First-stage model of the toy VAE: pixels (B, 3, H, W) in 0..1 <-> raw latents (B, 16, h, w)."""
 
-    def __init__(self, codec: ToyCodec, shift: float, scale: float):
+    def __init__(self, codec: CellCodec, shift: float, scale: float):
         super().__init__()
-        self.register_buffer("mean", codec.mean.clone())
-        self.register_buffer("components", codec.components.clone())
-        self.register_buffer("codec_scale", codec.scale.clone())
-        self.shift, self.scale, self.factor = float(shift), float(scale), codec.factor
+        for name, tensor in codec.state_dict().items():
+            self.register_buffer(name, tensor.clone())
+        self.shift, self.scale = float(shift), float(scale)
 
-    def _codec(self) -> ToyCodec:
-        return ToyCodec(self.mean, self.components, self.codec_scale, self.factor)
+    def _codec(self) -> CellCodec:
+        return CellCodec(self.mean, self.std, self.matrix)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         z = self._codec().encode(pixels.float().movedim(1, -1))
@@ -66,7 +65,7 @@ class ToyFirstStage(torch.nn.Module):
         return self._codec().decode((latents.float() - self.shift) * self.scale).movedim(-1, 1)
 
 
-def build_vae(codec: ToyCodec) -> comfy.sd.VAE:
+def build_vae(codec: CellCodec) -> comfy.sd.VAE:
     """A ``comfy.sd.VAE`` with the toy codec as first stage. ComfyUI's constructor sets every
     default attribute (built on a minimal AutoencoderKL that is then replaced)."""
     params = {"ddconfig": {"double_z": True, "z_channels": 16, "resolution": 64, "in_channels": 3,
@@ -180,8 +179,8 @@ def _load(folder: Path, name: str) -> dict:
     return comfy.utils.load_torch_file(str(_path(folder, name)), safe_load=True)
 
 
-def load_codec(folder: Path) -> ToyCodec:
-    return ToyCodec.from_state_dict(_load(folder, CODEC_FILE))
+def load_codec(folder: Path) -> CellCodec:
+    return CellCodec.from_state_dict(_load(folder, CODEC_FILE))
 
 
 def load_text_encoder(folder: Path) -> ToyTextEncoder:
@@ -236,9 +235,10 @@ class ToyWorldLoader(io.ComfyNode):
             description=(
                 "The toy world's trained tiny FLUX-architecture MODEL with its text encoder (CLIP "
                 "in T5 conventions) and latent codec (VAE, 16 channels, 8x), shipped with the "
-                "pack. It draws coloured shapes (shape x colour x pattern) on simple backgrounds "
-                "from toy prompts, on a CPU in seconds; see docs/TOY_WORLD.md for the words it "
-                "knows. Use UNETLoader / DualCLIPLoader / VAELoader for real FLUX."),
+                "pack for tests and the demo. It draws two-colour patterned blocks in four named "
+                "slots on flat backgrounds from toy prompts, on a CPU in seconds; see "
+                "docs/TOY_WORLD.md for the words it knows. Use UNETLoader / DualCLIPLoader / "
+                "VAELoader for real FLUX."),
             is_experimental=True,
             inputs=[
                 io.Combo.Input("model_file", options=model_files(), default=BASE_FILE,

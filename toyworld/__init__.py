@@ -1,37 +1,21 @@
-"""Toy world: a synthetic world for measuring MUSAR on a CPU - the world, its exact measuring
-instruments, the experiment scripts that train and evaluate toy models on it, and their weights
-(``toyworld/weights``). Not part of the method (``musar/``); the pack uses only the codec and the
-text encoder (``nodes/toy.py``, MUSAR_ToyWorldLoader, category MUSAR/testing).
+"""Toy world: a synthetic world for measuring MUSAR on a CPU (docs/TOY_WORLD.md).
 
-world       subjects (shape x colour x pattern), scenes on named backgrounds, captions, held-out split
-export      Subjects200K-layout pair parquet and text-to-image parquet writers
-codec       ToyCodec: deterministic 16-channel, 8x-downscale linear latent codec (PCA)
-textenc     ToyTextEncoder: deterministic word-embedding text encoder with position terms
-detector    Detector: exact subject detection; score / aggregate: prompt-fidelity metrics
+One package holds the world, its exact measuring instruments, the experiment scripts that train
+and evaluate toy models on it, and their weights (``toyworld/weights``). It is not part of the
+method (``musar/``); the node pack uses only the codec and the text encoder (``nodes/toy.py``,
+MUSAR_ToyWorldLoader, category MUSAR/testing).
 
-Scripts (run from the repository root, inside real ComfyUI through ``musar_run.runtime``):
-``python -m toyworld.train_base``, ``.train_lora``, ``.eval``, ``.diagnose``, ``.demo``.
+World and instruments (pure numpy / torch / PIL / pyarrow; import nothing outside this package):
+  world      "slot blocks": identities (two colours + a pattern), slots, scenes, captions, split
+  codec      CellCodec: exact linear 16-channel, 8x latent codec of the world's flat cells
+  textenc    ToyTextEncoder: deterministic word-embedding text encoder with position terms
+  detector   cell reader and scorer (subject right, entangled, leaked cells, counterfactual T / L)
+  stats      Wilson intervals, paired bootstrap, exact McNemar
+  export     Subjects200K-layout pair parquet (the LoRA's training data)
 
-See docs/TOY_WORLD.md. The world modules are pure numpy / torch / PIL / pyarrow, import nothing
-outside this package and never import ComfyUI.
+Stages (run from the repository root; each resumable, inside real ComfyUI via musar_run.runtime):
+  python -m toyworld.train_base    base model (scenes + diptychs), then its gate
+  python -m toyworld.train_lora    dual LoRA through the pack's trainer (--attention static|dense)
+  python -m toyworld.eval          the evaluation table through the real ComfyUI graph
+  python -m toyworld.demo          the figure of ``make demo``
 """
-
-from .codec import ToyCodec
-from .detector import Detection, Detector, classify_pixels
-from .export import export_pairs, export_text_to_image, make_pair
-from .scoring import aggregate, score
-from .textenc import ToyTextEncoder
-from .world import (
-    ALL_SUBJECTS,
-    Placement,
-    SceneTruth,
-    Subject,
-    SubjectTruth,
-    World,
-    caption,
-    multi_caption,
-)
-
-__all__ = ["ALL_SUBJECTS", "Detection", "Detector", "Placement", "SceneTruth", "Subject", "SubjectTruth",
-           "ToyCodec", "ToyTextEncoder", "World", "aggregate", "caption", "classify_pixels", "export_pairs",
-           "export_text_to_image", "make_pair", "multi_caption", "score"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = ROOT / "toyworld" / "weights"
-CACHE_DIR = ROOT / ".cache" / "toy"
+CACHE_DIR = ROOT / ".cache" / "toyworld"
 logger = logging.getLogger("toyworld")
 
 

@@ -1,29 +1,28 @@
-"""Toy encoders and the base model's pre-encoded training pools.
+"""The base model's training data, drawn fresh at every step (no pool, nothing cached on disk).
 
-Pools are rendered from ``World`` with seeded rows and encoded once through the toy VAE / model
-latent space (``process_latent_in(vae.encode(pixels))``: the same tensors ComfyUI's graph feeds
-FLUX), then cached under ``.cache/toy`` (fp16 latents + prompts in the metadata).
+Step ``s`` of phase ``p`` draws its batch from ``random.Random(f"base/{seed}/{p}/{s}")``: a
+square step has ``batch`` scenes of 1-4 training-split blocks in random slots on a random
+background; a diptych step (``wide_share`` of the steps) has ``batch // 2`` 128 x 256 two-panel
+images, one block per panel, prompted with the LoRA's diptych template. Captions name the colours
+for half of the images [chosen]; ``prompt_dropout`` of the prompts are empty (for CFG).
 
-Base-model data [chosen]: square 128 px scenes of training subjects with 1 subject (50 %), 2
-(20 %), 3 (15 %) or 4 (15 %), captioned by the world (single caption / MUSAR-Gen template), and
-wide 128 x 256 two-panel images (two different training subjects, each on its own background)
-captioned with the pack's diptych prompt template - real FLUX can draw diptychs, and debiased
-diptych learning relies on it.
+Latents: every cell of the world is one palette colour and the codec is linear per cell, so the
+latent of an image is a lookup of each cell's colour in a table made by encoding one cell of
+every palette colour through the toy VAE exactly as ComfyUI's graph does
+(``process_latent_in(vae.encode(pixels))``; a tier-2 test checks it equals encoding the image).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .common import CACHE_DIR, module, save_safetensors
+from .common import module
+from .world import BACKGROUNDS, DIPTYCH_TEMPLATE, NAMES, Placed, World, cell_indices, paint, scene_caption
 
-SUBJECT_COUNTS = ((1, 0.5), (2, 0.2), (3, 0.15), (4, 0.15))
+SUBJECT_COUNTS = (1, 2, 3, 4)  # equally often [chosen]
 
 
 class ToyEncoders:
@@ -32,18 +31,22 @@ class ToyEncoders:
     def __init__(self, pack, model, clip, vae):
         self.pack, self.model, self.clip, self.vae = pack, model, clip, vae
         self._subject = module(pack, "nodes.subject")
-        self._prompts: dict = {}
+        swatch = paint(np.asarray(NAMES, dtype=object)[None])  # one cell of every palette colour
+        pixels = torch.from_numpy(swatch)[None].permute(0, 3, 1, 2).float() / 255.0
+        self.table = self.image(pixels)[0, :, 0, :].T.contiguous()  # (len(NAMES), 16)
 
     def image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in 0..1 -> (B, 16, H/8, W/8) model-space latents."""
         return self.model.model.process_latent_in(self.vae.encode(pixels.movedim(1, -1)))
 
+    def latents(self, cells: np.ndarray) -> torch.Tensor:
+        """(B, h, w) cell indices -> (B, 16, h, w): the table lookup equal to ``image``."""
+        return self.table[torch.from_numpy(np.asarray(cells, dtype=np.int64))].permute(0, 3, 1, 2)
+
     def prompt(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """text -> ((1, P, 64) features, (1, 32) pooled), exactly as CLIPTextEncode makes them."""
-        if text not in self._prompts:
-            cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
-            self._prompts[text] = (cond.float(), pooled.float())
-        return self._prompts[text]
+        cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
+        return cond.float(), pooled.float()
 
     def caption(self, text: str) -> torch.Tensor:
         """Subject caption -> (1, n, 64), exactly as MUSAR_Subject encodes it."""
@@ -55,55 +58,34 @@ class ToyEncoders:
                                 namespace=namespace)
 
 
-def pixels_of(images) -> torch.Tensor:
-    """PIL images -> (B, 3, H, W) float in 0..1."""
-    arr = np.stack([np.asarray(im.convert("RGB")) for im in images])
-    return torch.from_numpy(arr).float().div(255.0).permute(0, 3, 1, 2).contiguous()
+def square(world: World, rnd: random.Random, colours: bool) -> tuple[np.ndarray, str]:
+    placed, background = world.sample_scene(rnd, rnd.choice(SUBJECT_COUNTS), "train")
+    return cell_indices(placed, background), scene_caption(placed, background, colours)
 
 
-def _count(rnd: random.Random) -> int:
-    return rnd.choices([n for n, _ in SUBJECT_COUNTS], [p for _, p in SUBJECT_COUNTS])[0]
+def diptych(world: World, rnd: random.Random, colours: bool) -> tuple[np.ndarray, str]:
+    """Two panels side by side, one block each (different identities), diptych prompt."""
+    a, b = rnd.sample(list(world.train), 2)
+    panels = [([Placed(ident, rnd.choice(world.slots))], rnd.choice(list(BACKGROUNDS))) for ident in (a, b)]
+    cells = np.concatenate([cell_indices(*p) for p in panels], axis=1)
+    left, right = (scene_caption(*p, colours) for p in panels)
+    return cells, DIPTYCH_TEMPLATE.format(desc_left=left, desc_right=right)
 
 
-def render_square(world, seed: int, index: int):
-    """One square base-model scene: (PIL image, prompt)."""
-    rs = int(np.random.SeedSequence([seed, 0, index]).generate_state(1)[0])
-    img, truth = world.sample_scene(rs, _count(random.Random(rs)), "train")
-    return img, truth.caption
+def step_batch(world: World, seed: int, phase: int, step: int, batch: int, wide_share: float,
+               prompt_dropout: float) -> tuple[np.ndarray, list[str], random.Random]:
+    """The seeded batch of one step: (cells (B, 16, 16 or 32), prompts, the step's generator)."""
+    rnd = random.Random(f"base/{seed}/{phase}/{step}")
+    wide = rnd.random() < wide_share
+    make, n = (diptych, max(1, batch // 2)) if wide else (square, batch)
+    rows = [make(world, rnd, rnd.random() < 0.5) for _ in range(n)]
+    prompts = ["" if rnd.random() < prompt_dropout else text for _, text in rows]
+    return np.stack([c for c, _ in rows]), prompts, rnd
 
 
-def render_wide(world, seed: int, index: int, template: str):
-    """Two different training subjects on two panels side by side, diptych prompt."""
-    rs = int(np.random.SeedSequence([seed, 1, index]).generate_state(1)[0])
-    rnd = random.Random(rs)
-    a, b = rnd.sample(list(world.train_subjects), 2)
-    bg_a, bg_b = rnd.sample(list(world.backgrounds), 2)
-    left, ta = world.render_scene([a], bg_a, None, rs)
-    right, tb = world.render_scene([b], bg_b, None, rs + 1)
-    canvas = np.concatenate([np.asarray(left), np.asarray(right)], axis=1)
-    from PIL import Image
+def pixels_of(cells: np.ndarray) -> torch.Tensor:
+    """(B, h, w) cell indices -> (B, 3, h*8, w*8) float pixels in 0..1 (for checks and figures)."""
+    names = np.asarray(NAMES, dtype=object)
+    arr = np.stack([paint(names[c]) for c in cells])
+    return torch.from_numpy(arr).float().div(255.0).permute(0, 3, 1, 2)
 
-    first, second = (ta, tb) if rnd.random() < 0.5 else (tb, ta)
-    return Image.fromarray(canvas), template.format(desc_a=first.caption, desc_b=second.caption)
-
-
-def build_pool(pack, world, enc: ToyEncoders, kind: str, n: int, seed: int, tag: str,
-               chunk: int = 64) -> tuple[torch.Tensor, list[str]]:
-    """(latents (n, 16, h, w) fp16, prompts) of ``kind`` 'square' or 'wide', cached on disk."""
-    key = hashlib.sha256(f"{kind}/{n}/{seed}/{world.seed}/{world.panel}/{tag}".encode()).hexdigest()[:12]
-    path = Path(CACHE_DIR) / f"base_pool_{kind}_{n}_{key}.safetensors"
-    if path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return f.get_tensor("latents"), json.loads(f.metadata()["prompts"])
-    template = module(pack, "musar.data.diptych").DEFAULT_PROMPT_TEMPLATE
-    latents, prompts = [], []
-    for start in range(0, n, chunk):
-        rows = [render_square(world, seed, i) if kind == "square" else render_wide(world, seed, i, template)
-                for i in range(start, min(n, start + chunk))]
-        latents.append(enc.image(pixels_of([r[0] for r in rows])).half())
-        prompts += [r[1] for r in rows]
-    out = torch.cat(latents)
-    save_safetensors({"latents": out}, path, {"prompts": json.dumps(prompts)})
-    return out, prompts

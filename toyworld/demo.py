@@ -1,28 +1,36 @@
-"""``python -m musar_run WORKFLOW --toy`` (the default of ``make demo``): the shipped workflow on the
-trained toy world. The runner swaps the model loaders for MUSAR_ToyWorldLoader and selects the
-toy dual LoRA (``musar_run.edits.STANDINS["toy"]``); :func:`prepare` then gives the graph toy
-subjects the model knows: every MUSAR Subject (in chain order) gets a held-out toy subject as its
-caption and a rendered reference scene as its Load Image file, and the positive prompt becomes
-the MUSAR-Gen prompt of those subjects, and samplers use CFG ``TOY_CFG``. ``--set`` overrides
-apply afterwards.
+"""``make demo`` on the toy world.
 
-Pure: API prompt + input folder in, API prompt out (the references are written as PNG files).
+``python -m musar_run WORKFLOW --toy`` runs a shipped workflow with its model loaders swapped for
+MUSAR_ToyWorldLoader (``musar_run.edits.STANDINS["toy"]``); :func:`prepare` then gives the graph
+what the toy model knows: every MUSAR Subject (in chain order) gets a held-out identity - its
+caption names the pattern only, its image is the block rendered alone in another slot on another
+background - the positive prompt names each subject's slot and pattern but no colour, so the
+colours can only come from the references; the negative prompt is the empty prompt the model was
+trained with, samplers use CFG ``graph.SAMPLING["cfg"]`` and MUSAR Load Dual LoRA loads the
+static-trained toy LoRA. ``--set`` overrides apply afterwards. Pure: API prompt + input folder in,
+API prompt out (the references are written as PNG files).
+
+``python -m toyworld.demo [OUTPUT]`` composes the figure of a ``make demo`` run: references | the
+image without routing (the dense-trained LoRA, routing off) | with static + dynamic routing | the
+route overlay, upscaled so the cells are visible (``OUTPUT/toy_demo.png``; ``--docs`` also writes
+docs/images/toy_demo.png).
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
+import sys
 from pathlib import Path
 
-# Held-out subjects (never seen in training), pairwise different shapes and colours [chosen]
-DEMO_SUBJECTS = ("red striped heart", "cyan plain star", "green dotted triangle", "yellow striped circle",
-                 "blue plain square", "magenta plain cross")
-LORA_FILE = "toy_musar_lora.safetensors"
-DEMO_BACKGROUND, REFERENCE_BACKGROUNDS = "grass", ("sand", "wooden floor", "stone tiles", "carpet")
-# The toy FLUX is not guidance-distilled (trained with prompt dropout for real CFG), so the
-# demo samples with classifier-free guidance like the evaluation does (docs/TOY_WORLD.md).
-TOY_CFG = 4.0
+# Held-out identities (never seen in training) with different patterns and no colour in common
+DEMO_SUBJECTS = ("red and black striped block", "yellow and white columned block",
+                 "orange and pink plain block", "cyan and purple checkered block")
+DEMO_SLOTS = ("top left", "bottom right", "top right", "bottom left")
+REFERENCES = (("bottom right", "sand"), ("top left", "slate"), ("bottom left", "sand"), ("top right", "slate"))
+DEMO_BACKGROUND = "grey"
+LORA_FILES = {"routing": "toy_lora_static.safetensors", "no routing": "toy_lora_dense.safetensors"}
+UPSCALE = 3
 
 
 def _subject_chain(prompt: dict) -> list[str]:
@@ -40,23 +48,19 @@ def _subject_chain(prompt: dict) -> list[str]:
     return chain
 
 
-def _positive_texts(prompt: dict) -> list[str]:
-    """CLIPTextEncode nodes that feed a sampler's positive conditioning (through any nodes)."""
-    found, stack, seen = [], [], set()
-    for node in prompt.values():
-        pos = node["inputs"].get("positive")
-        if isinstance(pos, list):
-            stack.append(pos[0])
+def _feeding(prompt: dict, port: str, kinds: tuple[str, ...]) -> list[str]:
+    """Nodes of ``kinds`` that feed a sampler's ``port`` (positive / negative) through any nodes."""
+    found, stack, seen = [], [n["inputs"][port][0] for n in prompt.values()
+                              if isinstance(n["inputs"].get(port), list)], set()
     while stack:
         key = stack.pop()
         if key in seen or key not in prompt:
             continue
         seen.add(key)
-        node = prompt[key]
-        if node["class_type"] == "CLIPTextEncode":
+        if prompt[key]["class_type"] in kinds:
             found.append(key)
             continue
-        stack += [v[0] for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2
+        stack += [v[0] for v in prompt[key]["inputs"].values() if isinstance(v, list) and len(v) == 2
                   and isinstance(v[0], str)]
     return found
 
@@ -68,76 +72,92 @@ def _pack(name: str):
     return importlib.import_module(f"{runtime.load_pack().__name__}.{name}")
 
 
-def select_lora(prompt: dict) -> None:
-    """MUSAR Load Dual LoRA nodes load the toy LoRA (its folder becomes a loras folder)."""
+def select_lora(prompt: dict, lora: str) -> None:
+    """MUSAR Load Dual LoRA nodes load the toy LoRA (the toy weights folder becomes a loras folder);
+    without that file they are bypassed (their consumers take the MODEL they were given)."""
     import folder_paths
 
-    folder_paths.add_model_folder_path("loras", str(_pack("nodes.toy").weights_dir()), is_default=True)
-    for node in prompt.values():
-        if node["class_type"] == "MUSAR_LoadDualLoRA":
-            node["inputs"]["lora_name"] = LORA_FILE
+    folder = _pack("nodes.toy").weights_dir()
+    loaders = [k for k, n in prompt.items() if n["class_type"] == "MUSAR_LoadDualLoRA"]
+    if (folder / lora).is_file():
+        folder_paths.add_model_folder_path("loras", str(folder), is_default=True)
+        for key in loaders:
+            prompt[key]["inputs"]["lora_name"] = lora
+        return
+    print(f"toy demo: no {lora} in {folder}: MUSAR Load Dual LoRA bypassed", file=sys.stderr)
+    for key in loaders:
+        source = prompt.pop(key)["inputs"]["model"]
+        for node in prompt.values():
+            for name, value in node["inputs"].items():
+                if value == [key, 0]:
+                    node["inputs"][name] = source
 
 
-IMAGE_NODES = ("LoadImage", "MUSAR_ExampleImage")  # the shipped workflows use the example node
+def demo_placed(W, n: int) -> list:
+    return [W.Placed(W.Identity.parse(DEMO_SUBJECTS[i % 4]), DEMO_SLOTS[i % 4]) for i in range(min(n, 4))]
 
 
-def reference_image(world, i: int, item: str):
-    """Subject i's reference scene (the same pixels :func:`prepare` writes)."""
-    return world.render_scene([item], REFERENCE_BACKGROUNDS[i % len(REFERENCE_BACKGROUNDS)], None, 1000 + i)[0]
+def reference_image(W, i: int):
+    """Subject i's reference: its block alone in another slot on another background."""
+    slot, background = REFERENCES[i % 4]
+    return W.render([W.Placed(W.Identity.parse(DEMO_SUBJECTS[i % 4]), slot)], background)
 
 
 def prepare(prompt: dict, input_dir: Path) -> dict:
     prompt = copy.deepcopy(prompt)
-    select_lora(prompt)
-    toy = _pack("toyworld")
-    world = toy.World(seed=0, panel=128)
+    select_lora(prompt, LORA_FILES["routing"])
+    W, graph = _pack("toyworld.world"), _pack("toyworld.graph")
     chain = _subject_chain(prompt)
-    items = [DEMO_SUBJECTS[i % len(DEMO_SUBJECTS)] for i in range(len(chain))]
-    for i, (key, item) in enumerate(zip(chain, items)):
+    for i, key in enumerate(chain[:4]):
         node = prompt[key]["inputs"]
-        node["caption"] = item
+        node["caption"] = W.Identity.parse(DEMO_SUBJECTS[i]).item
         image = node.get("image")
-        if isinstance(image, list) and prompt.get(image[0], {}).get("class_type") in IMAGE_NODES:
-            name = f"toy_{item.replace(' ', '_')}.png"
-            reference_image(world, i, item).save(Path(input_dir) / name)
+        if isinstance(image, list) and prompt.get(image[0], {}).get("class_type") in ("LoadImage", "MUSAR_ExampleImage"):
+            name = f"toy_{DEMO_SUBJECTS[i].replace(' ', '_')}.png"
+            reference_image(W, i).save(Path(input_dir) / name)
             prompt[image[0]].update(class_type="LoadImage", inputs={"image": name})
+    positive = _feeding(prompt, "positive", ("CLIPTextEncode",))
+    for key in positive:
+        prompt[key]["inputs"]["text"] = W.scene_caption(demo_placed(W, len(chain)), DEMO_BACKGROUND, False)
+    for key in _feeding(prompt, "negative", ("ConditioningZeroOut", "CLIPTextEncode")):
+        if positive:  # the toy model's unconditional prompt is the empty one it was trained with
+            prompt[key] = {"class_type": "CLIPTextEncode", "_meta": {"title": "Negative (empty prompt)"},
+                           "inputs": {"text": "", "clip": prompt[positive[0]]["inputs"]["clip"]}}
     for node in prompt.values():
         if node["class_type"] in ("KSampler", "KSamplerAdvanced"):
-            node["inputs"]["cfg"] = TOY_CFG
-    if items:
-        text = toy.multi_caption([toy.Subject.parse(i) for i in items], DEMO_BACKGROUND)
-        for key in _positive_texts(prompt):
-            prompt[key]["inputs"]["text"] = text
+            node["inputs"]["cfg"] = graph.SAMPLING["cfg"]
     return prompt
 
 
-def demo_figure(output_dir: Path, out: Path, n_subjects: int = 2) -> Path:
-    """References | image | routing overlay of the newest ``make demo`` run in ``output_dir``
-    (e.g. docs/images/demo_overlay.png)."""
-    from .figures import case_row, grid
-    from .world import World
+def _newest(folder: Path, pattern: str) -> Path:
+    files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise SystemExit(f"no {pattern} in {folder}: run `make demo` first")
+    return files[-1]
 
-    newest = {}
-    for kind in ("musar_two_subjects_[0-9]*.png", "musar_two_subjects_routing_*.png"):
-        files = sorted(Path(output_dir).glob(kind))
-        if not files:
-            raise SystemExit(f"no {kind} in {output_dir}: run `make demo` first")
-        newest[kind] = files[-1]
+
+def demo_figure(output: Path, n_subjects: int = 2):
+    """references | no routing | routing | route of the newest ``make demo`` run in ``output``
+    (the run without routing in ``output/no_routing``)."""
     from PIL import Image
 
-    world = World(seed=0, panel=128)
-    refs = [reference_image(world, i, DEMO_SUBJECTS[i]) for i in range(n_subjects)]
-    row = case_row(refs + [Image.open(p) for p in newest.values()])
-    header = [DEMO_SUBJECTS[i] for i in range(n_subjects)] + ["generated", "route"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid([row], header).save(out, optimize=True)
-    return out
+    from . import world as W
+    from .figures import grid
+
+    images = [reference_image(W, i) for i in range(n_subjects)]
+    images += [Image.open(_newest(output / "no_routing", "musar_two_subjects_[0-9]*.png")),
+               Image.open(_newest(output, "musar_two_subjects_[0-9]*.png")),
+               Image.open(_newest(output, "musar_two_subjects_routing_*.png"))]
+    header = [f"reference {i + 1}" for i in range(n_subjects)] + ["no routing", "routing", "route"]
+    return grid([images], header, scale=UPSCALE)
 
 
 if __name__ == "__main__":
-    import sys
-
     root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root))
-    print(demo_figure(Path(sys.argv[1] if len(sys.argv) > 1 else root / "output"),
-                      root / "docs" / "images" / "demo_overlay.png"))
+    args = [a for a in sys.argv[1:] if a != "--docs"]
+    out = Path(args[0]) if args else root / "output"
+    figure = demo_figure(out)
+    targets = [out / "toy_demo.png"] + ([root / "docs" / "images" / "toy_demo.png"] if "--docs" in sys.argv else [])
+    for path in targets:
+        figure.save(path, optimize=True)
+        print(path)

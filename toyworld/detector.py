@@ -1,268 +1,172 @@
-"""Exact detector for toy-world images: which subjects (shape, colour, pattern) are present.
+"""Exact reading and scoring of toy-world images (docs/TOY_WORLD.md, "Detector and scores").
 
-Pipeline (all deterministic, numpy/torch only):
-1. Pixel classes. Every pixel is assigned to the nearest *palette segment*: the straight RGB line
-   between two colours that may legitimately blend in a toy image (a subject colour and the white
-   pattern colour, a subject colour and a background's mean colour, two subject colours, white and
-   a background colour, two colours of one background). The pixel takes the class of the nearer
-   end (subject colour i, ``pattern`` or ``background``). Anti-aliased and codec-blurred edges lie
-   on such segments, so they split at the midpoint instead of turning into a third colour. A
-   "subject" pixel with chroma (max - min channel) below 48/255 is a grey ringing artefact and
-   counts as background (every subject colour and its blends up to the midpoint are far above).
-2. Components. Subject-coloured and pattern pixels form the foreground; its 4-connected
-   components smaller than ``min_area`` (default 0.35 % of panel^2) or with < 25 % subject colour are
-   ignored.
-   The foreground is closed first (radius 1 px per 64 px of panel) so hairline gaps cannot split a
-   subject, and a component only counts if the opened foreground reaches into it, so codec specks
-   add nothing while thin tips (kept in the mask) survive.
-3. Per component: colour = the most frequent subject colour (``colour_fractions`` keeps every
-   colour with >= 5 %); shape = the shape whose template fits the hole-filled mask best (IoU), each
-   template fitted three ways: stretched onto the bounding box, and scaled / centred by area and
-   centroid both sharp and Gaussian-blurred (so rounded tips of a decoded star still read as a
-   star); pattern: < 2.5 % white pixels is plain, otherwise rows wider than 1.5 dot diameters
-   decide: stripes fill such a row (>= 75 % white), dots never can (<= 60 %).
-
-``score`` / ``aggregate`` (scoring.py) turn detections into prompt-fidelity metrics.
+``read_cells(image)``: every 8 px cell's mean colour -> the nearest palette colour (subject colours
+and backgrounds; RGB distance). On rendered images and after a codec round trip this is exact.
+``read_slot(cells, slot)``: the slot's 6 x 6 cells -> ``Block``: present (at least half the cells
+are subject colours), the best-fitting (pattern, first colour, second colour) and the share of
+cells that agree with it. ``score(image, placed)`` compares an image with the blocks it should
+show; ``counterfactual(before, after, placed, b, b_new)`` measures transfer (T) and leakage (L)
+between two images made with the same seed and one reference swapped.
 """
 
-import logging
-from dataclasses import dataclass, field
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from .backgrounds import BACKGROUNDS
-from .components import closing, dilate, fill_holes, label, open_close
 from .errors import ToyWorldError
-from .scoring import aggregate, score  # noqa: F401  (re-exported)
-from .shapes import DOT_DIAMETER, SHAPES, moment_templates, template
-from .world import COLOURS, PATTERN_COLOUR
+from .world import BACKGROUNDS, BLOCK, CELL, COLOURS, NAMES, PATTERNS, SLOTS, Identity, Placed, pattern_mask
 
-logger = logging.getLogger(__name__)
-
-COLOUR_NAMES = tuple(COLOURS)
-PATTERN_CLASS = len(COLOUR_NAMES)        # 6
-BACKGROUND_CLASS = PATTERN_CLASS + 1     # 7
-MIN_SUBJECT_CHROMA = 48 / 255            # greyer "subject" pixels are codec ringing: background
+SUBJECT = np.array([n in COLOURS for n in NAMES])
+PALETTE = np.array([COLOURS.get(n) or BACKGROUNDS[n] for n in NAMES], dtype=np.float64) / 255.0
+WELL_FORMED = 0.9  # share of a block's cells that must agree with its best fit (docs [chosen])
+ENTANGLED = 0.15  # share of a block's cells in other subjects' colours that makes it entangled
 
 
-@dataclass(frozen=True, eq=False)
-class Detection:
-    """One detected subject. ``bbox`` = (x0, y0, x1, y1), x1/y1 exclusive; ``confidence`` = min of
-    the shape IoU and the dominant-colour fraction."""
+def _pixels(image) -> np.ndarray:
+    """PIL image, uint8 / float array or tensor (H, W, 3) -> float64 (H, W, 3) in 0..1."""
+    if hasattr(image, "convert"):
+        image = np.asarray(image.convert("RGB"))
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().numpy()
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] % CELL or arr.shape[1] % CELL:
+        raise ToyWorldError(f"expected one RGB image (H, W, 3) with H and W multiples of {CELL}, "
+                            f"got shape {arr.shape}")
+    return arr.astype(np.float64) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float64)
 
-    shape: str
-    colour: str
-    pattern: str
-    bbox: tuple
-    area: int
-    confidence: float
-    shape_iou: float = 0.0
-    colour_fractions: tuple = ()   # ((colour, fraction of the subject-coloured pixels), ...) >= 5 %
-    mask: np.ndarray = field(default=None, repr=False)
+
+def read_cells(image) -> np.ndarray:
+    """(H/8, W/8) int: index into NAMES of each cell's nearest palette colour."""
+    px = _pixels(image)
+    h, w = px.shape[0] // CELL, px.shape[1] // CELL
+    means = px.reshape(h, CELL, w, CELL, 3).mean(axis=(1, 3))
+    return ((means[:, :, None, :] - PALETTE) ** 2).sum(-1).argmin(-1)
+
+
+@dataclass(frozen=True)
+class Block:
+    """What one slot shows. ``fit`` is the agreement of its cells with (pattern, first, second);
+    ``identity`` is set when the block is well formed in canonical colour order."""
+
+    slot: str
+    present: bool
+    pattern: str | None
+    first: str | None
+    second: str | None
+    fit: float
+    cells: np.ndarray  # (BLOCK, BLOCK) int indices into NAMES
 
     @property
-    def key(self) -> tuple:
-        return (self.shape, self.colour, self.pattern)
+    def well_formed(self) -> bool:
+        return self.present and self.fit >= WELL_FORMED
+
+    @property
+    def colours(self) -> frozenset:
+        return frozenset(c for c in (self.first, self.second) if c)
 
 
-def _rgb(c) -> np.ndarray:
-    return np.asarray(c, np.float32) / 255.0
+_MASKS = {p: pattern_mask(p) for p in PATTERNS}
 
 
-def _segments():
-    """Palette segments (a, b - a, class of a, class of b). Subject colours blend with each other,
-    with white and with each background's mean colour; white and background colours blend with
-    every colour of that background; a background's colours blend with each other."""
-    subj = [_rgb(COLOURS[c]) for c in COLOUR_NAMES]
-    white = _rgb(PATTERN_COLOUR)
-    segs = []
-    for i, s in enumerate(subj):
-        segs.append((s, white, i, PATTERN_CLASS))
-        segs += [(s, subj[j], i, j) for j in range(i + 1, len(subj))]
-        segs += [(s, _rgb(b.colours).mean(0), i, BACKGROUND_CLASS) for b in BACKGROUNDS.values()]
-    for b in BACKGROUNDS.values():
-        cols = [_rgb(c) for c in b.colours]
-        segs += [(white, c, PATTERN_CLASS, BACKGROUND_CLASS) for c in cols]
-        segs += [(cols[i], cols[j], BACKGROUND_CLASS, BACKGROUND_CLASS)
-                 for i in range(len(cols)) for j in range(i + 1, len(cols))]
-    a = np.stack([s[0] for s in segs])
-    b = np.stack([s[1] for s in segs])
-    return a, b - a, np.array([s[2] for s in segs], np.uint8), np.array([s[3] for s in segs], np.uint8)
+def _best_fit(block: np.ndarray) -> tuple[str, int, int, float]:
+    best = (PATTERNS[0], -1, -1, -1.0)
+    for pattern, mask in _MASKS.items():
+        first = np.bincount(block[mask], minlength=len(NAMES))
+        second = np.bincount(block[~mask], minlength=len(NAMES))
+        first[~SUBJECT], second[~SUBJECT] = -1, -1  # a fit names subject colours only
+        a, b = int(first.argmax()), int(second.argmax())
+        if a == b:  # the same colour cannot be both: take the better runner-up
+            a2, b2 = np.argsort(first)[-2], np.argsort(second)[-2]
+            a, b = (a, int(b2)) if first[a] + second[b2] >= first[a2] + second[b] else (int(a2), b)
+        fit = (int(first[a]) + int(second[b])) / block.size
+        if fit > best[3]:
+            best = (pattern, a, b, fit)
+    return best
 
 
-_SEGMENTS = _segments()
+def read_slot(cells: np.ndarray, slot: str, col_offset: int = 0) -> Block:
+    r, c = SLOTS[slot]
+    block = cells[r:r + BLOCK, col_offset + c:col_offset + c + BLOCK]
+    present = bool(SUBJECT[block].mean() >= 0.5)
+    if not present:
+        return Block(slot, False, None, None, None, 0.0, block)
+    pattern, a, b, fit = _best_fit(block)
+    return Block(slot, True, pattern, NAMES[a], NAMES[b], fit, block)
 
 
-def to_array(image) -> np.ndarray:
-    """PIL image, uint8 array or float array (H, W, 3) in 0..1 -> float32 (H, W, 3) in 0..1."""
-    if hasattr(image, "convert"):
-        return np.asarray(image.convert("RGB"), np.float32) / 255.0
-    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ToyWorldError(f"expected an RGB image (H, W, 3), got shape {arr.shape}: pass one image, not a batch")
-    return arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
+def read_panel(image_or_cells, col_offset: int = 0) -> dict[str, Block]:
+    cells = image_or_cells if _is_cells(image_or_cells) else read_cells(image_or_cells)
+    return {slot: read_slot(cells, slot, col_offset) for slot in SLOTS}
 
 
-def _classify_colours(rgb: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """Class of each colour in ``rgb`` (k, 3) float32 0..1 by nearest palette segment."""
-    a, u, ca, cb = _SEGMENTS
-    uu, au, aa = np.maximum((u * u).sum(1), 1e-12), (a * u).sum(1), (a * a).sum(1)
-    out = np.empty(len(rgb), np.uint8)
-    for i in range(0, len(rgb), chunk):  # chunks keep the (k, segments) temporaries in cache
-        x = rgb[i:i + chunk]
-        xu = np.einsum("kc,mc->km", x, u) - au
-        t = np.clip(xu / uu, 0.0, 1.0)
-        d2 = aa - 2 * np.einsum("kc,mc->km", x, a) - t * (2 * xu - t * uu)
-        best = d2.argmin(1)
-        tb = np.take_along_axis(t, best[:, None], 1)[:, 0]
-        cls = np.where(tb < 0.5, ca[best], cb[best])
-        dull = (cls < PATTERN_CLASS) & (x.max(1) - x.min(1) < MIN_SUBJECT_CHROMA)
-        out[i:i + chunk] = np.where(dull, BACKGROUND_CLASS, cls)
-    return out
+def _is_cells(x) -> bool:
+    return isinstance(x, np.ndarray) and x.ndim == 2 and np.issubdtype(x.dtype, np.integer)
 
 
-LUT_BITS = 6  # colours are quantised to 6 bits per channel (error <= 2/255) before classification
-_LUT = None   # lazily filled class of every quantised colour, 255 = not computed yet
+def identity_of(block: Block) -> Identity | None:
+    """The identity a well-formed block shows (None if the fit is not one, or the colours are in
+    reverse order, which no identity renders)."""
+    if not block.well_formed or list(COLOURS).index(block.first) > list(COLOURS).index(block.second):
+        return None
+    return Identity(block.first, block.second, block.pattern)
 
 
-def classify_pixels(image) -> np.ndarray:
-    """(H, W) uint8 class map: 0..5 subject colour (COLOUR_NAMES order), 6 pattern, 7 background.
-
-    Colours are quantised to LUT_BITS per channel and the class of each quantised colour (its bin
-    centre) is cached in a lookup table filled on demand, so only colours never seen before cost."""
-    global _LUT
-    if _LUT is None:
-        _LUT = np.full(1 << (3 * LUT_BITS), 255, np.uint8)
-    step = 1 << (8 - LUT_BITS)
-    q = np.clip(np.round(to_array(image) * 255.0), 0, 255).astype(np.int64) // step
-    packed = (q[..., 0] << (2 * LUT_BITS)) | (q[..., 1] << LUT_BITS) | q[..., 2]
-    cls = _LUT[packed]
-    todo = np.unique(packed[cls == 255])
-    if len(todo):
-        mask = (1 << LUT_BITS) - 1
-        qs = np.stack([todo >> (2 * LUT_BITS), (todo >> LUT_BITS) & mask, todo & mask], 1)
-        _LUT[todo] = _classify_colours(((qs * step + (step - 1) / 2) / 255.0).astype(np.float32))
-        cls = _LUT[packed]
-    return cls
+def _index(names) -> np.ndarray:
+    return np.array([NAMES.index(n) for n in names])
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
+def agreement(block: Block, identity: Identity) -> float:
+    """Share of the slot's cells equal to ``identity``'s rendering."""
+    return float((block.cells == _index(identity.cells().ravel()).reshape(BLOCK, BLOCK)).mean())
 
 
-def shape_scores(filled: np.ndarray, blur: float) -> dict:
-    """IoU of the hole-filled component mask (with a margin) with each shape; each template is
-    fitted three ways (stretched onto the bounding box; scaled / centred by area and centroid, sharp
-    and blurred by ``blur`` px) and the best fit counts."""
-    ys, xs = np.nonzero(filled)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    tight = filled[y0:y1, x0:x1]
-    area, cx, cy = float(filled.sum()), xs.mean() + 0.5, ys.mean() + 0.5
-    scores = {}
-    for shape in SHAPES:
-        sharp, blurred = moment_templates(shape, area, cx, cy, *filled.shape, blur)
-        scores[shape] = max(_iou(template(shape, x1 - x0, y1 - y0), tight), _iou(sharp, filled), _iou(blurred, filled))
-    return scores
+def score(image_or_cells, placed: list[Placed]) -> dict:
+    """Per subject (in ``placed`` order) and per image, against the blocks the image should show.
+
+    right[i]      subject i's slot agrees with its identity on >= 90 % of cells (slot, pattern,
+                  both colours and their arrangement)
+    entangled[i]  >= 15 % of subject i's slot cells show another subject's colours
+    leaked        cells of subject slots in another subject's colours / all subject-slot cells
+    missing       prompted slots without a block; extra: unprompted slots with a block
+    duplicated    a subject's colour pair is the fitted pair of a block in another slot
+    """
+    blocks = read_panel(image_or_cells)
+    idx = [set(_index(p.identity.colours)) for p in placed]
+    right, entangled, leaked_cells = [], [], 0
+    for i, p in enumerate(placed):
+        block = blocks[p.slot]
+        others = set().union(*(s for j, s in enumerate(idx) if j != i)) if len(idx) > 1 else set()
+        share = float(np.isin(block.cells, list(others)).mean()) if others else 0.0
+        leaked_cells += int(round(share * block.cells.size))
+        right.append(agreement(block, p.identity) >= WELL_FORMED)
+        entangled.append(share >= ENTANGLED)
+    prompted = {p.slot for p in placed}
+    pairs = {p.slot: frozenset(p.identity.colours) for p in placed}
+    duplicated = sum(any(b.present and b.colours == pair for s, b in blocks.items() if s != slot)
+                     for slot, pair in pairs.items())
+    return {"right": right, "all_right": all(right), "entangled": entangled,
+            "any_entangled": any(entangled), "leaked": leaked_cells / (BLOCK * BLOCK * max(1, len(placed))),
+            "missing": sum(not blocks[s].present for s in prompted),
+            "extra": sum(b.present for s, b in blocks.items() if s not in prompted),
+            "duplicated": duplicated, "well_formed": [blocks[p.slot].well_formed for p in placed],
+            "fits": [round(agreement(blocks[p.slot], p.identity), 3) for p in placed]}
 
 
-def _shape_of(filled: np.ndarray, blur: float):
-    scores = shape_scores(filled, blur)
-    best = max(scores, key=scores.get)
-    return best, scores[best]
+def counterfactual(before, after, placed: list[Placed], b: int, new: Identity) -> dict:
+    """Transfer and leakage of swapping subject ``b``'s reference for one of identity ``new``
+    (same seed, same prompt; ``new`` has b's pattern and colours no other subject has).
 
-
-def pattern_evidence(classes: np.ndarray, mask: np.ndarray, dot_px: float):
-    """(white fraction, stripe evidence, dot evidence) of one component (crops of equal shape).
-
-    Only rows where the mask is wider than 1.5 dot diameters count: there a white stripe fills the
-    row (>= 75 % white) while dots can fill at most about half of it (<= 60 % white). Each
-    evidence is the number of white pixels in rows of that kind."""
-    white = (classes == PATTERN_CLASS) & mask
-    n_white = int(white.sum())
-    frac = n_white / max(1, int(mask.sum()))
-    width, w_row = mask.sum(1), white.sum(1)
-    fill = w_row / np.maximum(width, 1)
-    wide = width >= 1.5 * dot_px
-    return frac, int((w_row * (wide & (fill >= 0.75))).sum()), int((w_row * (wide & (fill <= 0.6))).sum())
-
-
-def _pattern_of(classes, mask, dot_px, plain_below=0.025):
-    frac, stripe, dot = pattern_evidence(classes, mask, dot_px)
-    if frac < plain_below:
-        return "plain"
-    if stripe == dot:  # no wide rows at all: a stripe covers about half the subject, dots much less
-        return "striped" if frac >= 0.3 else "dotted"
-    return "striped" if stripe > dot else "dotted"
-
-
-def _colours_of(classes_in_mask: np.ndarray):
-    counts = np.bincount(classes_in_mask[classes_in_mask < PATTERN_CLASS], minlength=PATTERN_CLASS)
-    total = max(1, int(counts.sum()))
-    order = np.argsort(-counts, kind="stable")
-    fracs = tuple((COLOUR_NAMES[i], round(float(counts[i]) / total, 4)) for i in order if counts[i] / total >= 0.05)
-    return COLOUR_NAMES[int(order[0])], fracs, int(counts.sum())
-
-
-class Detector:
-    """Find toy-world subjects in an RGB image (any size, e.g. a whole diptych). ``panel`` is the
-    world's panel side in px: it sets the pattern scale, the clean-up radius and the minimum
-    component area; by default the image's shorter side (pass it for non-square images)."""
-
-    def __init__(self, panel=None, min_area_frac: float = 0.0035, min_colour_frac: float = 0.25,
-                 blur_frac: float = 0.02):
-        self.panel, self.min_area_frac, self.min_colour_frac = panel, min_area_frac, min_colour_frac
-        self.blur_frac = blur_frac
-
-    @staticmethod
-    def cleanup_radius(panel: int) -> int:
-        """Radius of the foreground clean-up (see ``components``): 1 px per 64 px of panel."""
-        return max(1, panel // 64)
-
-    def components(self, classes: np.ndarray, panel: int):
-        """(labels, ids to keep, closed raw foreground). Labels come from the foreground (subject
-        colour or pattern) after an opening and a closing, so codec specks add nothing and hairline
-        gaps split nothing; components below ``min_area_frac * panel^2`` are dropped."""
-        raw = classes < BACKGROUND_CLASS
-        r = self.cleanup_radius(panel)
-        labels, n = label(open_close(raw, r), connectivity=4)
-        areas = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = [int(k) for k in np.nonzero(areas >= self.min_area_frac * panel * panel)[0] if k != 0]
-        return labels, keep, closing(raw, r)
-
-    def __call__(self, image) -> list:
-        return self.detect(image)
-
-    def detect(self, image) -> list:
-        classes = classify_pixels(image)
-        panel = self.panel or min(classes.shape)
-        labels, keep, raw = self.components(classes, panel)
-        out = []
-        for lab in keep:
-            det = self._describe(classes, labels == lab, raw, panel)
-            if det is not None:
-                out.append(det)
-        out.sort(key=lambda d: (d.bbox[1], d.bbox[0]))
-        return out
-
-    def _describe(self, classes, comp, raw, panel):
-        """Classify one cleaned component; its reported mask / bbox / area also take back the thin
-        tips the opening removed (raw foreground within 2r px of the cleaned component)."""
-        r = self.cleanup_radius(panel)
-        ys, xs = np.nonzero(comp)
-        m = 2 * r + 2
-        y0, x0 = max(0, int(ys.min()) - m), max(0, int(xs.min()) - m)
-        y1, x1 = min(comp.shape[0], int(ys.max()) + 1 + m), min(comp.shape[1], int(xs.max()) + 1 + m)
-        crop, cls = comp[y0:y1, x0:x1], classes[y0:y1, x0:x1]
-        colour, fracs, n_colour = _colours_of(cls[crop])
-        if n_colour < self.min_colour_frac * crop.sum():
-            return None
-        filled = fill_holes(crop)
-        shape, iou = _shape_of(filled, self.blur_frac * panel)
-        pattern = _pattern_of(cls, filled, DOT_DIAMETER * panel)
-        mask = np.zeros_like(comp)
-        mask[y0:y1, x0:x1] = fill_holes(filled | (raw[y0:y1, x0:x1] & dilate(crop, 2 * r)))
-        ys, xs = np.nonzero(mask)
-        bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        return Detection(shape, colour, pattern, bbox, int(mask.sum()),
-                         round(min(iou, fracs[0][1]), 4), round(iou, 4), fracs, mask)
+    T = share of b's slot cells that show one of ``new``'s colours after the swap but did not before;
+    L = the same share over the other subjects' slots."""
+    cells0 = before if _is_cells(before) else read_cells(before)
+    cells1 = after if _is_cells(after) else read_cells(after)
+    target = list(_index(new.colours))
+    switched = np.isin(cells1, target) & ~np.isin(cells0, target)
+    shares = []
+    for p in placed:
+        r, c = SLOTS[p.slot]
+        shares.append(float(switched[r:r + BLOCK, c:c + BLOCK].mean()))
+    others = [s for i, s in enumerate(shares) if i != b]
+    return {"T": shares[b], "L": float(np.mean(others)) if others else 0.0}

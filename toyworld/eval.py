@@ -1,242 +1,223 @@
-"""Does attention routing keep subjects apart? Held-out toy subjects, generated through the real
-ComfyUI graph (PromptExecutor: MUSAR nodes + stock KSampler + VAEDecode, ``toyworld.graph``),
-scored by the exact detector (``toyworld.score``).
+"""Does MUSAR transfer subjects from their references, and does routing keep them apart? Held-out
+identities generated through the real ComfyUI graph (PromptExecutor: MUSAR nodes + stock
+KSampler + VAEDecode, ``toyworld.graph``), read cell by cell by the exact detector.
 
-    python -m toyworld.eval                 # the full table (make eval-toy)
-    python -m toyworld.eval --sets 1 --seeds 1 --counts 2 --conditions c --out /tmp/e   # one image
+    python -m toyworld.eval                                  # the table (make eval-toy)
+    python -m toyworld.eval --counts 2:1 --conditions b --out /tmp/e   # one case
 
-Cases: for n in --counts, --sets sets of n held-out subjects with pairwise different shapes and
-colours (so a leaked colour is visible), each on a seeded background with the MUSAR-Gen prompt,
-each subject's reference a seeded single-subject scene on another background, --seeds noise
-seeds. Conditions (same cases, same seeds):
-  text  the base model from the prompt alone (no subjects, no LoRA)
-  a     subjects as condition tokens + dual LoRA, static routing off, dynamic routing off
-  b     static routing on, dynamic off
-  c     static + dynamic routing (the shipped defaults: start 0.2, double blocks, smoothing 3)
-Per image records go to <out>/records.jsonl (a rerun skips finished images), the table to
-<out>/table.md and <out>/summary.json, sample images and overlays to <out>/images/.
+Cases (``make_cases``): for n = 2 / 3 / 4, 100 / 200 / 200 sets of n held-out identities with
+different patterns and no colour in common, in n random slots on a random background; each
+subject's reference is its block alone in a random slot on a random background. Per case one
+more held-out identity B' with the pattern of a chosen subject B and colours no subject has
+(the counterfactual). One noise seed per case, shared by every condition.
+
+Conditions (same cases, same seeds; prompts name slots and patterns, never colours, except the
+oracle; subject captions name the pattern only):
+  text    base model, prompt without colours (chance level)
+  oracle  base model, prompt with colours
+  a       LoRA trained with dense attention, routing off (the fair no-routing baseline)
+  a2      LoRA trained with static routing, routing off (a'; outside its training)
+  b       LoRA trained with static routing, static routing
+  c       the same, static + dynamic routing (shipped defaults: start 0.2, double blocks, smoothing 3)
+For a, a2, b and c every case is generated twice: as is, and with B's reference swapped for B''s
+(same seed, same prompt) - ``detector.counterfactual`` turns the pair into T and L.
+
+Records (one JSON line per image, the 16 x 16 cell map as letters) go to <out>/records.jsonl; a
+rerun skips finished images (resumable). ``--verify`` re-runs a share of the finished images and
+counts identical cell maps. ``toyworld.report`` turns the records into the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import logging
-import os
 import random
-import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from . import common
 from .common import module
 from .figures import eval_figure
-from .graph import toy_graph
-from .report import render_table, table_rows
+from .report import write_report
 
 logger = logging.getLogger("toyworld.eval")
-CONDITIONS = {"text": None, "a": dict(static_routing=False, dynamic_routing=False),
-              "b": dict(static_routing=True, dynamic_routing=False),
-              "c": dict(static_routing=True, dynamic_routing=True)}
-LORA_FILE = "toy_musar_lora.safetensors"
+OFF, STATIC, BOTH = ({"static_routing": s, "dynamic_routing": d} for s, d in
+                     ((False, False), (True, False), (True, True)))
+CONDITIONS = {"text": (None, None, False), "oracle": (None, None, True), "a": ("dense", OFF, False),
+              "a2": ("static", OFF, False), "b": ("static", STATIC, False), "c": ("static", BOTH, False)}
+COUNTERFACTUAL = ("a", "a2", "b", "c")
+LORA_FILES = {"static": "toy_lora_static.safetensors", "dense": "toy_lora_dense.safetensors"}
+COUNTS = "2:100,3:200,4:200"
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=common.CACHE_DIR / "eval")
     p.add_argument("--weights", type=Path, default=common.WEIGHTS_DIR)
-    p.add_argument("--lora", default=LORA_FILE, help="LoRA file in --weights ('' = none)")
-    p.add_argument("--counts", default="2,3,4")
-    p.add_argument("--sets", type=int, default=40, help="subject sets per subject count")
-    p.add_argument("--seeds", type=int, default=2, help="noise seeds per set")
-    p.add_argument("--conditions", default="text,a,b,c")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance (the toy model is not guidance-distilled; 4 is what docs/TOY_WORLD.md reports)")
-    p.add_argument("--routing", default="{}", help="JSON overrides of MUSAR_ApplyRouting inputs")
-    p.add_argument("--prompt", choices=("full", "category"), default="full",
-                   help="the prompt names each subject fully ('a red striped star') or only its "
-                        "category ('a star'); subject captions always name the whole subject")
+    p.add_argument("--loras", type=Path, help="folder of the LoRA files (default: --weights)")
+    p.add_argument("--counts", default=COUNTS, help="n:cases,... (subject count : number of cases)")
+    p.add_argument("--conditions", default=",".join(CONDITIONS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=4, help="cases saved as images per subject count")
+    p.add_argument("--samples", type=int, default=4, help="cases per subject count saved as images")
+    p.add_argument("--verify", type=float, default=0.0, help="re-run this share of finished images "
+                   "and count identical cell maps (written to <out>/verify.json)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
 
-def _rs(*parts) -> int:
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little")
+def draw_subjects(heldout, n: int, rnd: random.Random):
+    """n identities (different patterns, disjoint colours), the counterfactual subject b and B'."""
+    for _ in range(1_000_000):
+        picked = rnd.sample(list(heldout), n)
+        colours = {c for i in picked for c in i.colours}
+        if len(colours) < 2 * n or len({i.pattern for i in picked}) < n:
+            continue
+        b = rnd.randrange(n)
+        new = [i for i in heldout if i.pattern == picked[b].pattern and not set(i.colours) & colours]
+        if new:
+            return picked, b, rnd.choice(new)
+    raise RuntimeError(f"no counterfactual case with {n} held-out subjects")
 
 
-def make_cases(world, multi_caption, counts, n_sets: int, n_seeds: int, seed: int) -> list[dict]:
-    """Seeded cases: subjects (distinct shapes and colours), background, references, noise seed."""
-    held = list(world.heldout_subjects)
+def make_cases(world, counts: list[tuple[int, int]], seed: int) -> list[dict]:
     cases = []
-    for n in counts:
-        for k in range(n_sets):
-            rnd = random.Random(_rs(seed, n, k))
-            while True:
-                subjects = rnd.sample(held, n)
-                if len({s.shape for s in subjects}) == n and len({s.colour for s in subjects}) == n:
-                    break
-            background = rnd.choice(world.backgrounds)
-            refs = [(rnd.choice([b for b in world.backgrounds if b != background]), _rs(seed, n, k, i))
-                    for i in range(n)]
-            for s in range(n_seeds):
-                cases.append({"id": f"n{n}-set{k:03d}-seed{s}", "n": n, "subjects": [x.item for x in subjects],
-                              "background": background, "refs": refs, "seed": _rs(seed, n, k, "noise", s),
-                              "prompt": multi_caption(subjects, background),
-                              "shapes": [x.shape for x in subjects]})
+    for n, count in counts:
+        for k in range(count):
+            rnd = random.Random(f"eval/{seed}/{n}/{k}")
+            subjects, b, new = draw_subjects(world.heldout, n, rnd)
+            cases.append({"id": f"n{n}-{k:03d}", "n": n, "subjects": [s.name for s in subjects],
+                          "slots": rnd.sample(list(world.slots), n), "background": rnd.choice(world.backgrounds),
+                          "refs": [_ref(world, rnd) for _ in subjects], "b": b, "new": new.name,
+                          "new_ref": _ref(world, rnd),
+                          "seed": rnd.randrange(2 ** 31)})
     return cases
 
 
-def reference_name(case: dict, i: int) -> str:
-    (background, rs), item = case["refs"][i], case["subjects"][i]
-    return f"ref_{item.replace(' ', '_')}_{background.replace(' ', '_')}_{rs}.png"
+def _ref(world, rnd: random.Random) -> list[str]:
+    """A reference panel: (slot, background)."""
+    return [rnd.choice(world.slots), rnd.choice(world.backgrounds)]
 
 
-def reference_files(world, case: dict, input_dir: Path) -> list[tuple[str, str]]:
-    """Render each subject's reference scene into ComfyUI's input folder: (caption, file name)."""
+def placed_of(W, case: dict) -> list:
+    return [W.Placed(W.Identity.parse(s), slot) for s, slot in zip(case["subjects"], case["slots"])]
+
+
+def subjects_of(W, runner, case: dict, swap: bool) -> list[tuple[str, str]]:
+    """(caption, reference file) per subject; with ``swap`` subject b shows B'."""
     out = []
-    for i, item in enumerate(case["subjects"]):
-        name = reference_name(case, i)
-        if not (input_dir / name).is_file():
-            background, rs = case["refs"][i]
-            world.render_scene([item], background, None, rs)[0].save(input_dir / name)
-        out.append((item, name))
+    for i, (name, (slot, background)) in enumerate(zip(case["subjects"], case["refs"])):
+        if swap and i == case["b"]:
+            name, (slot, background) = case["new"], case["new_ref"]
+        ident = W.Identity.parse(name)
+        file = f"ref_{name}_{slot}_{background}.png".replace(" ", "_")
+        runner.save_input(W.render([W.Placed(ident, slot)], background), file)
+        out.append((ident.item, file))
     return out
 
 
-def prompt_text(case: dict, mode: str) -> str:
-    text = case["prompt"]
-    if mode == "category":
-        for item, shape in zip(case["subjects"], case["shapes"]):
-            text = text.replace(f"a {item}", f"a {shape}", 1)
-    return text
+def graph_of(pack, W, runner, case: dict, cond: str, swap: bool) -> dict:
+    lora, routing, colours = CONDITIONS[cond]
+    prompt = W.scene_caption(placed_of(W, case), case["background"], colours)
+    subjects = subjects_of(W, runner, case, swap) if routing is not None else []
+    return module(pack, "toyworld.graph").toy_graph(prompt, subjects, routing, seed=case["seed"],
+                                                    lora=LORA_FILES[lora] if lora else None)
 
 
-def run_case(executor, world, case, cond, args, input_dir):
-    from musar_run import runtime
-
-    settings = CONDITIONS[cond]
-    if settings is not None:
-        settings = {**settings, **json.loads(args.routing)} if cond != "a" else dict(settings)
-    lora = LORA_FILE if args.lora else None
-    graph = toy_graph(prompt_text(case, args.prompt), reference_files(world, case, input_dir), settings, seed=case["seed"],
-                      lora=lora, steps=args.steps, cfg=args.cfg)
-    result = runtime.run_prompt(graph, executor=executor)
-    result.raise_for_error()
-    image = result.output("12")[0]
-    overlay = result.output("14")[0] if "14" in graph else None
-    return result.executor, image, overlay
+def jobs(cases: list[dict], conditions: list[str]):
+    for cond in conditions:  # condition-major: ComfyUI keeps the loaded model and LoRA between prompts
+        for case in cases:
+            yield case, cond, "main"
+            if cond in COUNTERFACTUAL:
+                yield case, cond, "swap"
 
 
-def to_png(t) -> Image.Image:
-    return Image.fromarray((t[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
-
-
-@contextlib.contextmanager
-def comfy_folders(args, folder_paths):
-    """ComfyUI's input folder, a loras folder with the toy LoRA and the toy weights folder for
-    MUSAR_ToyWorldLoader, restored afterwards (the script may run inside a test process)."""
-    input_dir = args.out / "comfy" / "input"
-    input_dir.mkdir(parents=True, exist_ok=True)
-    old_input, old_env = folder_paths.get_input_directory(), os.environ.get("MUSAR_TOY_WEIGHTS")
-    lora_dir = args.out / "comfy" / "loras"
-    loras = folder_paths.folder_names_and_paths["loras"][0]
-    if args.lora:
-        lora_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(args.weights / args.lora, lora_dir / LORA_FILE)
-        folder_paths.add_model_folder_path("loras", str(lora_dir), is_default=True)
-    os.environ["MUSAR_TOY_WEIGHTS"] = str(args.weights.resolve())
-    folder_paths.set_input_directory(str(input_dir))
-    try:
-        yield input_dir
-    finally:
-        folder_paths.set_input_directory(old_input)
-        if str(lora_dir) in loras:
-            loras.remove(str(lora_dir))
-        if old_env is None:
-            os.environ.pop("MUSAR_TOY_WEIGHTS", None)
-        else:
-            os.environ["MUSAR_TOY_WEIGHTS"] = old_env
-
-
-def load_records(path: Path) -> dict:
-    done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["id"], r["condition"])] = r
-    return done
-
-
-def evaluate(args) -> dict:
-    pack = common.setup(threads=args.threads, base_dir=args.out / "comfy")
-    import folder_paths
-
-    mt = module(pack, "toyworld")
-    world = mt.World(seed=0, panel=128)
-    cases = make_cases(world, mt.multi_caption, [int(c) for c in args.counts.split(",")], args.sets,
-                       args.seeds, args.seed)
+def evaluate(args) -> list[dict]:
+    pack = common.setup(threads=args.threads)
+    W, graph, det = (module(pack, f"toyworld.{m}") for m in ("world", "graph", "detector"))
+    cases = make_cases(W.World(0), [tuple(map(int, c.split(":"))) for c in args.counts.split(",")], args.seed)
     conditions = args.conditions.split(",")
-    done, t0 = load_records(args.out / "records.jsonl"), time.perf_counter()
-    with comfy_folders(args, folder_paths) as input_dir, (args.out / "records.jsonl").open("a") as log:
-        todo = [(cond, c) for cond in conditions for c in cases if (c["id"], cond) not in done]
-        executor, detector = None, mt.Detector()
-        for k, (cond, case) in enumerate(todo, 1):
+    path = args.out / "records.jsonl"
+    done = {(r["id"], r["condition"], r["variant"]): r for r in read_records(path)}
+    loras = {name: (args.loras or args.weights) / name for key, name in LORA_FILES.items()
+             if any(CONDITIONS[c][0] == key for c in conditions)}
+    common.write_json({"cases": cases, "conditions": conditions}, args.out / "cases.json")
+    todo = [j for j in jobs(cases, conditions) if (j[0]["id"], j[1], j[2]) not in done]
+    t0 = time.perf_counter()
+    with graph.Runner(pack, args.weights, args.out / "comfy", loras) as runner, path.open("a") as log:
+        for k, (case, cond, variant) in enumerate(todo, 1):
             t = time.perf_counter()
-            executor, image, overlay = run_case(executor, world, case, cond, args, input_dir)
-            found = detector(image[0].numpy())
-            res = mt.score(found, case["subjects"])
-            rec = {"id": case["id"], "condition": cond, "n": case["n"], "subjects": case["subjects"],
-                   "seconds": round(time.perf_counter() - t, 3),
-                   "detected": [f"{d.colour} {d.pattern} {d.shape}" for d in found],
-                   **{key: res[key] for key in ("all_present", "exact", "entangled", "collapsed", "mixed",
-                                                "extra", "present")}}
-            save_images(args, case, cond, image, overlay)
+            out = runner.run(graph_of(pack, W, runner, case, cond, variant == "swap"))
+            rec = {"id": case["id"], "condition": cond, "variant": variant,
+                   "cells": encode_cells(det.read_cells(out["images"][0])), "seconds": round(time.perf_counter() - t, 3)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
-            done[(case["id"], cond)] = rec
-            if k % 20 == 0:
+            done[(case["id"], cond, variant)] = rec
+            save_images(args, case, cond, variant, out)
+            if k % 50 == 0:
                 logger.info("%d/%d images (%s %s) %.0f s", k, len(todo), cond, case["id"], time.perf_counter() - t0)
-    records = [done[(c["id"], cond)] for cond in conditions for c in cases]
+        if args.verify:
+            verify(args, pack, W, det, runner, cases, done)
+    figures(args, W, cases, conditions)
+    return [done[(c["id"], cond, v)] for c, cond, v in jobs(cases, conditions)]
+
+
+def figures(args, W, cases: list[dict], conditions: list[str]) -> None:
+    def reference(case, i):
+        name, (slot, background) = ((case["new"], case["new_ref"]) if i < 0 else
+                                    (case["subjects"][i], case["refs"][i]))
+        return W.render([W.Placed(W.Identity.parse(name), slot)], background)
+
     for n in sorted({c["n"] for c in cases}):
-        eval_figure(args.out, cases, conditions, n, args.samples,
-                    lambda case, i: Image.open(input_dir / reference_name(case, i)))
-    return summarise(args, records, time.perf_counter() - t0)
+        eval_figure(args.out, cases, conditions, n, args.samples, reference)
 
 
-def save_images(args, case, cond, image, overlay) -> None:
-    k = int(case["id"].split("set")[1][:3])
-    if k >= args.samples or not case["id"].endswith("seed0"):
+def verify(args, pack, W, det, runner, cases, done) -> None:
+    """Re-run a seeded share of the finished images; identical cell maps expected."""
+    keys = sorted(done)
+    sample = random.Random(f"verify/{args.seed}").sample(keys, max(1, round(args.verify * len(keys))))
+    by_id = {c["id"]: c for c in cases}
+    same = 0
+    for key in sample:
+        out = runner.run(graph_of(pack, W, runner, by_id[key[0]], key[1], key[2] == "swap"))
+        same += encode_cells(det.read_cells(out["images"][0])) == done[key]["cells"]
+    common.write_json({"rerun": len(sample), "identical": same}, args.out / "verify.json")
+    logger.info("verify: %d of %d re-run images have identical cell maps", same, len(sample))
+
+
+def encode_cells(cells) -> str:
+    return "".join(chr(ord("a") + int(v)) for v in cells.ravel())
+
+
+def decode_cells(text: str, width: int = 16):
+    import numpy as np
+
+    return (np.frombuffer(text.encode(), dtype=np.uint8) - ord("a")).astype(np.int64).reshape(-1, width)
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def save_images(args, case, cond, variant, out) -> None:
+    if int(case["id"].split("-")[1]) >= args.samples:
         return
     folder = args.out / "images"
     folder.mkdir(parents=True, exist_ok=True)
-    to_png(image).save(folder / f"{case['id']}_{cond}.png")
-    if overlay is not None:
-        to_png(overlay).save(folder / f"{case['id']}_{cond}_route.png")
-
-
-def summarise(args, records: list[dict], seconds: float) -> dict:
-    rows = table_rows(records, args.conditions.split(","))
-    table = render_table(rows)
-    summary = {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "seconds": round(seconds, 1)}
-    (args.out / "table.md").write_text(table)
-    common.write_json(summary, args.out / "summary.json")
-    print(table)
-    return summary
+    Image.fromarray(out["images"][0]).save(folder / f"{case['id']}_{cond}_{variant}.png")
+    if out["route"] is not None:
+        Image.fromarray(out["route"][0]).save(folder / f"{case['id']}_{cond}_{variant}_route.png")
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     common.log_setup(args.verbose)
     args.out.mkdir(parents=True, exist_ok=True)
-    evaluate(args)
+    records = evaluate(args)
+    print(write_report(args.out, json.loads((args.out / "cases.json").read_text())["cases"], records))
     return 0
 
 

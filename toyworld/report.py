@@ -1,84 +1,189 @@
-"""The evaluation table: rates per (condition, subject count) from the per-image records.
+"""The evaluation table, the paired comparisons and issue 14's success criteria, from the records
+of ``toyworld.eval`` (pure: cases + records in, numbers and markdown out).
 
-Primary columns come straight from ``toyworld.score`` (exact detector, unchanged): all present,
-exact, entangled (keyed on shape), collapsed, subjects present, extra detections.
-
-Supplementary, shape-free columns (computed here from the same detections, because the base
-model's weakest attribute is the shape, see docs/TOY_WORLD.md): every case has pairwise different
-colours, so a colour names its subject.
-- ``cp_present``: fraction of subjects with an unused detection of their colour and pattern
-  (shape ignored);
-- ``pattern_leak``: images where a detection in subject i's colour carries another subject's
-  pattern instead of i's own (colour-pattern binding error, the mirror of ``entangled``).
+Per (condition, n): subject right (over subjects; Wilson 95 %), all right (over images; Wilson),
+entangled (over subjects; Wilson), leaked-cell share, missing / extra / duplicated blocks per
+image, and for the counterfactual conditions T, L and L/T. Paired comparisons (c - a), (b - a),
+(c - b) per n: paired-bootstrap intervals over cases (the same resample for both conditions) of
+subject right, entangled, leaked share and L/T; exact McNemar on the per-case binary columns
+(all right, any subject entangled).
 """
 
 from __future__ import annotations
 
-LABELS = {"text": "text only (no subjects)", "a": "(a) no routing", "b": "(b) static routing",
-          "c": "(c) static + dynamic routing"}
+import numpy as np
+
+from .detector import counterfactual, score
+from .stats import mcnemar, paired_bootstrap, wilson
+from .world import Identity, Placed
+
+LABELS = {"text": "text, no colours (chance)", "oracle": "text with colours (oracle)",
+          "a": "(a) dense-trained LoRA, no routing", "a2": "(a') static-trained LoRA, routing off",
+          "b": "(b) static routing", "c": "(c) static + dynamic routing"}
+PAIRS = (("c", "a"), ("b", "a"), ("c", "b"))
 
 
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    z, p = 1.96, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return (round(centre - half, 3), round(centre + half, 3))
+def _cells(text: str) -> np.ndarray:
+    return (np.frombuffer(text.encode(), dtype=np.uint8) - ord("a")).astype(np.int64).reshape(-1, 16)
 
 
-def _attrs(item: str) -> tuple[str, str, str]:
-    colour, pattern, shape = item.split()
-    return colour, pattern, shape
+def per_case(cases: list[dict], records: list[dict]) -> dict:
+    """(condition, case id) -> the case's measurements."""
+    by_key = {(r["id"], r["condition"], r["variant"]): r for r in records}
+    by_id = {c["id"]: c for c in cases}
+    out = {}
+    for (cid, cond, variant), rec in by_key.items():
+        case = by_id.get(cid)
+        if case is None or variant != "main":
+            continue
+        placed = [Placed(Identity.parse(s), slot) for s, slot in zip(case["subjects"], case["slots"])]
+        cells = _cells(rec["cells"])
+        s = score(cells, placed)
+        m = {"n": case["n"], **{k: s[k] for k in ("right", "all_right", "entangled", "any_entangled",
+                                                   "leaked", "missing", "extra", "duplicated")}}
+        swap = by_key.get((cid, cond, "swap"))
+        if swap:
+            m.update(counterfactual(cells, _cells(swap["cells"]), placed, case["b"], Identity.parse(case["new"])))
+        out[(cond, cid)] = m
+    return out
 
 
-def binding(record: dict) -> tuple[int, bool]:
-    """(subjects with a colour+pattern match, pattern leaked) of one image record."""
-    expected = [_attrs(s) for s in record["subjects"]]
-    found = [_attrs(d) for d in record["detected"]]
-    used, matched = set(), 0
-    for colour, pattern, _ in expected:
-        hit = next((j for j, d in enumerate(found) if j not in used and d[:2] == (colour, pattern)), None)
-        if hit is not None:
-            used.add(hit)
-            matched += 1
-    leak = False
-    for i, (colour, pattern, _) in enumerate(expected):
-        others = {e[1] for k, e in enumerate(expected) if k != i}
-        leak |= any(d[0] == colour and d[1] != pattern and d[1] in others for d in found)
-    return matched, leak
+def _rate(values: list[bool]) -> dict:
+    k, n = int(sum(values)), len(values)
+    lo, hi = wilson(k, n)
+    return {"rate": round(k / n, 3) if n else None, "lo": round(lo, 3), "hi": round(hi, 3), "n": n}
 
 
-def table_rows(records: list[dict], conditions: list[str]) -> list[dict]:
+def table_rows(cases: list[dict], data: dict, conditions: list[str]) -> list[dict]:
     rows = []
     for cond in conditions:
-        for n in sorted({r["n"] for r in records}):
-            sel = [r for r in records if r["condition"] == cond and r["n"] == n]
+        for n in sorted({c["n"] for c in cases}):
+            sel = [data[(cond, c["id"])] for c in cases if c["n"] == n and (cond, c["id"]) in data]
             if not sel:
                 continue
-            row = {"condition": cond, "n": n, "images": len(sel)}
-            for key in ("all_present", "exact", "entangled", "collapsed"):
-                k = sum(bool(r[key]) for r in sel)
-                row[key], row[key + "_ci95"] = round(k / len(sel), 3), _wilson(k, len(sel))
-            subjects = sum(len(r["present"]) for r in sel)
-            row["subjects_present"] = round(sum(sum(r["present"]) for r in sel) / subjects, 3)
-            row["extra"] = round(sum(r["extra"] for r in sel) / len(sel), 2)
-            bind = [binding(r) for r in sel]
-            row["cp_present"] = round(sum(b[0] for b in bind) / subjects, 3)
-            leaks = sum(b[1] for b in bind)
-            row["pattern_leak"], row["pattern_leak_ci95"] = round(leaks / len(sel), 3), _wilson(leaks, len(sel))
-            row["seconds_per_image"] = round(sum(r["seconds"] for r in sel) / len(sel), 2)
+            row = {"condition": cond, "n": n, "cases": len(sel),
+                   "subject_right": _rate([r for m in sel for r in m["right"]]),
+                   "all_right": _rate([m["all_right"] for m in sel]),
+                   "entangled": _rate([e for m in sel for e in m["entangled"]]),
+                   **{k: round(float(np.mean([m[k] for m in sel])), 3)
+                      for k in ("leaked", "missing", "extra", "duplicated")}}
+            if "T" in sel[0]:
+                t, ell = sum(m["T"] for m in sel), sum(m["L"] for m in sel)
+                row.update(T=round(t / len(sel), 3), L=round(ell / len(sel), 3),
+                           L_over_T=round(ell / t, 3) if t else None)
             rows.append(row)
     return rows
 
 
-def render_table(rows: list[dict]) -> str:
-    head = ("| condition | subjects | images | all present | exact | entangled | collapsed | subjects present "
-            "| extra / image | colour+pattern present | pattern leak |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
-    body = "".join(
-        f"| {LABELS[r['condition']]} | {r['n']} | {r['images']} | {r['all_present']:.2f} | {r['exact']:.2f} | "
-        f"{r['entangled']:.2f} | {r['collapsed']:.2f} | {r['subjects_present']:.2f} | {r['extra']:.2f} | "
-        f"{r['cp_present']:.2f} | {r['pattern_leak']:.2f} |\n"
-        for r in rows)
-    return head + body
+def comparisons(cases: list[dict], data: dict, seed: int = 0) -> list[dict]:
+    out = []
+    for n in sorted({c["n"] for c in cases}):
+        for x, y in PAIRS:
+            ids = [c["id"] for c in cases if c["n"] == n and (x, c["id"]) in data and (y, c["id"]) in data]
+            if not ids:
+                continue
+            mx, my = [data[(x, i)] for i in ids], [data[(y, i)] for i in ids]
+            row = {"n": n, "pair": f"{x} - {y}", "cases": len(ids)}
+            for key in ("right", "entangled"):
+                row[key] = paired_bootstrap([np.mean(m[key]) for m in mx], [np.mean(m[key]) for m in my], seed=seed)
+            row["leaked"] = paired_bootstrap([m["leaked"] for m in mx], [m["leaked"] for m in my], seed=seed)
+            if "T" in mx[0] and "T" in my[0]:
+                row["L_over_T"] = paired_bootstrap([m["L"] for m in mx], [m["T"] for m in mx],
+                                                   [m["L"] for m in my], [m["T"] for m in my], ratio=True, seed=seed)
+            for key in ("all_right", "any_entangled"):
+                row[f"mcnemar_{key}"] = mcnemar([m[key] for m in mx], [m[key] for m in my])
+            out.append(row)
+    return out
+
+
+def _get(rows, cond, n):
+    return next((r for r in rows if r["condition"] == cond and r["n"] == n), None)
+
+
+def _pooled_T(cases, data, cond) -> float | None:
+    sel = [data[(cond, c["id"])] for c in cases if (cond, c["id"]) in data and "T" in data[(cond, c["id"])]]
+    return round(float(np.mean([m["T"] for m in sel])), 3) if sel else None
+
+
+def criteria(cases: list[dict], data: dict, rows: list[dict], comps: list[dict]) -> list[dict]:
+    """Issue 14's success criteria, decided before the measurement, each with what was measured."""
+    out = []
+
+    def add(name, ok, measured):
+        out.append({"criterion": name, "result": ok, "measured": measured})
+
+    for cond in ("b", "c"):
+        r = _get(rows, cond, 2)
+        add(f"transfer: subject right >= 0.5 at n = 2 under ({cond}), Wilson lower bound > 0.35",
+            None if r is None else r["subject_right"]["rate"] >= 0.5 and r["subject_right"]["lo"] > 0.35,
+            None if r is None else r["subject_right"])
+    text = [r["subject_right"]["rate"] for r in rows if r["condition"] == "text"]
+    add("transfer: text-only (no colours) subject right <= 0.05 at every n", max(text) <= 0.05 if text else None, text)
+    for cond in ("b", "c"):
+        t = _pooled_T(cases, data, cond)
+        add(f"transfer: T >= 0.5 under ({cond}) (all n)", None if t is None else t >= 0.5, t)
+    for n in (3, 4):
+        a, c = _get(rows, "a", n), _get(rows, "c", n)
+        comp = next((x for x in comps if x["n"] == n and x["pair"] == "c - a"), None)
+        if not (a and c and comp):
+            continue
+        weak = (min(a.get("T") or 0, c.get("T") or 0) < 0.3
+                or min(a["subject_right"]["rate"], c["subject_right"]["rate"]) < 0.3)  # docs: inconclusive
+        ent, lt = comp["entangled"], comp.get("L_over_T")
+        checks = [
+            (f"routing n = {n}: entangled(c) <= entangled(a) - 0.10, paired interval of (c - a) below 0",
+             c["entangled"]["rate"] <= a["entangled"]["rate"] - 0.10 and ent["hi"] < 0, ent),
+            (f"routing n = {n}: subject right (c) >= (a) - 0.05",
+             c["subject_right"]["rate"] >= a["subject_right"]["rate"] - 0.05,
+             {"a": a["subject_right"]["rate"], "c": c["subject_right"]["rate"]}),
+            (f"routing n = {n}: L/T lower under (c), interval of (c - a) excluding 0",
+             lt is not None and lt["hi"] < 0, lt)]
+        for name, ok, measured in checks:
+            add(name, "inconclusive" if weak else ok, measured)
+    return out
+
+
+def _ci(r: dict) -> str:
+    return f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+
+
+def _num(v) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def render(rows: list[dict], comps: list[dict], crit: list[dict]) -> str:
+    lines = ["| condition | n | cases | subject right | all right | entangled | leaked cells | missing | extra "
+             "| duplicated | T | L | L/T |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {LABELS[r['condition']]} | {r['n']} | {r['cases']} | {_ci(r['subject_right'])} | "
+                     f"{_ci(r['all_right'])} | {_ci(r['entangled'])} | {r['leaked']:.3f} | {r['missing']:.2f} | "
+                     f"{r['extra']:.2f} | {r['duplicated']:.2f} | {_num(r.get('T'))} | {_num(r.get('L'))} | "
+                     f"{_num(r.get('L_over_T'))} |")
+    lines += ["", "| n | pair | subject right | entangled | leaked cells | L/T | McNemar all right (x only / y "
+              "only, p) | McNemar any entangled |", "|---|---|---|---|---|---|---|---|"]
+    for c in comps:
+        d = {k: (f"{c[k]['diff']:+.3f} [{c[k]['lo']:+.3f}, {c[k]['hi']:+.3f}]" if k in c else "—")
+             for k in ("right", "entangled", "leaked", "L_over_T")}
+        mc = {k: f"{c[k]['x_only']} / {c[k]['y_only']}, p = {c[k]['p']:.3g}" for k in
+              ("mcnemar_all_right", "mcnemar_any_entangled")}
+        lines.append(f"| {c['n']} | {c['pair']} | {d['right']} | {d['entangled']} | {d['leaked']} | "
+                     f"{d['L_over_T']} | {mc['mcnemar_all_right']} | {mc['mcnemar_any_entangled']} |")
+    lines += ["", "| success criterion (issue 14) | result | measured |", "|---|---|---|"]
+    for c in crit:
+        result = {True: "met", False: "not met", None: "not measured"}.get(c["result"], c["result"])
+        lines.append(f"| {c['criterion']} | {result} | {c['measured']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out, cases: list[dict], records: list[dict], seed: int = 0) -> str:
+    from .common import write_json
+
+    conditions = [c for c in LABELS if any(r["condition"] == c for r in records)]
+    data = per_case(cases, records)
+    rows, comps = table_rows(cases, data, conditions), comparisons(cases, data, seed)
+    crit = criteria(cases, data, rows, comps)
+    text = render(rows, comps, crit)
+    (out / "table.md").write_text(text)
+    write_json({"rows": rows, "comparisons": comps, "criteria": crit,
+                "seconds": round(sum(r.get("seconds", 0) for r in records), 1)}, out / "summary.json")
+    return text

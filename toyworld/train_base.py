@@ -1,26 +1,28 @@
 """Train the toy world's base model: a tiny FLUX-architecture text-to-image model built through
 ComfyUI's own classes (``nodes.standins.build_flux``), trained with the pack's differentiable
 FLUX forward (``musar.flux_forward.musar_forward`` with zero subjects = a plain FLUX forward,
-every weight trainable).
+every weight trainable) on scenes of 1-4 blocks and 128 x 256 diptychs (``toyworld.data``), then
+measured against its gate (``toyworld.gate``).
 
-    python -m toyworld.train_base                       # the committed run (see docs/TOY_WORLD.md)
-    python -m toyworld.train_base --steps 4 --out /tmp/x --square 64 --wide 16   # smoke
+    python -m toyworld.train_base                        # the committed run (docs/TOY_WORLD.md)
+    python -m toyworld.train_base --steps 4 --out /tmp/x --batch 4 --no-gate   # smoke
 
-Deterministic (every step's batch, timesteps and noise come from a generator seeded with
+Deterministic (every step's batch, timesteps and noise come from generators seeded with
 (seed, step)) and resumable: a checkpoint (weights, EMA, AdamW state, loss history) is written
 atomically every ``--checkpoint-every`` steps to ``<work>/base_ckpt.safetensors``; a rerun with
-the same settings continues from it. Output in ``--out``: toy_codec / toy_text_encoder (fitted
-once, then reused), toy_flux.safetensors (EMA weights, fp16, config in the metadata) and
-train_base_log.json (settings, loss curve, time).
+the same settings continues from it. Output in ``--out``: toy_codec / toy_text_encoder (made
+once, then reused), toy_flux.safetensors (EMA weights, fp16, config in the metadata),
+train_base_log.json (settings, loss curve, time) and base_gate.json (the gate's measurement).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -28,31 +30,32 @@ import torch.nn.functional as F
 
 from . import common
 from .common import Clock, loss_curve, module, run_script, save_safetensors, write_json
-from .data import ToyEncoders, build_pool
+from .data import ToyEncoders, step_batch
 
 logger = logging.getLogger("toyworld.base")
-MODEL = dict(hidden=128, heads=4, depth=2, single_depth=2, context_dim=64, vec_dim=32, guidance=False)
+SIZES = {  # [chosen]; "small" is the 1.8 M model, "medium" the ~6 M fallback of the gate
+    "small": dict(hidden=128, heads=4, depth=2, single_depth=2, context_dim=64, vec_dim=32, guidance=False),
+    "medium": dict(hidden=192, heads=4, depth=3, single_depth=3, context_dim=64, vec_dim=32, guidance=False),
+}
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=common.WEIGHTS_DIR)
     p.add_argument("--work", type=Path, default=common.CACHE_DIR / "base_run")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=32, help="square images per step (wide steps: half)")
+    p.add_argument("--size", choices=tuple(SIZES), default="small")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=32, help="square images per step (diptych steps: half)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--ema", type=float, default=0.998)
-    p.add_argument("--wide-share", type=float, default=0.15, help="fraction of steps on 128x256 diptychs")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--wide-share", type=float, default=0.2, help="fraction of steps on 128x256 diptychs")
     p.add_argument("--prompt-dropout", type=float, default=0.1)
-    p.add_argument("--square", type=int, default=24000, help="square scenes in the pool")
-    p.add_argument("--wide", type=int, default=4000, help="two-panel images in the pool")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--init-from", type=Path, help="phase 2+: start from the weights, EMA and AdamW "
-                   "state of a finished run's checkpoint (fresh schedule over --steps)")
-    p.add_argument("--phase", type=int, default=0, help="data / noise stream of this phase (use 1 "
-                   "with --init-from so the batches differ from phase 0's)")
+    p.add_argument("--gate-every", type=int, default=0, help="also measure the gate on the EMA "
+                   "weights every N steps (logged to <work>/gates.jsonl)")
+    p.add_argument("--no-gate", action="store_true", help="skip the gate after training")
     p.add_argument("--stop-after", type=int, default=0, help="stop after this many steps of this "
                    "session (checkpointed; rerun to continue)")
     p.add_argument("--threads", type=int, default=1)
@@ -60,13 +63,13 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def toy_files(pack, out: Path, world):
-    """Codec and text encoder: loaded from ``out`` when present, else fitted and written there."""
-    toy, mt = module(pack, "nodes.toy"), module(pack, "toyworld")
+def toy_files(pack, out: Path):
+    """Codec and text encoder: loaded from ``out`` when present, else made and written there."""
+    toy = module(pack, "nodes.toy")
     if not (out / toy.CODEC_FILE).is_file():
-        save_safetensors(mt.ToyCodec.fit_world(world, n_images=256, seed=0).state_dict(), out / toy.CODEC_FILE)
+        save_safetensors(module(pack, "toyworld.codec").CellCodec.for_world(0).state_dict(), out / toy.CODEC_FILE)
     if not (out / toy.TEXT_FILE).is_file():
-        save_safetensors(mt.ToyTextEncoder(seed=0).state_dict(), out / toy.TEXT_FILE)
+        save_safetensors(module(pack, "toyworld.textenc").ToyTextEncoder(seed=0).state_dict(), out / toy.TEXT_FILE)
     return toy.build_clip(toy.load_text_encoder(out)), toy.build_vae(toy.load_codec(out))
 
 
@@ -91,18 +94,13 @@ def text_batch(enc: ToyEncoders, prompts: list[str]):
     return ctx, valid, torch.cat([f[1] for f in feats])
 
 
-def step_batch(args, pools, step: int):
+def step_inputs(args, world, enc: ToyEncoders, step: int):
     """The seeded batch of one step: (latents (B,16,h,w), prompts, t (B,), noise)."""
-    g = torch.Generator().manual_seed(args.seed * 1_000_003 + step + args.phase * 10_000_019)
-    wide = bool(torch.rand(1, generator=g) < args.wide_share)
-    latents, prompts = pools["wide" if wide else "square"]
-    b = max(1, args.batch // 2) if wide else args.batch
-    idx = torch.randint(0, latents.shape[0], (b,), generator=g)
-    drop = torch.rand(b, generator=g) < args.prompt_dropout
-    x0 = latents[idx].float()
-    t = torch.sigmoid(torch.randn(b, generator=g))
-    noise = torch.randn(x0.shape, generator=g)
-    return x0, ["" if d else prompts[i] for i, d in zip(idx.tolist(), drop.tolist())], t, noise
+    cells, prompts, _ = step_batch(world, args.seed, 0, step, args.batch, args.wide_share, args.prompt_dropout)
+    g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    x0 = enc.latents(cells)
+    t = torch.sigmoid(torch.randn(x0.shape[0], generator=g))
+    return x0, prompts, t, torch.randn(x0.shape, generator=g)
 
 
 def loss_of(pack, dm, enc, x0, prompts, t, noise):
@@ -128,9 +126,9 @@ def lr_at(args, step: int) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def init_model(pack, seed: int):
+def init_model(pack, size: str, seed: int):
     st = module(pack, "nodes.standins")
-    config = st.flux_unet_config(**MODEL)
+    config = st.flux_unet_config(**SIZES[size])
     model = st.build_flux(config, seed=seed)
     dm = model.model.diffusion_model
     with torch.no_grad():
@@ -173,40 +171,41 @@ def load_checkpoint(path: Path, dm, ema, opt, settings: dict):
 
 
 def settings_of(args) -> dict:
-    keep = ("steps", "batch", "lr", "warmup", "ema", "wide_share", "prompt_dropout", "square", "wide", "seed")
-    extra = {"phase": args.phase, "init_from": args.init_from.name} if args.init_from else {}
-    return {"model": MODEL, **{k: getattr(args, k) for k in keep}, **extra}
+    keep = ("size", "steps", "batch", "lr", "warmup", "ema", "wide_share", "prompt_dropout", "seed")
+    return {"model": SIZES[args.size], **{k: getattr(args, k) for k in keep}}
 
 
 def train(args) -> dict:
     pack = common.setup(threads=args.threads)
-    world = module(pack, "toyworld").World(seed=0, panel=128)
-    clip, vae = toy_files(pack, args.out, world)
-    model, dm, config = init_model(pack, args.seed)
+    world = module(pack, "toyworld.world").World(seed=0)
+    clip, vae = toy_files(pack, args.out)
+    model, dm, config = init_model(pack, args.size, args.seed)
     enc = ToyEncoders(pack, model, clip, vae)
-    tag = hashlib.sha256((args.out / module(pack, "nodes.toy").CODEC_FILE).read_bytes()).hexdigest()
-    pools = {k: build_pool(pack, world, enc, k, n, args.seed, tag) for k, n in
-             (("square", args.square), ("wide", args.wide))}
     settings, ckpt = settings_of(args), args.work / "base_ckpt.safetensors"
-    return run_loop(args, pack, dm, enc, pools, settings, ckpt, config)
+    log = run_loop(args, pack, dm, enc, world, settings, ckpt, config)
+    if "stopped" in log or args.no_gate:
+        return log
+    gate = module(pack, "toyworld.gate")
+    result = gate.base_gate(args.out / "toy_flux.safetensors", args.out, args.work / "gate", args.threads)
+    write_json(result, args.out / "base_gate.json")
+    logger.info("base gate %s: %s", "PASSED" if result["passed"] else "NOT passed", result["summary"])
+    return {**log, "gate": result}
 
 
-def run_loop(args, pack, dm, enc, pools, settings, ckpt, config) -> dict:
+def run_loop(args, pack, dm, enc, world, settings, ckpt, config) -> dict:
     with torch.inference_mode(False):
         for p in dm.parameters():  # ComfyUI builds under inference mode: make normal tensors
             p.data = p.data.clone()
         dm.requires_grad_(True)
         opt = torch.optim.AdamW(dm.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
         ema = {k: v.detach().clone() for k, v in dm.state_dict().items()}
-        step, losses, elapsed, before = 0, [], 0.0, {}
-        if args.init_from:
-            before = previous_phase(args.init_from, dm, ema, opt)
+        step, losses, elapsed = 0, [], 0.0
         if ckpt.is_file():
             step, losses, elapsed = load_checkpoint(ckpt, dm, ema, opt, settings)
             logger.info("resumed at step %d", step)
         clock, stop = Clock(elapsed), args.steps if not args.stop_after else min(args.steps, step + args.stop_after)
         while step < stop:
-            x0, prompts, t, noise = step_batch(args, pools, step)
+            x0, prompts, t, noise = step_inputs(args, world, enc, step)
             for group in opt.param_groups:
                 group["lr"] = lr_at(args, step)
             loss = loss_of(pack, dm, enc, x0, prompts, t, noise)
@@ -214,9 +213,10 @@ def run_loop(args, pack, dm, enc, pools, settings, ckpt, config) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
             opt.step()
+            decay = min(args.ema, (1 + step) / (10 + step))  # EMA warm-up: no bias to the init
             with torch.no_grad():
                 for k, v in dm.state_dict().items():
-                    ema[k].lerp_(v, 1 - args.ema)
+                    ema[k].lerp_(v, 1 - decay)
             losses.append(loss.item())
             step += 1
             if step % 25 == 0:
@@ -224,39 +224,46 @@ def run_loop(args, pack, dm, enc, pools, settings, ckpt, config) -> dict:
                             losses[-1], sum(losses[-25:]) / 25, clock())
             if step % args.checkpoint_every == 0 or step == stop:
                 save_checkpoint(ckpt, dm, ema, opt, step, losses, clock(), settings)
+            if args.gate_every and step % args.gate_every == 0 and step < args.steps:
+                interim_gate(args, pack, ema, config, step)
     if step < args.steps:
         logger.info("stopped at step %d of %d (checkpoint %s)", step, args.steps, ckpt)
         return {"stopped": step}
-    return finish(args, pack, ema, config, losses, clock(), settings, before)
+    return finish(args, ema, config, losses, clock(), settings)
 
 
-def previous_phase(path: Path, dm, ema, opt) -> dict:
-    """Weights, EMA and optimizer state of an earlier phase; its losses, time and settings."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        settings = json.loads(f.metadata()["settings"])
-    step, losses, elapsed = load_checkpoint(path, dm, ema, opt, settings)
-    logger.info("phase start: weights of %s (step %d)", path, step)
-    return {"steps": step, "seconds": round(elapsed, 1), "settings": settings, "losses": losses}
-
-
-def finish(args, pack, ema, config, losses, seconds: float, settings: dict, before: dict) -> dict:
+def save_model(ema: dict, config: dict, path: Path, pack) -> None:
     import comfy.utils
 
-    from_pack = module(pack, "nodes.standins")
     sd = {k: v.to(torch.float16).contiguous() for k, v in ema.items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    comfy.utils.save_torch_file(sd, str(args.out / "toy_flux.safetensors"),
-                                metadata={from_pack.CONFIG_METADATA_KEY: json.dumps(config)})
-    phases = [*before.get("phases", []), {k: before[k] for k in ("steps", "seconds", "settings")}] if before else []
-    losses = [*before.get("losses", []), *losses]
-    n = len(losses)
-    log = {"settings": settings, "previous_phases": phases, "params": sum(v.numel() for v in ema.values()),
-           "steps": n, "seconds": round(seconds + sum(p["seconds"] for p in phases), 1),
-           **loss_curve(losses, 100)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    comfy.utils.save_torch_file(sd, str(tmp), metadata={module(pack, "nodes.standins").CONFIG_METADATA_KEY:
+                                                          json.dumps(config)})
+    os.replace(tmp, path)
+
+
+def interim_gate(args, pack, ema, config, step: int) -> None:
+    """The gate on the EMA weights of this step, appended to <work>/gates.jsonl."""
+    folder = args.work / "interim"
+    for name in (module(pack, "nodes.toy").CODEC_FILE, module(pack, "nodes.toy").TEXT_FILE):
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(args.out / name, folder / name)
+    save_model(ema, config, folder / "toy_flux.safetensors", pack)
+    result = module(pack, "toyworld.gate").base_gate(folder / "toy_flux.safetensors", folder,
+                                                     args.work / "gate_interim", args.threads)
+    with (args.work / "gates.jsonl").open("a") as f:
+        f.write(json.dumps({"step": step, **result}) + "\n")
+    logger.info("gate at step %d: %s", step, result["summary"])
+
+
+def finish(args, ema, config, losses, seconds: float, settings: dict) -> dict:
+    pack = common.setup(threads=args.threads)
+    save_model(ema, config, args.out / "toy_flux.safetensors", pack)
+    log = {"settings": settings, "params": sum(v.numel() for v in ema.values()), "steps": len(losses),
+           "seconds": round(seconds, 1), **loss_curve(losses, 100)}
     write_json(log, args.out / "train_base_log.json")
-    logger.info("done: %d steps in %.0f s, loss %.4f -> %.4f", n, seconds, log["loss_first"] or 0,
+    logger.info("done: %d steps in %.0f s, loss %.4f -> %.4f", len(losses), seconds, log["loss_first"] or 0,
                 log["loss_last"] or 0)
     return log
 
