@@ -89,7 +89,7 @@ def reference_image(world, i: int, item: str):
 def prepare(prompt: dict, input_dir: Path) -> dict:
     prompt = copy.deepcopy(prompt)
     select_lora(prompt)
-    toy = _pack("musar.toy")
+    toy = _pack("toyworld")
     world = toy.World(seed=0, panel=128)
     chain = _subject_chain(prompt)
     items = [DEMO_SUBJECTS[i % len(DEMO_SUBJECTS)] for i in range(len(chain))]
@@ -114,9 +114,8 @@ def prepare(prompt: dict, input_dir: Path) -> dict:
 def demo_figure(output_dir: Path, out: Path, n_subjects: int = 2) -> Path:
     """References | image | routing overlay of the newest ``make demo`` run in ``output_dir``
     (e.g. docs/images/demo_overlay.png)."""
-    from musar.toy import World
-
     from .figures import case_row, grid
+    from .world import World
 
     newest = {}
     for kind in ("musar_two_subjects_[0-9]*.png", "musar_two_subjects_routing_*.png"):
