@@ -3,7 +3,7 @@
 #   tier 1 (tests/core)  - pure torch, no ComfyUI on sys.path
 #   tier 2 (tests/comfy) - the real ComfyUI runtime: ModelPatcher, samplers, PromptExecutor, server
 #   tier 3 (tests/browser) - the real frontend in headless Debian Chromium (installed if missing)
-# All tiers always run; the exit code is non-zero if either fails. Extra args go to pytest.
+# All tiers always run; the exit code is non-zero if any fails. Extra args go to pytest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECONDS=0
