@@ -1,4 +1,5 @@
-"""Routed attention without an L x L tensor, its dense reference, and dynamic-route scores.
+"""Routed attention without an L x L tensor, its dense reference, dynamic-route scores, and
+one FLUX block's attention under MUSAR (``block_attention``).
 
 ``attn`` arguments are the model's own attention kernel (ComfyUI passes its active backend):
 ``attn(q, k, v) -> (B, Lq, heads * head_dim)`` for q, k, v shaped (B, heads, L*, head_dim).
@@ -229,4 +230,40 @@ def subject_attention_mass(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayo
         stop = min(start + rows, n_x)
         mass = torch.nn.functional.scaled_dot_product_attention(qf[:, :, start:stop], kf, ind)
         out[:, start:stop] = mass[..., :n].mean(dim=1)
+    return out
+
+
+def block_attention(call, block: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask,
+                    kernel: Callable) -> torch.Tensor:
+    """One FLUX block's joint attention under MUSAR: condition-cache bookkeeping, route scores
+    in routing blocks, routed attention, and the strength blend of the canvas output. ``call``
+    is the ``session.MusarCall`` of this model call, ``block`` ("double" | "single", index);
+    ``kernel(q, k, v, mask=None)`` is the model's attention function."""
+    if mask is not None:  # the diffusion-model wrapper drops conditioning masks before FLUX
+        raise RuntimeError("MUSAR: an attention mask reached routed attention; another patch "
+                           "adds one, which MUSAR's routing cannot combine with")
+    lay, settings, run = call.layout, call.routing.settings, call.run
+    P, C = lay.prompt_len, lay.canvas_len
+    if call.cached:
+        kt, vt, ki, vi = run.kv[block]
+        k = torch.cat([k[:, :, :P], kt, k[:, :, P:], ki], 2)
+        v = torch.cat([v[:, :, :P], vt, v[:, :, P:], vi], 2)
+        q_x = q[:, :, P:P + lay.x_len]
+    else:
+        q_x = q[:, :, lay.x]
+        if settings.condition_cache:
+            cond_txt, cond_img = slice(P, lay.txt_len), slice(lay.txt_len + C, lay.total)
+            run.kv[block] = (k[:, :, cond_txt], v[:, :, cond_txt], k[:, :, cond_img], v[:, :, cond_img])
+    if call.collect and block in call.routing.blocks:
+        call.add_scores(subject_attention_mass(q_x, k, lay))
+    if call.cached:
+        out = routed_attention_cached(q, k, v, lay, call.plan, kernel)
+        canvas = slice(P, P + C)
+    else:
+        out = routed_attention(q, k, v, lay, call.plan, kernel)
+        canvas = lay.canvas
+    if settings.strength != 1.0:  # blend canvas output with its no-subject attention
+        keys = torch.cat([torch.arange(P), torch.arange(lay.txt_len, lay.txt_len + C)]).to(q.device)
+        base = kernel(q[:, :, canvas], k.index_select(2, keys), v.index_select(2, keys))
+        out[:, canvas] = base + settings.strength * (out[:, canvas] - base)
     return out

@@ -25,6 +25,13 @@ NONE, NOISY, SUBJECT = 0, 1, 2  # token classes for the dual-branch LoRA
 MAX_SUBJECTS = 16
 
 
+def check_subject_count(n: int) -> None:
+    """The one rule on how many subjects fit (one routing, one layout)."""
+    if n > MAX_SUBJECTS:
+        raise LayoutError(f"at most {MAX_SUBJECTS} subjects fit one MUSAR Apply Routing; this "
+                          f"would be subject {n}: remove some MUSAR Subject nodes")
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
     prompt_len: int
@@ -37,9 +44,7 @@ class TokenLayout:
         if len(self.caption_lens) != len(self.image_lens):
             raise LayoutError(f"{len(self.caption_lens)} captions but {len(self.image_lens)} "
                               "reference images: every subject needs exactly one of each")
-        if len(self.image_lens) > MAX_SUBJECTS:
-            raise LayoutError(f"at most {MAX_SUBJECTS} subjects fit one layout, got "
-                              f"{len(self.image_lens)}")
+        check_subject_count(len(self.image_lens))
         if min((self.prompt_len, self.x_len, self.extra_len, *self.caption_lens,
                 *self.image_lens), default=0) < 0 or self.x_len == 0:
             raise LayoutError(f"segment lengths must be >= 0 and the canvas non-empty: {self}")

@@ -38,20 +38,16 @@ def sample(model, steps=3, cfg=2.0, seed=0, size=16, cond_seed=0):
                                seed=seed, disable_pbar=True)
 
 
-def settings(pack, model_depth=(2, 2), **kw):
-    session = pack_module(pack, "musar.session")
-    routing = pack_module(pack, "musar.routing")
-    blocks = routing.parse_blocks(kw.pop("blocks", "double"), *model_depth)
-    defaults = dict(static=True, dynamic=True, sigma_start=float("inf"), sigma_end=0.0,
-                    routing_blocks=blocks)
-    defaults.update(kw)
-    if not defaults["dynamic"]:
-        defaults["routing_blocks"] = frozenset()
-    return session.RoutingSettings(**defaults)
+def settings(pack, **kw):
+    """RoutingSettings as the tests name them (dynamic, symmetric, cache, position_mode, blocks),
+    dynamic routing from the first step (start_percent 0)."""
+    names = {"static": "static_routing", "dynamic": "dynamic_routing", "cache": "condition_cache",
+             "position_mode": "positions", "blocks": "routing_blocks"}
+    values = {"start_percent": 0.0, "end_percent": 1.0}
+    values.update({names.get(k, k): v for k, v in kw.items()})
+    return pack_module(pack, "musar.settings").RoutingSettings(**values)
 
 
 def routed(pack, model, subjects, **kw):
-    session = pack_module(pack, "musar.session")
-    patcher = pack_module(pack, "nodes.patcher")
-    rec = session.Recorder(tuple(s.caption for s in subjects.subjects))
-    return patcher.apply_routing(model, subjects, settings(pack, **kw), rec), rec
+    """A routed clone of ``model`` and the Recorder of its sampling runs."""
+    return pack_module(pack, "nodes.patcher").apply_routing(model, subjects, settings(pack, **kw))
