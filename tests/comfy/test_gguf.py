@@ -19,7 +19,7 @@ import comfy.supported_models
 import numpy as np
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module, routed, sample
+from musar_helpers import make_subjects, pack_module, random_dual_lora, routed, sample
 
 gguf = pytest.importorskip("gguf", reason="gguf is in requirements-dev.txt (scripts/setup.sh)")
 Q = gguf.GGMLQuantizationType
@@ -171,20 +171,6 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.blocks() if isinstance(t, GGUFWeight) else t
 
 
-def _dual_lora(pack, model, seed=3):
-    lora = pack_module(pack, "musar.lora")
-    patcher = pack_module(pack, "nodes.patcher")
-    dm = model.model.diffusion_model
-    names = lora.target_modules(len(dm.double_blocks), len(dm.single_blocks))
-    params = lora.init_trainable(patcher.model_shapes(model, names), 2, 4, seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, value in params.items():
-            if key.endswith(".up"):
-                value.copy_(torch.randn(value.shape, generator=g) * 0.5)
-    return lora.from_trainable(params)
-
-
 def test_the_file_holds_q8_0_and_q4_0_blocks_that_torch_dequantises_like_the_gguf_package(models):
     assert set(models["types"].values()) == {Q.Q8_0, Q.Q4_0}
     assert models["path"].read_bytes()[:4] == b"GGUF"
@@ -199,7 +185,7 @@ def test_the_file_holds_q8_0_and_q4_0_blocks_that_torch_dequantises_like_the_ggu
 def test_musar_routing_and_dual_lora_on_gguf_weights_equal_the_dequantised_dense_model(pack, models):
     patcher = pack_module(pack, "nodes.patcher")
     subjects = make_subjects(pack)
-    dual = _dual_lora(pack, models["dense"])
+    _, dual = random_dual_lora(pack, models["dense"], seed=3)
     stored = {k: _plain(v).clone() for k, v in models["gguf"].model.diffusion_model.state_dict().items()}
     outs, recorders = {}, {}
     for kind in ("gguf", "dense", "original"):

@@ -17,13 +17,13 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import serverutil
 
 pytestmark = pytest.mark.timeout(240)
-USER_FOLDERS = ("custom_nodes", "models", "input", "output", "user", "temp", "tests", "tests-unit",
-                "__pycache__")
+USER_FOLDERS = ("custom_nodes", "models", "input", "output", "user", "temp", "tests", "tests-unit")
 
 
 def run(cmd, cwd=None, timeout=120, env=None):
@@ -71,7 +71,9 @@ def test_comfyui_manager_installs_the_pack_from_its_git_url_and_the_server_loads
     if not cm_cli.exists():
         pytest.fail(f"{cm_cli} not found: comfyui-manager is in requirements-dev.txt (scripts/setup.sh)")
     comfy = tmp_path / "ComfyUI"  # the user's ComfyUI: the runtime's code, empty user folders
-    shutil.copytree(serverutil.comfy_dir(), comfy, ignore=shutil.ignore_patterns(*USER_FOLDERS))
+    source = serverutil.comfy_dir()
+    shutil.copytree(source, comfy, ignore=lambda folder, names: [
+        n for n in names if n == "__pycache__" or (Path(folder) == source and n in USER_FOLDERS)])
     (comfy / "custom_nodes").mkdir()
     pack = comfy / "custom_nodes" / serverutil.PACK_NAME
 
