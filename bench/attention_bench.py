@@ -26,7 +26,6 @@ Usage: python bench/attention_bench.py [--quick] [--threads 1] [--max-rounds 9] 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -206,10 +205,7 @@ def main(argv=None) -> dict:
               + " ".join(f"{k}={v * 1000:.0f}ms" for k, v in r["median_s"].items())
               + " | " + " ".join(f"{k}={v:.2f}" for k, v in r["ratios"].items()), flush=True)
         results["per_n"].append(r)
-    results["loadavg_at_end"] = common.loadavg()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
-    return results
+    return common.save(results, args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Usage: python bench/reference_bench.py [--quick] [--json PATH]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -104,10 +103,7 @@ def main(argv=None) -> dict:
                   + " ".join(f"{c}={x:.2f}" for c, x in r["ratios"].items())
                   + f" | ideal static {r['ideal_static']:.2f}", flush=True)
             results["per_n"].append(r)
-    results["loadavg_at_end"] = common.loadavg()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
-    return results
+    return common.save(results, args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 
 from .attention_lse import SDPA_LSE, lse_twin, needs_grad, segment_attention
 from .layout import TokenLayout
-from .routing import Group, RoutePlan, allowed_mask, dynamic_groups, static_groups
+from .routing import Group, RoutePlan, allowed_mask, dynamic_groups, runs, static_groups
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,19 +40,8 @@ def _take(t: torch.Tensor, idx) -> torch.Tensor:
 
 def _merged(parts: tuple[slice, ...]) -> slice | None:
     """The segments as one slice when they are adjacent (in any order), else None."""
-    runs = _runs(parts)
-    return runs[0] if len(runs) == 1 else None
-
-
-def _runs(parts: tuple[slice, ...]) -> list[slice]:
-    """The segments with adjacent ones joined, in sequence order."""
-    runs: list[slice] = []
-    for p in sorted(parts, key=lambda p: p.start):
-        if runs and runs[-1].stop == p.start:
-            runs[-1] = slice(runs[-1].start, p.stop)
-        else:
-            runs.append(p)
-    return runs
+    joined = runs(parts)
+    return joined[0] if len(joined) == 1 else None
 
 
 # ---- log-sum-exp executor ----------------------------------------------------------------------
@@ -65,7 +54,7 @@ def _key_segments(g: Group, k, v, chunk: int) -> tuple[list, int]:
     if isinstance(g.k, slice):
         return [(k[:, :, g.k], v[:, :, g.k])], 0
     if g.k_parts:
-        return [(k[:, :, p], v[:, :, p]) for p in _runs(g.k_parts)], 0
+        return [(k[:, :, p], v[:, :, p]) for p in runs(g.k_parts)], 0
     idx = g.k.to(k.device)
     return [functools.partial(_gather, k, v, i) for i in idx.split(chunk)], 2 * min(chunk, len(idx))
 
