@@ -180,3 +180,19 @@ def test_cuda_lse_executor_matches_dense_reference(dtype):
     want = attention.dense_reference(q.float(), k.float(), v.float(), layout, plan).cpu()
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("executor", ["lse", "gather"])
+@pytest.mark.parametrize("kind", ["static", "dynamic", "symmetric"])
+def test_condition_cache_step_matches_the_full_step_with_either_executor(executor, kind):
+    layout = tr._layout(3, extra=2)
+    q, k, v = tr._qkv(layout)
+    plan = tr._plan(kind, layout, 2, seed=3)
+    twin = Recording()
+    attn, plain = kernel_with(twin if executor == "lse" else None)
+    full = attention.routed_attention(q, k, v, layout, plan, attention.sdpa)
+    keep = torch.cat([torch.arange(layout.prompt_len),
+                      torch.arange(layout.canvas.start, layout.canvas.stop)])
+    short = attention.routed_attention_cached(q[:, :, keep], k, v, layout, plan, attn)
+    torch.testing.assert_close(short, full[:, keep], rtol=1e-5, atol=1e-5)
+    assert bool(twin.forward_rows) == (executor == "lse") and bool(plain) == (executor == "gather")
