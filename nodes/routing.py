@@ -160,24 +160,33 @@ class MusarRoutingPreview(io.ComfyNode):
             context = get_executing_context()
             run = routing.recorder.find(None if samples is None else fingerprint(samples["samples"]),
                                         None if context is None else context.prompt_id)
-        if run is None or not run.routes:
+        conditions = getattr(run, "conditions", None)
+        n = len(conditions.captions) if conditions is not None else routing.n_subjects
+        regions = None if conditions is None else conditions.regions
+        outlines = None if regions is None else regions.outlines
+        if run is None or (not run.routes and outlines is None):
             logger.warning("MUSAR preview: no route recorded (dynamic routing off, no subjects, "
                            "or the sampler has not run with this MODEL); showing the image as is")
-            masks = torch.zeros(max(1, routing.n_subjects * images.shape[0]), *images.shape[1:3])
-            return io.NodeOutput(images, masks, ui=_preview(images, routing, cls))
-        if settings.step >= len(run.routes):
+            masks = torch.zeros(max(1, n * images.shape[0]), *images.shape[1:3])
+            return io.NodeOutput(images, masks, ui=_preview(images, routing, cls, conditions))
+        if run.routes and settings.step >= len(run.routes):
             raise RoutingError(f"step {settings.step} asked, but the run recorded {len(run.routes)} "
                                "routed steps (use -1 for the last)")
-        _, route = run.routes[settings.step]
-        out, masks = imaging.route_overlay(images, route, run.grid, routing.n_subjects, settings.opacity)
-        return io.NodeOutput(out, masks, ui=_preview(out, routing, cls))
+        route = run.routes[settings.step][1] if run.routes else None
+        colors = None if conditions is None else conditions.colors
+        out, masks = imaging.route_overlay(images, route, run.grid, n, settings.opacity, colors,
+                                           outlines)
+        return io.NodeOutput(out, masks, ui=_preview(out, routing, cls, conditions))
 
 
-def _preview(image, routing: RoutingHandle, cls) -> dict:
+def _preview(image, routing: RoutingHandle, cls, conditions=None) -> dict:
     """Preview images plus the captions and colours the web legend shows."""
-    captions = list(routing.recorder.captions) if routing.recorder is not None else []
-    return {**ui.PreviewImage(image, cls=cls).as_dict(), "captions": captions,
-            "colors": [list(PALETTE[i % len(PALETTE)]) for i in range(len(captions))]}
+    if conditions is not None:
+        captions, colors = list(conditions.captions), [list(c) for c in conditions.colors]
+    else:
+        captions = list(routing.recorder.captions) if routing.recorder is not None else []
+        colors = [list(PALETTE[i % len(PALETTE)]) for i in range(len(captions))]
+    return {**ui.PreviewImage(image, cls=cls).as_dict(), "captions": captions, "colors": colors}
 
 
 NODES = [MusarApplyRouting, MusarRoutingPreview]
