@@ -130,7 +130,9 @@ def route_overlay(images: torch.Tensor, routes: torch.Tensor | None, grid: tuple
     if routes is not None and routes.shape[0] not in (1, batch):
         raise RoutingError(f"{batch} images arrived but the sampling run routed {routes.shape[0]}: "
                            "connect the images decoded from that sampler's LATENT")
-    lines = None if outlines is None else region_outlines(outlines[0], grid, height, width, outlines[1])
+    thickness = max(2, min(height, width) // 256)
+    lines = None if outlines is None else region_outlines(outlines[0], grid, height, width,
+                                                          outlines[1], thickness)
     overlays, masks = [], []
     for i in range(batch):
         if routes is None:

@@ -15,7 +15,6 @@ only through official hooks, always on a ``clone()``:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -28,13 +27,11 @@ from comfy.ldm.flux.layers import timestep_embedding
 from comfy_execution.utils import get_executing_context
 
 from ..musar import attention, flux_forward, planning, references, session
-from ..musar.errors import ModelError, RoutingError
+from ..musar.errors import ModelError
 from ..musar.layout import TokenLayout
 from ..musar.references import ReferenceLabels
 from ..musar.settings import RoutingSettings
-from ..musar.subjects import SubjectSet
-from . import lora_modules
-from .routed import Routed
+from . import lora_modules, routed
 
 logger = logging.getLogger(__name__)
 KEY = "musar"
@@ -91,39 +88,20 @@ def apply_routing(model, subjects, settings: RoutingSettings):
     a MUSAR Route References already routes); returns it with the Recorder of its runs."""
     dm = flux_model(model)
     previous = model.model_options["transformer_options"].get(ROUTING)
-    if previous is not None and previous.has_subjects:
-        raise RoutingError(f"this MODEL already went through MUSAR Apply Routing (subjects "
-                           f"{list(previous.recorder.captions)}); a second one cannot add to "
-                           "it: chain every MUSAR Subject into one Apply Routing")
-    references = None
-    if previous is not None:  # references routed by MUSAR Route References: one routing for all
-        references = previous.references
-        settings = dataclasses.replace(settings, block_prompt_references=
-                                       previous.routing.settings.block_prompt_references)
-    return _install(model, dm, subjects, references, settings)
+    return _install(model, dm, *routed.join(previous, settings, subjects=subjects))
 
 
 def route_references(model, labels: ReferenceLabels, settings: RoutingSettings):
     """A clone of ``model`` whose ReferenceLatent references are routed under ``settings``
-    (FLUX.1 Kontext and FLUX.2 [dev]); on a MODEL with MUSAR subjects the references join them
-    in one routing under these settings (the subjects keep their positions)."""
+    (FLUX.1 Kontext and FLUX.2 [dev]), joining the MUSAR subjects it may already route."""
     dm = flux_model(model, flux2=True)
     previous = model.model_options["transformer_options"].get(ROUTING)
-    subjects = SubjectSet()
-    if previous is not None:
-        if previous.routes_references:
-            raise RoutingError("this MODEL already went through MUSAR Route References; use one "
-                               "per MODEL")
-        if previous.routing.settings.condition_cache:
-            raise RoutingError("the MUSAR Apply Routing before this node has condition_cache on, "
-                               "which cannot be combined with routed references (they are not "
-                               "condition tokens MUSAR can cache): turn condition_cache off")
-        subjects = previous.subjects
-        settings = dataclasses.replace(settings, positions=previous.routing.settings.positions)
-    return _install(model, dm, subjects, labels, settings)
+    return _install(model, dm, *routed.join(previous, settings, references=labels))
 
 
 def _install(model, dm, subjects, references, settings: RoutingSettings):
+    """Patch a clone for one routing of ``subjects`` (block patches and reference tokens only
+    when there are subjects) and/or the conditioning's references."""
     to = model.model_options["transformer_options"]
     replaced = {k for k, p in to.get("patches_replace", {}).get("dit", {}).items()
                 if not getattr(p, "musar", False)}
@@ -137,7 +115,7 @@ def _install(model, dm, subjects, references, settings: RoutingSettings):
     recorder = session.Recorder(tuple(s.caption for s in subjects.subjects))
     m = model.clone()
     to = m.model_options["transformer_options"]
-    to[ROUTING] = Routed(subjects, references, routing, recorder, model.model.process_latent_in)
+    to[ROUTING] = routed.Routed(subjects, references, routing, recorder, model.model.process_latent_in)
     if len(subjects):
         for kind, count in (("double_block", len(dm.double_blocks)),
                             ("single_block", len(dm.single_blocks))):

@@ -6,12 +6,16 @@ patches in ``patcher.py`` read it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..musar import planning
+from ..musar.errors import RoutingError
 from ..musar.layout import subject_ids
 from ..musar.references import ReferenceLabels
 from ..musar.session import Recorder
+from ..musar.settings import RoutingSettings
 from ..musar.subjects import SubjectSet
 
 
@@ -53,3 +57,33 @@ class Routed:
 
     def __deepcopy__(self, memo):
         return self
+
+
+def join(previous: Routed | None, settings: RoutingSettings, subjects: SubjectSet | None = None,
+         references: ReferenceLabels | None = None):
+    """(subjects, references, settings) of one routing when a routing node (MUSAR Apply Routing:
+    ``subjects``; MUSAR Route References: ``references``) patches a MODEL another one already
+    routed: subjects and references join under the later node's settings; the subjects keep
+    their position ids and the references their prompt blocking from the node that set them."""
+    if previous is None:
+        return subjects or SubjectSet(), references, settings
+    if subjects is not None:
+        if previous.has_subjects:
+            raise RoutingError(f"this MODEL already went through MUSAR Apply Routing (subjects "
+                               f"{list(previous.recorder.captions)}); a second one cannot add to "
+                               "it: chain every MUSAR Subject into one Apply Routing")
+        if previous.routes_references and settings.condition_cache:
+            raise RoutingError("condition_cache cannot be combined with the references MUSAR Route "
+                               "References routes on this MODEL (they are not condition tokens "
+                               "MUSAR can cache): turn condition_cache off")
+        block = previous.routing.settings.block_prompt_references
+        return subjects, previous.references, dataclasses.replace(settings, block_prompt_references=block)
+    if previous.routes_references:
+        raise RoutingError("this MODEL already went through MUSAR Route References; use one per "
+                           "MODEL")
+    if previous.routing.settings.condition_cache:
+        raise RoutingError("the MUSAR Apply Routing before this node has condition_cache on, which "
+                           "cannot be combined with routed references (they are not condition "
+                           "tokens MUSAR can cache): turn condition_cache off")
+    positions = previous.routing.settings.positions
+    return previous.subjects, references, dataclasses.replace(settings, positions=positions)
