@@ -20,7 +20,7 @@ from ..musar.settings import (
     verdict,
 )
 from . import patcher
-from .routing import RoutingHandle
+from .routing import RoutingHandle, dynamic_routing_inputs
 from .types import REFERENCE_LABELS, REGION, ROUTING
 
 ROUTING_INPUTS = ("static_routing", "block_prompt_references", "dynamic_routing", "start_percent",
@@ -52,24 +52,7 @@ class MusarRouteReferences(io.ComfyNode):
                                  tooltip="Also block prompt <-> reference attention. Off [chosen]: "
                                          "these models were trained with the prompt seeing the "
                                          "references."),
-                io.Boolean.Input("dynamic_routing", default=True,
-                                 tooltip="Route each image token to one reference from attention "
-                                         "(argmax) between start and end percent."),
-                io.Float.Input("start_percent", default=0.2, **LIMITS["start_percent"].schema(),
-                               tooltip="When dynamic routing starts (0 = first step) [chosen 0.2]."),
-                io.Float.Input("end_percent", default=1.0, **LIMITS["end_percent"].schema(),
-                               tooltip="When dynamic routing stops (1 = last step)."),
-                io.String.Input("routing_blocks", default="double",
-                                tooltip="Blocks whose attention decides the route: 'double', "
-                                        "'single', 'all', or items like 'd2-7, s0-9'."),
-                io.Float.Input("threshold", default=0.0, **LIMITS["threshold"].schema(),
-                               tooltip="Image tokens whose strongest reference gets less attention "
-                                       "mass than this see no reference. 0 = off."),
-                io.Int.Input("smoothing", default=3, **LIMITS["smoothing"].schema(),
-                             tooltip="Odd box-filter size on the token grid before the argmax "
-                                     "(1 = none) [chosen 3]."),
-                io.Boolean.Input("symmetric", default=False,
-                                 tooltip="References also see only the image tokens routed to them."),
+                *dynamic_routing_inputs("reference", "d2-7, s0-9"),
                 io.Float.Input("strength", default=1.0, **LIMITS["strength"].schema(),
                                tooltip="Blend of routed with unrouted attention (1 = routed, 0 = "
                                        "the MODEL unchanged)."),
