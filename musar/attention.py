@@ -127,11 +127,11 @@ def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
                      plan: RoutePlan, attn: AttnFn) -> torch.Tensor:
     """Attention of the joint sequence under ``plan``; equals masked dense attention."""
     b, heads, length, dim = q.shape
-    if plan.is_dense or layout.n_subjects == 0:
+    if plan.is_dense or layout.n_routed == 0:
         return attn(q, k, v)
     out = q.new_empty(b, length, heads * dim)
     if plan.route is None:
-        _run_groups(q, k, v, static_groups(layout, plan.static, q.device), attn, out, layout.canvas)
+        _run_groups(q, k, v, static_groups(layout, plan, q.device), attn, out, layout.canvas)
         return out
     for rows, route in _same_route_batches(plan.route):
         sub = out[rows] if isinstance(rows, slice) else out.new_empty(len(rows), length, heads * dim)
@@ -169,7 +169,7 @@ def routed_attention_cached(q: torch.Tensor, k_full: torch.Tensor, v_full: torch
             out[rows] = sub
 
     if plan.route is None:
-        run(None, [g for g in static_groups(layout, plan.static, q.device) if g.kind != "condition"])
+        run(None, [g for g in static_groups(layout, plan, q.device) if g.kind != "condition"])
         return out
     for rows, route in _same_route_batches(plan.route):
         groups = dynamic_groups(layout, plan, route.to(q.device), q.device)
@@ -211,17 +211,17 @@ def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: T
 def subject_attention_mass(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayout,
                            budget: int = 1 << 24) -> torch.Tensor:
     """Route scores: for every X query (``q_x`` is (B, heads, x_len, dim)), the head-averaged
-    softmax mass on each subject's image keys, with the softmax over every key of the joint
+    softmax mass on each routed condition's image keys (``layout.route_keys``), with the softmax over every key of the joint
     sequence ``k`` (the static view, so a route can change between steps). Returns
-    (B, x_len, N) float32. Computed as attention whose values are one-hot subject indicators
+    (B, x_len, n_routed) float32. Computed as attention whose values are one-hot subject indicators
     (softmax @ indicator = mass per subject), i.e. one fused SDPA call: no score matrix is
     materialised; queries go in chunks whose output holds at most ``budget`` numbers."""
     b, heads, n_x, dim = q_x.shape
-    n = layout.n_subjects
+    n = layout.n_routed
     width = max(dim, n)  # equal q/k/v widths keep SDPA on its fused kernels
     ind = torch.zeros(1, 1, k.shape[2], width, dtype=torch.float32, device=k.device)
     for i in range(n):
-        ind[0, 0, layout.image(i), i] = 1.0
+        ind[0, 0, layout.route_keys(i), i] = 1.0
     ind = ind.expand(b, heads, -1, -1)
     qf, kf = q_x.float(), k.float()
     rows = max(1, budget // max(1, b * heads * width))

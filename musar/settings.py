@@ -20,7 +20,8 @@ from numbers import Real
 
 from .errors import LayoutError, MusarError, RoutingError
 from .images import CROP_MODES
-from .layout import POSITION_MODES
+from .layout import MAX_REFERENCES, POSITION_MODES
+from .regions import REGION_MODES
 from .routing import parse_blocks
 
 
@@ -46,11 +47,13 @@ LIMITS = {
     "step": Limit(-1, 10000, 1, integer=True),
     "opacity": Limit(0.0, 1.0, 0.05),
     "reference_size": Limit(64, 2048, 16, integer=True),
+    "region_strength": Limit(0.0, 1.0, 0.05),
+    "reference": Limit(1, MAX_REFERENCES, 1, integer=True),
 }
 
 
-def _number(error: type[MusarError], name: str, value) -> None:
-    limit = LIMITS[name]
+def _number(error: type[MusarError], name: str, value, key: str | None = None) -> None:
+    limit = LIMITS[key or name]
     kind = "a whole number" if limit.integer else "a number"
     if isinstance(value, bool) or not isinstance(value, Real) or (
             limit.integer and not float(value).is_integer()):
@@ -100,7 +103,7 @@ def _check_kinds(error: type[MusarError], values: dict, kinds: dict[str, str]) -
 ROUTING_KINDS = {"static_routing": "flag", "dynamic_routing": "flag", "start_percent": "number",
                  "end_percent": "number", "routing_blocks": "text", "threshold": "number",
                  "smoothing": "number", "symmetric": "flag", "strength": "number",
-                 "condition_cache": "flag", "positions": "text"}
+                 "condition_cache": "flag", "positions": "text", "block_prompt_references": "flag"}
 
 
 def check_routing(values: Mapping) -> None:
@@ -140,6 +143,7 @@ class RoutingSettings:
     strength: float = 1.0
     condition_cache: bool = False
     positions: str = "shared"
+    block_prompt_references: bool = False  # MUSAR Route References only [chosen: off]
 
     def __post_init__(self):
         check_routing(_fields(self))
@@ -188,6 +192,65 @@ class SubjectSettings:
 
     def __post_init__(self):
         check_subject(_fields(self))
+
+
+# ---- MUSAR Layout Region ----------------------------------------------------------------------
+REGION_KINDS = {"mode": "text", "strength": "number"}
+
+
+def check_region_settings(values: Mapping) -> None:
+    """Every rule of MUSAR Layout Region's settings; RoutingError naming the input."""
+    v = _known(values, REGION_KINDS)
+    if "strength" in v:
+        _number(RoutingError, "strength", v["strength"], "region_strength")
+    if "mode" in v:
+        _text(RoutingError, "mode", v["mode"])
+        _choice(RoutingError, "mode", v["mode"], REGION_MODES)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RegionSettings:
+    mode: str = "hard"
+    strength: float = 0.5  # soft mode [chosen]: bias on the attention share, see musar.regions
+
+    def __post_init__(self):
+        check_region_settings(_fields(self))
+
+
+# ---- MUSAR Reference Label --------------------------------------------------------------------
+LABEL_KINDS = {"reference": "number", "caption": "text", "color": "text"}
+
+
+def check_label(values: Mapping) -> None:
+    """Every rule of MUSAR Reference Label's settings; LayoutError naming the input."""
+    v = _known(values, LABEL_KINDS)
+    _check_kinds(LayoutError, v, LABEL_KINDS)
+    if "color" in v:
+        parse_color(v["color"])
+
+
+def parse_color(text: str) -> tuple[float, float, float] | None:
+    """'#RRGGBB' (or 'RRGGBB') -> RGB 0..1; '' -> None (the palette colour)."""
+    raw = text.strip().lstrip("#")
+    if not raw:
+        return None
+    try:
+        if len(raw) != 6:
+            raise ValueError
+        return tuple(int(raw[i:i + 2], 16) / 255 for i in (0, 2, 4))
+    except ValueError:
+        raise LayoutError(f"color: expected '#RRGGBB' (e.g. '#e53935') or empty for the palette "
+                          f"colour, got {text!r}") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelSettings:
+    reference: int = 1
+    caption: str = ""
+    color: str = ""
+
+    def __post_init__(self):
+        check_label(_fields(self))
 
 
 def verdict(check, values: Mapping) -> bool | str:

@@ -53,6 +53,22 @@ def routed(pack, model, subjects, **kw):
     return pack_module(pack, "nodes.patcher").apply_routing(model, subjects, settings(pack, **kw))
 
 
+def random_dual_lora(pack, model, ranks=(2, 4), seed=0, scale=0.5):
+    """(trainable factors, DualLoRA) on every MUSAR target module of ``model`` with seeded random
+    ups (a fresh LoRA's ups are zero, i.e. a no-op)."""
+    lora = pack_module(pack, "musar.lora")
+    patcher = pack_module(pack, "nodes.patcher")
+    dm = model.model.diffusion_model
+    names = lora.target_modules(len(dm.double_blocks), len(dm.single_blocks))
+    params = lora.init_trainable(patcher.model_shapes(model, names), *ranks, seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, value in params.items():
+            if key.endswith(".up"):
+                value.copy_(torch.randn(value.shape, generator=g) * scale)
+    return params, lora.from_trainable(params)
+
+
 TINY = "tiny (128 wide, 2+2 blocks)"
 ROUTING = {"static_routing": True, "dynamic_routing": True, "start_percent": 0.2, "end_percent": 1.0,
            "routing_blocks": "double", "threshold": 0.0, "smoothing": 3, "symmetric": False,
