@@ -4,6 +4,7 @@ in MUSAR_LoadDualLoRA and changes a MUSAR generation), Cancel keeps the last ste
 a clear MusarError before training starts."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -39,12 +40,19 @@ def make_pairs(root: Path, n_items: int = 4, size: int = 64) -> Path:
     return root
 
 
+def dataset_folder(name: str) -> Path:
+    """A fresh folder inside ComfyUI's models/musar_datasets, where the dataset node may read."""
+    root = Path(folder_paths.get_folder_paths("musar_datasets")[0])
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return make_pairs(tmp_path_factory.mktemp("train") / "pairs")
+def pairs():
+    return make_pairs(dataset_folder("train") / "pairs")
 
 
 @pytest.fixture(scope="module")
