@@ -2,6 +2,7 @@
 
 from comfy_api.latest import io
 
+from ..musar.errors import choose
 from . import standins
 
 SIZES = {
@@ -36,8 +37,12 @@ class TinyFluxLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, size):  # V3 combo values are not checked by ComfyUI
+        return size is None or size in SIZES or f"unknown stand-in size {size!r}: expected one of {list(SIZES)}"
+
+    @classmethod
     def execute(cls, size, seed) -> io.NodeOutput:
-        spec = SIZES[size]
+        spec = choose(SIZES, size, "stand-in size")
         config = standins.flux_unet_config(**spec)
         model = standins.build_flux(config, seed=seed)
         return io.NodeOutput(model, standins.build_clip(seed), standins.build_vae(seed))
