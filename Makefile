@@ -7,7 +7,7 @@ PY := .venv/bin/python
 setup:            ## .venv with CPU torch 2.13.0 + a real ComfyUI (COMFYUI_PATH or 0.3.75), pack linked
 	scripts/setup.sh
 
-test:             ## both test tiers (the README's test command and what CI runs)
+test:             ## all three test tiers (the README's test command and what CI runs)
 	scripts/test.sh
 
 test-core: setup  ## tier 1 only (pure torch)
@@ -23,7 +23,7 @@ demo:             ## the two-subject workflow headless on the trained toy-world 
 	scripts/demo.sh $(DEMO_ARGS)
 
 eval-toy: setup   ## toy-world routing evaluation (docs/TOY_WORLD.md): held-out subjects through the real ComfyUI graph, exact detector -> table; EVAL_ARGS="--sets 4" for a quick run
-	nice $(PY) -m musar_toy.eval $(EVAL_ARGS)
+	nice $(PY) -m toyworld.eval $(EVAL_ARGS)
 
 bench:            ## performance bench (docs/PERFORMANCE.md): routed vs dense vs naive attention, sampling steps vs ReferenceLatent / text-to-image; prints PASS/MISS per target, never fails the build; report in bench/results/report.md
 	scripts/setup.sh

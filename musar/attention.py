@@ -1,4 +1,5 @@
-"""Routed attention without an L x L tensor, its dense reference, and dynamic-route scores.
+"""Routed attention without an L x L tensor, its dense reference, dynamic-route scores, and
+one FLUX block's attention under MUSAR (``block_attention``).
 
 ``attn`` arguments are the model's own attention kernel (ComfyUI passes its active backend):
 ``attn(q, k, v) -> (B, Lq, heads * head_dim)`` for q, k, v shaped (B, heads, L*, head_dim).
@@ -126,11 +127,11 @@ def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
                      plan: RoutePlan, attn: AttnFn) -> torch.Tensor:
     """Attention of the joint sequence under ``plan``; equals masked dense attention."""
     b, heads, length, dim = q.shape
-    if plan.is_dense or layout.n_subjects == 0:
+    if plan.is_dense or layout.n_routed == 0:
         return attn(q, k, v)
     out = q.new_empty(b, length, heads * dim)
     if plan.route is None:
-        _run_groups(q, k, v, static_groups(layout, plan.static, q.device), attn, out, layout.canvas)
+        _run_groups(q, k, v, static_groups(layout, plan, q.device), attn, out, layout.canvas)
         return out
     for rows, route in _same_route_batches(plan.route):
         sub = out[rows] if isinstance(rows, slice) else out.new_empty(len(rows), length, heads * dim)
@@ -168,7 +169,7 @@ def routed_attention_cached(q: torch.Tensor, k_full: torch.Tensor, v_full: torch
             out[rows] = sub
 
     if plan.route is None:
-        run(None, [g for g in static_groups(layout, plan.static, q.device) if g.kind != "condition"])
+        run(None, [g for g in static_groups(layout, plan, q.device) if g.kind != "condition"])
         return out
     for rows, route in _same_route_batches(plan.route):
         groups = dynamic_groups(layout, plan, route.to(q.device), q.device)
@@ -210,17 +211,17 @@ def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: T
 def subject_attention_mass(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayout,
                            budget: int = 1 << 24) -> torch.Tensor:
     """Route scores: for every X query (``q_x`` is (B, heads, x_len, dim)), the head-averaged
-    softmax mass on each subject's image keys, with the softmax over every key of the joint
+    softmax mass on each routed condition's image keys (``layout.route_keys``), with the softmax over every key of the joint
     sequence ``k`` (the static view, so a route can change between steps). Returns
-    (B, x_len, N) float32. Computed as attention whose values are one-hot subject indicators
+    (B, x_len, n_routed) float32. Computed as attention whose values are one-hot subject indicators
     (softmax @ indicator = mass per subject), i.e. one fused SDPA call: no score matrix is
     materialised; queries go in chunks whose output holds at most ``budget`` numbers."""
     b, heads, n_x, dim = q_x.shape
-    n = layout.n_subjects
+    n = layout.n_routed
     width = max(dim, n)  # equal q/k/v widths keep SDPA on its fused kernels
     ind = torch.zeros(1, 1, k.shape[2], width, dtype=torch.float32, device=k.device)
     for i in range(n):
-        ind[0, 0, layout.image(i), i] = 1.0
+        ind[0, 0, layout.route_keys(i), i] = 1.0
     ind = ind.expand(b, heads, -1, -1)
     qf, kf = q_x.float(), k.float()
     rows = max(1, budget // max(1, b * heads * width))
@@ -229,4 +230,40 @@ def subject_attention_mass(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayo
         stop = min(start + rows, n_x)
         mass = torch.nn.functional.scaled_dot_product_attention(qf[:, :, start:stop], kf, ind)
         out[:, start:stop] = mass[..., :n].mean(dim=1)
+    return out
+
+
+def block_attention(call, block: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask,
+                    kernel: Callable) -> torch.Tensor:
+    """One FLUX block's joint attention under MUSAR: condition-cache bookkeeping, route scores
+    in routing blocks, routed attention, and the strength blend of the canvas output. ``call``
+    is the ``session.MusarCall`` of this model call, ``block`` ("double" | "single", index);
+    ``kernel(q, k, v, mask=None)`` is the model's attention function."""
+    if mask is not None:  # the diffusion-model wrapper drops conditioning masks before FLUX
+        raise RuntimeError("MUSAR: an attention mask reached routed attention; another patch "
+                           "adds one, which MUSAR's routing cannot combine with")
+    lay, settings, run = call.layout, call.routing.settings, call.run
+    P, C = lay.prompt_len, lay.canvas_len
+    if call.cached:
+        kt, vt, ki, vi = run.kv[block]
+        k = torch.cat([k[:, :, :P], kt, k[:, :, P:], ki], 2)
+        v = torch.cat([v[:, :, :P], vt, v[:, :, P:], vi], 2)
+        q_x = q[:, :, P:P + lay.x_len]
+    else:
+        q_x = q[:, :, lay.x]
+        if settings.condition_cache:
+            cond_txt, cond_img = slice(P, lay.txt_len), slice(lay.txt_len + C, lay.total)
+            run.kv[block] = (k[:, :, cond_txt], v[:, :, cond_txt], k[:, :, cond_img], v[:, :, cond_img])
+    if call.collect and block in call.routing.blocks:
+        call.add_scores(subject_attention_mass(q_x, k, lay))
+    if call.cached:
+        out = routed_attention_cached(q, k, v, lay, call.plan, kernel)
+        canvas = slice(P, P + C)
+    else:
+        out = routed_attention(q, k, v, lay, call.plan, kernel)
+        canvas = lay.canvas
+    if settings.strength != 1.0:  # blend canvas output with its no-subject attention
+        keys = torch.cat([torch.arange(P), torch.arange(lay.txt_len, lay.txt_len + C)]).to(q.device)
+        base = kernel(q[:, :, canvas], k.index_select(2, keys), v.index_select(2, keys))
+        out[:, canvas] = base + settings.strength * (out[:, canvas] - base)
     return out

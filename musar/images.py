@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import LayoutError
+from .errors import LayoutError, RoutingError
 from .subjects import PALETTE
 
 CROP_MODES = ("center crop", "pad", "stretch", "keep aspect")
@@ -57,9 +57,8 @@ def _geometry(height: int, width: int, size: int, mode: str) -> tuple[int, int, 
 def prepare_reference(image: torch.Tensor, size: int, mode: str, mask: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Bring a reference (and its optional mask) to the reference size: returns IMAGE (1,h,w,3)
-    with h, w multiples of 16, and the mask (h, w) transformed identically."""
-    if size % 16:
-        raise LayoutError(f"reference size must be a multiple of 16, got {size}")
+    with h, w multiples of 16, and the mask (h, w) transformed identically. ``size`` and ``mode``
+    are checked by ``settings.check_subject``."""
     image = check_image(image)
     _, height, width, _ = image.shape
     if mask is not None:
@@ -96,3 +95,20 @@ def overlay(image: torch.Tensor, masks: torch.Tensor, opacity: float = 0.5) -> t
         a = (m.to(out) * opacity)[None, ..., None]
         out = out * (1 - a) + colour * a
     return out
+
+
+def route_overlay(images: torch.Tensor, routes: torch.Tensor, grid: tuple[int, int],
+                  n_subjects: int, opacity: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image with its own route drawn over it. ``routes`` is (B, x_len), one route per
+    image (or (1, x_len) for every image). Returns the overlay IMAGE (B, H, W, 3) and the masks
+    (B * N, H, W): image 0's N subject masks, then image 1's ..."""
+    batch, height, width, _ = images.shape
+    if routes.shape[0] not in (1, batch):
+        raise RoutingError(f"{batch} images arrived but the sampling run routed {routes.shape[0]}: "
+                           "connect the images decoded from that sampler's LATENT")
+    overlays, masks = [], []
+    for i in range(batch):
+        m = route_masks(routes[i if routes.shape[0] == batch else 0], grid, n_subjects, height, width)
+        overlays.append(overlay(images[i:i + 1], m, opacity))
+        masks.append(m)
+    return torch.cat(overlays), torch.cat(masks)

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 
 from .errors import LayoutError
-from .layout import MAX_SUBJECTS, mask_to_tokens, pack_latent
+from .layout import check_subject_count, mask_to_tokens, pack_latent
 
 # Overlay colours (RGB 0..1) per subject index; the web extension uses the same table.
 PALETTE = (
@@ -80,9 +80,7 @@ class SubjectSet:
         return len(self.subjects)
 
     def add(self, subject: Subject) -> SubjectSet:
-        if len(self.subjects) >= MAX_SUBJECTS:
-            raise LayoutError(f"at most {MAX_SUBJECTS} subjects can be chained; this would be "
-                              f"subject {len(self.subjects) + 1} - remove some MUSAR Subject nodes")
+        check_subject_count(len(self.subjects) + 1)
         return SubjectSet(self.subjects + (subject,))
 
     def check_model(self, latent_channels: int, context_dim: int) -> None:

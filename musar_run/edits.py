@@ -60,10 +60,10 @@ STANDINS = {
     "toy": StandIn(
         node="MUSAR_ToyWorldLoader", inputs={"model_file": "toy_flux.safetensors"},
         description="the trained toy-world FLUX, codec, text encoder and MUSAR LoRA "
-                    "(musar/toy/weights, docs/TOY_WORLD.md): toy subjects, prompt and reference "
+                    "(toyworld/weights, docs/TOY_WORLD.md): toy subjects, prompt and reference "
                     "images replace the workflow's, so the image shows the chosen subjects",
         passthrough={"LoraLoaderModelOnly": "model"},
-        prepare="musar_toy.demo:prepare",
+        prepare="toyworld.demo:prepare",
         caps={("EmptySD3LatentImage", "width"): 128, ("EmptySD3LatentImage", "height"): 128,
               ("EmptyLatentImage", "width"): 128, ("EmptyLatentImage", "height"): 128,
               ("MUSAR_Subject", "reference_size"): 128}),

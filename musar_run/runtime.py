@@ -54,7 +54,7 @@ def bootstrap(comfy_dir: str | os.PathLike | None = None, base_dir: str | os.Pat
     root = str(REPO_ROOT)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != root]
     sys.path.insert(0, str(comfy))
-    sys.path.append(root)  # last: musar_run / musar_toy stay importable, ComfyUI's nodes.py wins
+    sys.path.append(root)  # last: musar_run / toyworld stay importable, ComfyUI's nodes.py wins
     import comfy.cli_args
     import comfy.options  # noqa: F401  (ComfyUI's own import order)
 

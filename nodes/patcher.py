@@ -1,8 +1,10 @@
 """The one place that knows ModelPatcher and transformer_options: MUSAR enters ComfyUI's FLUX
 only through official hooks, always on a ``clone()``:
 
-* ``WrappersMP.OUTER_SAMPLE``    - starts a fresh RunState per sampling run (per-run routes/cache).
-* ``WrappersMP.DIFFUSION_MODEL`` - per model call: builds the token layout and routing plan,
+* ``WrappersMP.OUTER_SAMPLE``    - starts a fresh RunState per sampling run (per-run routes/cache),
+                                   tagged with the sampler node and its output's fingerprint.
+* ``WrappersMP.DIFFUSION_MODEL`` - per model call: translates ComfyUI's call into
+                                   ``musar.planning.plan_call`` (layout, route, cache, scores),
                                    appends subject captions to the context, publishes the call.
 * ``post_input`` patch           - appends subject image tokens (through img_in) and their ids.
 * ``patches_replace`` dit blocks - runs the stock block with per-segment modulation
@@ -22,11 +24,12 @@ import comfy.model_base
 import comfy.patcher_extension
 import torch
 from comfy.ldm.flux.layers import timestep_embedding
+from comfy_execution.utils import get_executing_context
 
-from ..musar import session
-from ..musar.errors import ModelError
+from ..musar import attention, flux_forward, planning, session
+from ..musar.errors import ModelError, RoutingError
 from ..musar.layout import TokenLayout, subject_ids
-from ..musar.routing import RoutePlan
+from ..musar.settings import RoutingSettings
 from . import lora_modules
 
 logger = logging.getLogger(__name__)
@@ -71,40 +74,55 @@ def apply_lora(model, lora, s_noisy: float, s_subject: float):
     return m
 
 
-def apply_routing(model, subjects, settings: session.RoutingSettings, recorder: session.Recorder):
+def apply_routing(model, subjects, settings: RoutingSettings):
+    """A clone of ``model`` with ``subjects`` routed under ``settings``; returns it with the
+    Recorder of its sampling runs (for the preview)."""
     dm = flux_model(model)
-    m = model.clone()
-    to = m.model_options["transformer_options"]
-    replaced = {k for k in to.get("patches_replace", {}).get("dit", {})
-                if not getattr(to["patches_replace"]["dit"][k], "musar", False)}
+    to = model.model_options["transformer_options"]
+    if to.get(ROUTING) is not None:
+        raise RoutingError(f"this MODEL already went through MUSAR Apply Routing (subjects "
+                           f"{list(to[ROUTING].recorder.captions)}); a second one cannot add to "
+                           "it: chain every MUSAR Subject into one Apply Routing")
+    replaced = {k for k, p in to.get("patches_replace", {}).get("dit", {}).items()
+                if not getattr(p, "musar", False)}
     if replaced:
         raise ModelError(f"another node already replaced FLUX blocks {sorted(replaced)[:3]}...; "
                          "apply MUSAR routing before it (MUSAR must run the blocks itself)")
-    to[ROUTING] = _Routing(subjects, settings, recorder, model.model.process_latent_in)
+    sampling = model.get_model_object("model_sampling")
+    routing = planning.resolve(settings, sampling.percent_to_sigma, len(dm.double_blocks),
+                               len(dm.single_blocks))
+    recorder = session.Recorder(tuple(s.caption for s in subjects.subjects))
+    m = model.clone()
+    to = m.model_options["transformer_options"]
+    to[ROUTING] = _Routing(subjects, routing, recorder, model.model.process_latent_in)
     for kind, count in (("double_block", len(dm.double_blocks)), ("single_block", len(dm.single_blocks))):
         for i in range(count):
             m.set_model_patch_replace(_BlockPatch(kind, i), "dit", kind, i)
     if not any(getattr(p, "musar", False) for p in to.get("patches", {}).get("post_input", [])):
         m.set_model_post_input_patch(_post_input)
     previous = to.get("optimized_attention_override")
-    if not getattr(previous, "musar", False):
+    if not getattr(previous, "musar", False):  # the setters above replace the options dict
         m.model_options["transformer_options"]["optimized_attention_override"] = _AttentionOverride(previous)
     m.remove_wrappers_with_key(WRAPPERS.OUTER_SAMPLE, KEY)
     m.add_wrapper_with_key(WRAPPERS.OUTER_SAMPLE, KEY, _outer_sample)
     _ensure_call_wrapper(m)
-    return m
+    return m, recorder
 
 
 class _Routing:
-    """What ApplyRouting put on the MODEL (immutable; shared by clones)."""
+    """What ApplyRouting put on the MODEL (immutable; shared by clones): the routed segments
+    (subjects: a caption in the text stream, reference tokens appended to the image stream),
+    the resolved settings and the recorder of sampling runs."""
 
-    def __init__(self, subjects, settings, recorder, process_latent_in):
-        self.subjects, self.settings, self.recorder = subjects, settings, recorder
+    def __init__(self, subjects, routing: planning.Routing, recorder, process_latent_in):
+        self.subjects, self.routing, self.recorder = subjects, routing, recorder
         self.process_latent_in = process_latent_in  # VAE latent -> model latent space
         grids = [s.grid for s in subjects.subjects]
-        ids = subject_ids(grids, settings.position_mode)
+        ids = subject_ids(grids, routing.settings.positions)
         self.ids = torch.cat([torch.zeros(0, 3)] + [i if s.keep is None else i[s.keep]
                                                     for i, s in zip(ids, subjects.subjects)])
+        self.caption_lens = tuple(s.caption_tokens.shape[1] for s in subjects.subjects)
+        self.image_lens = tuple(s.n_tokens for s in subjects.subjects)
         self._device_cache: dict = {}
 
     def tokens(self, device, dtype):
@@ -126,11 +144,18 @@ def _ensure_call_wrapper(m):
 
 
 def _outer_sample(executor, *args, **kwargs):
+    """A fresh RunState per sampling run, tagged with the sampler node that runs it and, when
+    done, with the fingerprint of the latent it returns (how the preview finds its route)."""
     guider = executor.class_obj
     routing = guider.model_options["transformer_options"].get(ROUTING)
-    if routing is not None:  # guider.model_options is a per-sample copy, not the MODEL's
-        guider.model_options["transformer_options"][RUN] = routing.recorder.begin()
-    return executor(*args, **kwargs)
+    if routing is None:
+        return executor(*args, **kwargs)
+    context = get_executing_context()
+    run = routing.recorder.begin(None if context is None else (context.prompt_id, context.node_id))
+    guider.model_options["transformer_options"][RUN] = run  # a per-sample copy, not the MODEL's
+    out = executor(*args, **kwargs)
+    run.output = session.fingerprint(out)
+    return out
 
 
 def _grid(h: int, w: int, patch: int) -> tuple[int, int]:
@@ -143,12 +168,21 @@ def _diffusion_model_wrapper(executor, x, timestep, context, y, guidance, ref_la
     grid = _grid(x.shape[-2], x.shape[-1], dm.patch_size)
     extra = sum(math.prod(_grid(r.shape[-2], r.shape[-1], dm.patch_size)) for r in ref_latents or ())
     routing = transformer_options.get(ROUTING)
-    base = TokenLayout(context.shape[1], grid[0] * grid[1], extra_len=extra)
     if routing is None or len(routing.subjects) == 0:
+        base = TokenLayout(context.shape[1], grid[0] * grid[1], extra_len=extra)
         with session.activate(session.MusarCall(base, model=dm)):
             return executor(x, timestep, context, y, guidance, ref_latents, control,
                             transformer_options, **kwargs)
-    call = _build_call(dm, routing, base, grid, x, timestep, y, guidance, transformer_options)
+    schedule = transformer_options.get("sample_sigmas")
+    shape = planning.CallShape(
+        prompt_len=context.shape[1], grid=grid, extra_len=extra, batch=x.shape[0],
+        kinds=tuple(transformer_options.get("cond_or_uncond", [0])),
+        sigma=float(transformer_options["sigmas"].max()), device=x.device,
+        schedule=None if schedule is None else tuple(schedule.tolist()))
+    run = transformer_options.get(RUN) or routing.recorder.latest or routing.recorder.begin()
+    call = planning.plan_call(routing.routing, run, shape, routing.caption_lens, routing.image_lens)
+    call.model, call.source = dm, routing
+    call.vec0 = functools.partial(_clean_vec, dm, y, guidance is not None, x.shape[0])
     if kwargs.get("attention_mask") is not None:
         logger.warning("MUSAR: a conditioning attention_mask cannot be combined with subject "
                        "tokens and is not applied")
@@ -163,51 +197,9 @@ def _diffusion_model_wrapper(executor, x, timestep, context, y, guidance, ref_la
     return out
 
 
-def _build_call(dm, routing, base, grid, x, timestep, y, guidance, transformer_options):
-    settings: session.RoutingSettings = routing.settings
-    subjects = routing.subjects.subjects
-    layout = TokenLayout(base.prompt_len, base.x_len,
-                         tuple(s.caption_tokens.shape[1] for s in subjects),
-                         tuple(s.n_tokens for s in subjects), base.extra_len)
-    run = transformer_options.get(RUN) or routing.recorder.latest or routing.recorder.begin()
-    run.grid = grid
-    kinds = list(transformer_options.get("cond_or_uncond", [0]))
-    sigma = float(transformer_options["sigmas"].max())
-    route = run.route_for(sigma, kinds, grid, settings) if settings.dynamic_at(sigma) else None
-    if route is not None and route.shape[0] != x.shape[0]:
-        route = None  # batch changed shape mid-run (e.g. another sampler call): stay static
-    plan = RoutePlan(settings.static, None if route is None else route.to(x.device), settings.symmetric and route is not None)
-    batch_key = (tuple(kinds), x.shape[0])
-    cached = settings.cache and bool(run.kv) and run.kv_batch == batch_key
-    if settings.cache and not cached:
-        run.kv, run.kv_batch = {}, batch_key
-    vec0 = functools.partial(_clean_vec, dm, y, guidance, x.shape[0])
-    return session.MusarCall(layout, plan, settings, run, kinds,
-                             collect=_next_step_routes(settings, sigma, transformer_options),
-                             cached=cached, model=dm, source=routing, vec0=vec0)
-
-
-def _next_step_routes(settings, sigma: float, transformer_options) -> bool:
-    """Route scores are only worth computing when the next step will use a route."""
-    if not settings.dynamic:
-        return False
-    schedule = transformer_options.get("sample_sigmas")
-    if schedule is None:  # not called by a ComfyUI sampler: keep scores for any later call
-        return sigma >= settings.sigma_end
-    later = [float(s) for s in schedule if 0 < float(s) < sigma]
-    return bool(later) and settings.dynamic_at(max(later))
-
-
-def _clean_vec(dm, y, guidance, batch, like: torch.Tensor) -> torch.Tensor:
-    """FLUX's modulation vector at timestep 0 and guidance 1 (the clean-condition vector)."""
-    zeros = torch.zeros(batch, device=like.device, dtype=like.dtype)
-    vec = dm.time_in(timestep_embedding(zeros, 256).to(like.dtype))
-    if dm.params.guidance_embed and guidance is not None:
-        vec = vec + dm.guidance_in(timestep_embedding(zeros + 1, 256).to(like.dtype))
-    if dm.vector_in is not None:
-        yy = y if y is not None else torch.zeros(batch, dm.params.vec_in_dim)
-        vec = vec + dm.vector_in(yy[:, :dm.params.vec_in_dim].to(like))
-    return vec
+def _clean_vec(dm, y, with_guidance: bool, batch: int, like: torch.Tensor) -> torch.Tensor:
+    return flux_forward.clean_vector(dm, y, with_guidance, batch, like.device, like.dtype,
+                                     embed=timestep_embedding)
 
 
 def _post_input(args):
@@ -281,4 +273,4 @@ class _AttentionOverride:
         if q.shape[2] != (lay.prompt_len + lay.canvas_len if call.cached else lay.total):
             raise RuntimeError(f"MUSAR: attention over {q.shape[2]} tokens, layout expects {lay.total}")
         block = (transformer_options.get("block_type"), transformer_options.get("block_index"))
-        return session.block_attention(call, block, q, k, v, mask, kernel)
+        return attention.block_attention(call, block, q, k, v, mask, kernel)

@@ -15,6 +15,7 @@ run on them unchanged (docs/TOY_WORLD.md).
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 from pathlib import Path
@@ -29,12 +30,16 @@ import torch
 from comfy_api.latest import io
 
 from ..musar.errors import ModelError, MusarError
-from ..musar.toy import ToyCodec, ToyTextEncoder
+from ..toyworld.codec import ToyCodec
+from ..toyworld.textenc import ToyTextEncoder
 from . import standins
 
 logger = logging.getLogger(__name__)
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "musar" / "toy" / "weights"
-WEIGHTS_ENV = "MUSAR_TOY_WEIGHTS"  # another folder of toy files (training scripts' smoke tests)
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "weights"
+# Another folder of toy files, set by whoever runs the process (the toy scripts, their smoke
+# tests), never by a prompt: the loader reads only from this one folder.
+WEIGHTS_ENV = "MUSAR_TOY_WEIGHTS"
+MODEL_PATTERN = "toy_flux*.safetensors"
 CODEC_FILE, TEXT_FILE, BASE_FILE = "toy_codec.safetensors", "toy_text_encoder.safetensors", "toy_flux.safetensors"
 PAD_ID, END_ID, ID_SHIFT = 0, 1, 1
 
@@ -167,7 +172,7 @@ def _path(folder: Path, name: str) -> Path:
     path = Path(folder) / name
     if not path.is_file():
         raise ModelError(f"toy-world file '{path}' is missing: train the toy model "
-                         "(python -m musar_toy.train_base) or restore the committed weights")
+                         "(python -m toyworld.train_base) or restore the committed weights")
     return path
 
 
@@ -184,14 +189,41 @@ def load_text_encoder(folder: Path) -> ToyTextEncoder:
 
 
 def load_toy_world(folder: Path, model_file: str = BASE_FILE):
-    """(MODEL patcher, CLIP, VAE) of the toy world in ``folder``."""
+    """(MODEL patcher, CLIP, VAE) of the toy world in ``folder`` (scripts pass their own folder;
+    the node goes through :func:`model_path`)."""
     model, _ = standins.load_flux_file(str(_path(folder, model_file)))
     return model, build_clip(load_text_encoder(folder)), build_vae(load_codec(folder))
 
 
 def model_files() -> list[str]:
-    files = sorted(p.name for p in weights_dir().glob("toy_flux*.safetensors"))
+    folder = weights_dir().resolve()
+    files = sorted(p.name for p in folder.glob(MODEL_PATTERN) if _inside(folder, p.name))
     return files or [BASE_FILE]
+
+
+def model_path(model_file) -> Path:
+    """The checkpoint ``model_file`` names, confined to the toy weights folder: a plain file name
+    matching ``toy_flux*.safetensors`` that resolves (symlinks and ``..`` followed) to a file
+    directly inside the folder. Anything else is refused with one message, so the answer never
+    tells what exists outside the folder."""
+    folder = weights_dir().resolve()
+    path = _inside(folder, model_file)
+    if path is None:
+        raise ModelError(f"model_file {str(model_file)[:80]!r} is not a toy FLUX checkpoint of the "
+                         f"pack's toy weights folder: expected one of {', '.join(model_files())}; "
+                         "pick one from the list")
+    return path
+
+
+def _inside(folder: Path, name) -> Path | None:
+    if not isinstance(name, str) or not name or "\x00" in name or Path(name).name != name:
+        return None
+    try:
+        path = (folder / name).resolve()
+    except (OSError, RuntimeError):  # symlink loops, names the OS refuses
+        return None
+    ok = path.parent == folder and fnmatch.fnmatch(path.name, MODEL_PATTERN) and path.is_file()
+    return path if ok else None
 
 
 class ToyWorldLoader(io.ComfyNode):
@@ -210,14 +242,26 @@ class ToyWorldLoader(io.ComfyNode):
             is_experimental=True,
             inputs=[
                 io.Combo.Input("model_file", options=model_files(), default=BASE_FILE,
-                               tooltip="Toy FLUX checkpoint in the pack's musar/toy/weights folder."),
+                               tooltip="Toy FLUX checkpoint in the pack's toyworld/weights folder "
+                                       "(nothing outside that folder can be loaded)."),
             ],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
         )
 
     @classmethod
+    def validate_inputs(cls, model_file):
+        if model_file is None:  # linked from another node: checked at execute time
+            return True
+        try:
+            model_path(model_file)
+        except ModelError as e:
+            return str(e)
+        return True
+
+    @classmethod
     def execute(cls, model_file) -> io.NodeOutput:
-        return io.NodeOutput(*load_toy_world(weights_dir(), model_file))
+        path = model_path(model_file)
+        return io.NodeOutput(*load_toy_world(path.parent, path.name))
 
 
 NODES = [ToyWorldLoader]

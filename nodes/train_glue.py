@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..musar.errors import TrainingError
-from ..musar.session import Recorder, RoutingSettings
+from ..musar.settings import RoutingSettings
 from ..musar.subjects import Subject, SubjectSet
 from ..musar.train import Callbacks, Encoders, Trainer, placeholder_image, render_loss_curve
 from . import patcher
@@ -117,9 +117,7 @@ class Validator:
     def __call__(self, lora, step: int) -> torch.Tensor:
         m = apply_dual_lora(self.model, lora, 1.0, 1.0)
         if len(self.subjects):
-            settings = RoutingSettings(static=True, dynamic=False)
-            m = patcher.apply_routing(m, self.subjects, settings,
-                                      Recorder(tuple(s.caption for s in self.subjects.subjects)))
+            m, _ = patcher.apply_routing(m, self.subjects, RoutingSettings(dynamic_routing=False))
         noise = torch.randn(self.latent.shape, generator=torch.Generator().manual_seed(self.seed))
         try:  # a Cancel can interrupt sampling: the plain model is put back either way
             out = comfy.sample.sample(m, noise, self.steps, 1.0, "euler", "simple", self.positive,

@@ -136,9 +136,10 @@ MODELS_NOTE = """MODEL FILES (ComfyUI/models/...)
 - loras/{lora}
   {lora_hint}
 
-REFERENCE IMAGES (ComfyUI/input/)
-The Load Image nodes use the pack's demo drawings: copy ComfyUI-MUSAR/workflows/assets/*.png into
-ComfyUI/input, or load your own photos (one subject each, plain background works best).
+REFERENCE IMAGES
+The MUSAR Example Image nodes load the pack's demo drawings from ComfyUI-MUSAR/workflows/assets
+(nothing to copy). For your own pictures replace each one with a Load Image node (one subject
+per picture, a plain background works best) and connect its IMAGE to the MUSAR Subject node.
 
 PROMPT
 MUSAR-Gen template: "An undivided, seamless, and harmonious picture with two objects. in the
@@ -275,7 +276,7 @@ def build_musar(info, name, subjects, scene, unet, lora, strengths, sampling, la
     captions = [IMAGES[img][1] for img in subjects]
     listed = " and ".join([", ".join(captions[:-1]), captions[-1]])
     prompt = TEMPLATE.format(count=count, scene=scene, subjects=listed)
-    b.note(1, (-470, 0), (440, 620), MODELS_NOTE.format(
+    b.note(1, (-470, 0), (440, 650), MODELS_NOTE.format(
         unet=unet[0], unet_hint=unet[1], lora=lora[0], lora_hint=lora[1], name=name))
     b.add(2, "UNETLoader", (0, 0), {"unet_name": unet[0], "weight_dtype": "default"})
     b.add(3, "DualCLIPLoader", (0, 130), {"clip_name1": "clip_l.safetensors",
@@ -287,8 +288,8 @@ def build_musar(info, name, subjects, scene, unet, lora, strengths, sampling, la
     for i, image in enumerate(subjects):
         y = 480 + 330 * i
         load, subject = 20 + 2 * i, 21 + 2 * i
-        b.add(load, "LoadImage", (0, y), {"image": image}, title=f"Subject {i + 1} image",
-              size=(315, 310))
+        b.add(load, "MUSAR_ExampleImage", (0, y), {"image": image},
+              title=f"Subject {i + 1} image (example)", size=(315, 310))
         links = {"image": (load, 0), "vae": (4, 0), "clip": (3, 0)}
         if previous is not None:
             links["subjects"] = (previous, 0)

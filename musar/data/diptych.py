@@ -1,6 +1,6 @@
 """Debiased diptych learning: two-subject training samples built from single-subject pairs.
 
-``DiptychBuilder.sample(index)`` (METHOD.md, "Debiased diptych learning"):
+``DiptychBuilder.sample(index)`` (docs/METHOD.md, "Debiased diptych learning"):
 1. pick two rows A, B with different items (uniform over rows; items compared after
    ``strip().casefold()``);
 2. for each, a seeded coin picks which panel is the condition; the other panel is its half of

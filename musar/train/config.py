@@ -16,10 +16,11 @@ from ..errors import TrainingError
 
 OPTIMIZERS = ("adamw", "prodigy")
 PRECISIONS = ("fp32", "bf16")
+ATTENTION_PLANS = ("static", "dense")
 # Settings that shape the trajectory: a checkpoint resumes only under the same values.
 TRAJECTORY_KEYS = ("noisy_rank", "subject_rank", "learning_rate", "optimizer", "weight_decay",
                    "grad_clip", "warmup_steps", "precision", "seed", "guidance", "t_mean", "t_std",
-                   "position_mode")
+                   "position_mode", "attention")
 MAX_RANK = 4096
 
 
@@ -44,6 +45,7 @@ class TrainConfig:
     t_mean: float = 0.0  # t = sigmoid(N(t_mean, t_std)) [chosen, as OminiControl]
     t_std: float = 1.0
     position_mode: str = "shared"  # subject position ids (musar.layout.subject_ids)
+    attention: str = "static"  # "static": the paper's routing mask; "dense": no routing (baseline)
     checkpoint_every: int = 0  # 0: only at the end (and on cancel)
     keep_checkpoints: int = 3
     validate_every: int = 0  # 0: no validation images
@@ -72,6 +74,7 @@ class TrainConfig:
         _check_choice(self, "optimizer", OPTIMIZERS)
         _check_choice(self, "precision", PRECISIONS)
         _check_choice(self, "position_mode", ("shared", "distinct", "kontext"))
+        _check_choice(self, "attention", ATTENTION_PLANS)
         if self.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
             raise TrainingError("optimizer 'prodigy' needs the prodigyopt package, which is not "
                                 "installed: pip install prodigyopt, or use optimizer 'adamw'")
@@ -125,8 +128,9 @@ def trajectory_differences(saved: Mapping, current: TrainConfig, saved_world: in
                            world: int) -> list[str]:
     """Settings that differ between a checkpoint's config and this run (resume must match)."""
     now = current.to_dict()
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in TRAJECTORY_KEYS
-             if saved.get(k) != now[k]]
+    # a setting added after a checkpoint was written had its default value in that run
+    old = {k: saved.get(k, TrainConfig.__dataclass_fields__[k].default) for k in TRAJECTORY_KEYS}
+    diffs = [f"{k}: checkpoint {old[k]!r}, now {now[k]!r}" for k in TRAJECTORY_KEYS if old[k] != now[k]]
     before = int(saved.get("batch_size", 0)) * int(saved.get("grad_accum", 0)) * saved_world
     if before != current.samples_per_step(world):
         diffs.append(f"samples per step (batch_size x grad_accum x processes): checkpoint "

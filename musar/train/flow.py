@@ -3,7 +3,8 @@
 ComfyUI's FLUX convention: x_t = (1 - t) x0 + t noise, the model receives t (= sigma, in
 [0, 1]) and predicts the velocity noise - x0. t = sigmoid(N(t_mean, t_std)) (logit-normal)
 [chosen, as OminiControl]. The loss is the MSE on the X tokens only (the forward returns nothing
-else); conditions are clean (timestep 0, guidance 1), static routing is on.
+else); conditions are clean (timestep 0, guidance 1), static routing is on (``attention="dense"``:
+off, the no-routing baseline).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..routing import RoutePlan
 from .rng import timestep_and_noise
 from .samples import Batch
 
-STATIC = RoutePlan(static=True)
+PLANS = {"static": RoutePlan(static=True), "dense": RoutePlan(static=False)}  # config.attention
 
 
 def model_signature(dm) -> dict:
@@ -107,6 +108,6 @@ def batch_loss(dm, batch: Batch, seeds: list[int], lora_modules, config, dtype: 
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                               enabled=config.precision == "bf16")
     with autocast:
-        pred = musar_forward(dm, inp, batch.layout, STATIC, lora=lora_modules,
+        pred = musar_forward(dm, inp, batch.layout, PLANS[config.attention], lora=lora_modules,
                              gradient_checkpointing=config.gradient_checkpointing)
     return (pred.float() - target.float()).pow(2).mean(dim=(1, 2)).sum()

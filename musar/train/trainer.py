@@ -1,4 +1,4 @@
-"""The training loop: debiased diptych learning of the dual-branch LoRA (METHOD.md).
+"""The training loop: debiased diptych learning of the dual-branch LoRA (docs/METHOD.md).
 
     trainer = Trainer(dm, training_set, encoders, TrainConfig(steps=1000), cache_dir=...,
                       store=CheckpointStore(folder, "my_lora"))

@@ -1,8 +1,11 @@
-"""Real-browser tier: the real ComfyUI server + the real frontend (1.32.9) in headless Chromium.
+"""Real-browser tier: the real ComfyUI server + the real frontend in headless Chromium.
 
-Chromium comes from Debian packages and Playwright for Python drives it through
-``executable_path`` (scripts/setup_browser.sh installs both; ``playwright install`` is never
-used). One server and one browser page per test module.
+Two frontends: the one ComfyUI 0.3.75 pins (1.32.9, in the venv) and the newest on the registry
+(NEW_FRONTEND, in a git-ignored folder, served with ``main.py --front-end-root``), as users of
+current ComfyUI run. Tests that take the ``ui`` fixture run once per frontend. Chromium comes from
+Debian packages and Playwright for Python drives it through ``executable_path``
+(scripts/setup_browser.sh installs Chromium, Playwright and the second frontend; ``playwright
+install`` is never used). One server and one browser page per test module and frontend.
 """
 
 from __future__ import annotations
@@ -27,15 +30,52 @@ PACK_URL = f"/extensions/{serverutil.PACK_NAME}/"
 # A user who has seen the first-run template browser (it would cover the canvas) and turned off
 # the zoomed-out simplified rendering (so full-graph screenshots stay readable).
 USER_SETTINGS = {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.MinFontSizeForLOD": 0}
+PINNED_FRONTEND = "1.32.9"  # comfyui-frontend-package in the venv (ComfyUI 0.3.75's pin)
+NEW_FRONTEND = "1.58.1"  # scripts/setup_browser.sh installs it beside the venv
+NEW_FRONTEND_DIR = Path(os.environ.get("MUSAR_NEW_FRONTEND_DIR",
+                                       serverutil.ROOT / ".comfyui" / f"frontend-{NEW_FRONTEND}"))
+
+
+def frontend_args(version: str) -> tuple[str, ...]:
+    """main.py arguments that serve ``version`` of the frontend."""
+    if version == PINNED_FRONTEND:
+        return ()
+    static = NEW_FRONTEND_DIR / "comfyui_frontend_package" / "static"
+    if not (static / "index.html").is_file():
+        pytest.fail(f"frontend {version} not found in {NEW_FRONTEND_DIR}: run scripts/setup_browser.sh")
+    return ("--front-end-root", str(static))
+
+
+@pytest.fixture(scope="module", params=[PINNED_FRONTEND, NEW_FRONTEND], ids=lambda v: f"frontend-{v}")
+def frontend(request):
+    return request.param
+
+
+def place_model_files(base: Path) -> None:
+    """Empty files named as the shipped workflows' model files (read from their API copies), so
+    the frontend's missing-model check (newer frontends mark such nodes) sees a user who has them."""
+    sys.path.append(str(serverutil.ROOT))
+    from musar_run.edits import MODEL_INPUTS
+
+    for api in (serverutil.ROOT / "workflows" / "api").glob("*.json"):
+        for node in json.loads(api.read_text()).values():
+            for name, value in node["inputs"].items():
+                folder = MODEL_INPUTS.get((node["class_type"], name))
+                if folder and isinstance(value, str):
+                    target = base / "models" / folder / value
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.touch()
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory):
+def ui_server(tmp_path_factory, frontend):
     base = serverutil.make_base_dir(tmp_path_factory.mktemp("comfy-ui"))
+    place_model_files(base)
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps(USER_SETTINGS))
-    with serverutil.running_server(base) as server:
+    with serverutil.running_server(base, frontend_args(frontend)) as server:
+        server.frontend = frontend
         yield server
 
 
@@ -74,7 +114,10 @@ class UI:
         """Fit the graph in view and save test-artifacts/browser/<name>.png."""
         self.js("() => window.comfyAPI.app.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
         self.page.wait_for_timeout(300)
-        path = ARTIFACTS / f"{name}.png"
+        folder = ARTIFACTS if self.server.frontend == PINNED_FRONTEND else (
+            ARTIFACTS / f"frontend-{self.server.frontend}")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.png"
         self.page.screenshot(path=str(path))
         return path
 

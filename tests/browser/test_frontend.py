@@ -76,7 +76,10 @@ def close_dialogs(ui):
     """Dismiss what an earlier load left on screen (dialogs, toasts)."""
     for _ in range(3):
         ui.page.keyboard.press("Escape")
-    ui.js("() => window.comfyAPI.app.app.extensionManager.toast.removeAll()")
+    # toast.removeAll in 1.32.9; newer frontends dropped it (their toasts are closed below)
+    ui.js("() => window.comfyAPI.app.app.extensionManager.toast.removeAll?.()")
+    for close in ui.page.locator(".p-toast-message .p-toast-close-button").all():
+        close.click()
     ui.page.wait_for_function(f"() => ({VISIBLE_ALERTS})().length === 0", timeout=5_000)
 
 

@@ -38,20 +38,32 @@ def sample(model, steps=3, cfg=2.0, seed=0, size=16, cond_seed=0):
                                seed=seed, disable_pbar=True)
 
 
-def settings(pack, model_depth=(2, 2), **kw):
-    session = pack_module(pack, "musar.session")
-    routing = pack_module(pack, "musar.routing")
-    blocks = routing.parse_blocks(kw.pop("blocks", "double"), *model_depth)
-    defaults = dict(static=True, dynamic=True, sigma_start=float("inf"), sigma_end=0.0,
-                    routing_blocks=blocks)
-    defaults.update(kw)
-    if not defaults["dynamic"]:
-        defaults["routing_blocks"] = frozenset()
-    return session.RoutingSettings(**defaults)
+def settings(pack, **kw):
+    """RoutingSettings as the tests name them (dynamic, symmetric, cache, position_mode, blocks),
+    dynamic routing from the first step (start_percent 0)."""
+    names = {"static": "static_routing", "dynamic": "dynamic_routing", "cache": "condition_cache",
+             "position_mode": "positions", "blocks": "routing_blocks"}
+    values = {"start_percent": 0.0, "end_percent": 1.0}
+    values.update({names.get(k, k): v for k, v in kw.items()})
+    return pack_module(pack, "musar.settings").RoutingSettings(**values)
 
 
 def routed(pack, model, subjects, **kw):
-    session = pack_module(pack, "musar.session")
+    """A routed clone of ``model`` and the Recorder of its sampling runs."""
+    return pack_module(pack, "nodes.patcher").apply_routing(model, subjects, settings(pack, **kw))
+
+
+def random_dual_lora(pack, model, ranks=(2, 4), seed=0, scale=0.5):
+    """(trainable factors, DualLoRA) on every MUSAR target module of ``model`` with seeded random
+    ups (a fresh LoRA's ups are zero, i.e. a no-op)."""
+    lora = pack_module(pack, "musar.lora")
     patcher = pack_module(pack, "nodes.patcher")
-    rec = session.Recorder(tuple(s.caption for s in subjects.subjects))
-    return patcher.apply_routing(model, subjects, settings(pack, **kw), rec), rec
+    dm = model.model.diffusion_model
+    names = lora.target_modules(len(dm.double_blocks), len(dm.single_blocks))
+    params = lora.init_trainable(patcher.model_shapes(model, names), *ranks, seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, value in params.items():
+            if key.endswith(".up"):
+                value.copy_(torch.randn(value.shape, generator=g) * scale)
+    return params, lora.from_trainable(params)

@@ -14,9 +14,9 @@ import torch
 from musar_helpers import pack_module
 
 import nodes as comfy_nodes
-from musar_toy import demo, train_base, train_lora
-from musar_toy import eval as toy_eval
-from musar_toy.common import WEIGHTS_DIR
+from toyworld import demo, train_base, train_lora
+from toyworld import eval as toy_eval
+from toyworld.common import WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 CODEC, TEXT = "toy_codec.safetensors", "toy_text_encoder.safetensors"
@@ -40,7 +40,7 @@ def toy(pack):
 
 @pytest.fixture(scope="module")
 def world(pack):
-    return pack_module(pack, "musar.toy").World(seed=0, panel=128)
+    return pack_module(pack, "toyworld").World(seed=0, panel=128)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,32 @@ def test_toy_demo_gives_the_shipped_workflow_toy_subjects(tmp_path, pack):
     assert {n["inputs"]["lora_name"] for n in prompt.values() if n["class_type"] == "MUSAR_LoadDualLoRA"} \
         == {"toy_musar_lora.safetensors"}
     assert {n["inputs"]["cfg"] for n in prompt.values() if n["class_type"] == "KSampler"} == {demo.TOY_CFG}
+
+
+def test_toy_loader_reads_only_toy_checkpoints_of_its_weights_folder(tmp_path, monkeypatch, pack, toy):
+    """model_file is free text on the wire (ComfyUI 0.3.75 does not check V3 combo values): every
+    name that leaves the toy weights folder is refused at validate and at execute time with the
+    same message whether or not the target exists."""
+    folder = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, folder)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy2(WEIGHTS_DIR / "toy_flux.safetensors", outside / "toy_flux.safetensors")
+    (folder / "toy_flux_link.safetensors").symlink_to(outside / "toy_flux.safetensors")
+    (folder / "notes.safetensors").write_bytes(b"x")
+    monkeypatch.setenv(toy.WEIGHTS_ENV, str(folder))
+    node = toy.ToyWorldLoader
+    assert node.validate_inputs("toy_flux.safetensors") is True
+    assert node.validate_inputs(None) is True  # linked input: checked at execute time
+    escapes = [str(outside / "toy_flux.safetensors"), "../outside/toy_flux.safetensors",
+               "toy_flux_link.safetensors", "../weights/toy_flux.safetensors", "..", "",
+               str(outside / "missing.safetensors"), "../outside/missing.safetensors",
+               "notes.safetensors", "toy_codec.safetensors", "toy_flux.safetensors\x00", 7]
+    messages = []
+    for name in escapes:
+        message = node.validate_inputs(name)
+        assert isinstance(message, str) and "expected one of toy_flux.safetensors;" in message, name
+        messages.append(message.replace(repr(str(name)[:80]), "NAME"))
+        with pytest.raises(pack_module(pack, "musar.errors").ModelError):
+            node.execute(name)
+    assert len(set(messages)) == 1  # one answer for existing and missing targets alike

@@ -93,3 +93,43 @@ def test_gradients_reach_only_the_lora_tensors(pack, tiny_flux):
             assert all(params[k].grad.abs().sum() > 0 for k in params if k not in dead)
             assert all(params[k].grad.abs().sum() == 0 for k in dead)
     assert all(p.grad is None for p in dm.parameters())
+
+
+def _stock_vec(model, x, sigma, context, y, guidance):
+    """The modulation vector ComfyUI's own forward_orig builds, captured at the first block."""
+    seen = []
+
+    def block(args, extra):
+        seen.append(args["vec"].clone())
+        return extra["original_block"](args)
+
+    m = model.clone()
+    m.set_model_patch_replace(block, "dit", "double_block", 0)
+    with torch.no_grad():
+        comfy_call(m, x, sigma, context, y, guidance)
+    return seen[0]
+
+
+@pytest.mark.parametrize("vec_dim", [32, None])
+def test_flux_math_is_comfyuis_own(pack, tiny_flux, vec_dim):
+    """One modulation vector for inference and training: musar's timestep embedding equals
+    ComfyUI's, the vector equals the one ComfyUI's forward builds, and the clean-condition vector
+    is that vector at timestep 0 / guidance 1 (also for models without vector_in or pooled text)."""
+    from comfy.ldm.flux.layers import timestep_embedding
+
+    ff = pack_module(pack, "musar.flux_forward")
+    t = torch.rand(6, generator=torch.Generator().manual_seed(1)) * 1.2
+    assert torch.equal(ff.timestep_embedding(t), timestep_embedding(t, 256))
+    model = tiny_flux(seed=13, vec_dim=vec_dim)
+    dm = model.model.diffusion_model
+    _, _, (x, sigma, context, y, guidance) = _inputs(pack, model, make_subjects(pack))
+    y = None if vec_dim is None else y
+    with torch.no_grad():
+        mine = ff.modulation_vector(dm, sigma, guidance, y, torch.float32)
+        clean = ff.clean_vector(dm, None, True, 2, x.device, torch.float32)
+        clean_comfy = ff.clean_vector(dm, None, True, 2, x.device, torch.float32, embed=timestep_embedding)
+    torch.testing.assert_close(mine, _stock_vec(model, x, sigma, context, y, guidance), rtol=0, atol=1e-6)
+    zero = torch.zeros(2)
+    stock_clean = _stock_vec(model, x, zero, context, None, zero + 1)
+    torch.testing.assert_close(clean, stock_clean, rtol=0, atol=1e-6)
+    assert torch.equal(clean, clean_comfy)

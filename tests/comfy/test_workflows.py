@@ -26,9 +26,10 @@ def info(pack):
 
 @pytest.fixture(scope="module")
 def prepared(info, base_dir):
-    """Placeholder model files named as in the workflows, and the demo images in the input folder
-    (validation only checks that the names are listed / the images exist). Removed afterwards so
-    other test modules of the session see the base directory as it was."""
+    """Placeholder model files named as in the workflows (validation only checks that the names
+    are listed). Nothing goes into the input folder: the workflows' pictures come from the pack
+    (MUSAR_ExampleImage). Removed afterwards so other test modules of the session see the base
+    directory as it was."""
     import folder_paths
 
     created = []
@@ -46,8 +47,6 @@ def prepared(info, base_dir):
                 folder = edits.MODEL_INPUTS.get((node["class_type"], key))
                 if folder and isinstance(value, str):
                     place(Path(folder_paths.get_folder_paths(folder)[0]) / value)
-    for png in (WORKFLOWS / "assets").glob("*.png"):
-        place(Path(folder_paths.get_input_directory()) / png.name, png)
     yield base_dir
     for path in created:
         path.unlink(missing_ok=True)
@@ -68,9 +67,20 @@ def server_info(server):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_shipped_workflow_validates_in_real_comfyui(name, info, prepared):
+def test_shipped_workflow_validates_in_real_comfyui_with_an_empty_input_folder(name, info, prepared,
+                                                                            tmp_path):
+    import folder_paths
+
     prompt = convert.ui_to_api(_load(WORKFLOWS / f"{name}.json"), info)
-    valid, error, outputs, node_errors = runtime.validate(prompt)
+    assert "LoadImage" not in {n["class_type"] for n in prompt.values()}, (
+        "a shipped workflow names a picture in the user's input folder: use MUSAR_ExampleImage")
+    user_input = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path))  # a first-run user: nothing copied anywhere
+    try:
+        valid, error, outputs, node_errors = runtime.validate(prompt)
+    finally:
+        folder_paths.set_input_directory(user_input)
+    assert not any(tmp_path.iterdir())
     assert valid, (error, node_errors)
     assert node_errors == {}
     if any(n["class_type"] == "MUSAR_ApplyRouting" for n in prompt.values()):

@@ -1,4 +1,4 @@
-"""Routed attention equals the dense masked reference; the plan matches METHOD.md's table."""
+"""Routed attention equals the dense masked reference; the plan matches docs/METHOD.md's table."""
 
 import itertools
 

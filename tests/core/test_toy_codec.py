@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from musar.errors import MusarError
-from musar.toy.codec import ToyCodec, depth_to_space, psnr, space_to_depth
-from musar.toy.detector import BACKGROUND_CLASS, COLOUR_NAMES, PATTERN_CLASS, classify_pixels
-from musar.toy.textenc import ToyTextEncoder
-from musar.toy.world import Subject, World, multi_caption
+from toyworld.codec import ToyCodec, depth_to_space, psnr, space_to_depth
+from toyworld.detector import BACKGROUND_CLASS, COLOUR_NAMES, PATTERN_CLASS, classify_pixels
+from toyworld.errors import ToyWorldError
+from toyworld.textenc import ToyTextEncoder
+from toyworld.world import Subject, World, multi_caption
 
 # Measured (48-image fits, seeds 0-2, 96 held-out scenes): mean PSNR 28.6 dB, worst scene 24.9 dB.
 MIN_MEAN_PSNR, MIN_SCENE_PSNR = 27.0, 23.5
@@ -67,7 +67,7 @@ def test_decode_then_encode_is_the_identity_on_latents(codec):
 def test_colours_stay_classifiable_after_a_round_trip(codec, heldout):
     pixels, truths = heldout
     out = codec.decode(codec.encode(pixels)).numpy()
-    from musar.toy.components import erode
+    from toyworld.components import erode
     kept = total = 0
     for img, truth in zip(out, truths, strict=True):
         cls = classify_pixels(img)
@@ -97,11 +97,11 @@ def test_fit_is_deterministic_and_state_dict_is_plain_tensors(world, codec, tmp_
 
 
 def test_codec_rejects_bad_shapes_with_musar_errors(codec):
-    with pytest.raises(MusarError, match="multiples of 8"):
+    with pytest.raises(ToyWorldError, match="multiples of 8"):
         codec.encode(torch.rand(1, 30, 32, 3))
-    with pytest.raises(MusarError, match="16"):
+    with pytest.raises(ToyWorldError, match="16"):
         codec.decode(torch.rand(1, 4, 4, 4))
-    with pytest.raises(MusarError, match="missing"):
+    with pytest.raises(ToyWorldError, match="missing"):
         ToyCodec.from_state_dict({"mean": torch.zeros(192)})
 
 
@@ -126,7 +126,7 @@ def test_text_encoder_padding_unknown_words_and_length_limit():
     assert tokens.shape == (2, 8, 32) and pooled.shape == (2, 8)
     assert mask.tolist()[1] == [True, True] + [False] * 6 and (tokens[1, 2:] == 0).all()
     assert enc.tokenize("a zebra") == [enc.index["a"], enc.unk_id]
-    with pytest.raises(MusarError, match="at most 8"):
+    with pytest.raises(ToyWorldError, match="at most 8"):
         enc.encode("one two three four five six seven eight nine")
 
 
@@ -136,7 +136,7 @@ def test_text_encoder_state_dict_round_trip_and_vocabulary_check():
     assert all(isinstance(v, torch.Tensor) for v in sd.values())
     again = ToyTextEncoder.from_state_dict(sd, extra_words=("diptych",))
     assert torch.equal(again.encode("a red diptych")[0], enc.encode("a red diptych")[0])
-    with pytest.raises(MusarError, match="different vocabulary"):
+    with pytest.raises(ToyWorldError, match="different vocabulary"):
         ToyTextEncoder.from_state_dict(sd)
     # a word's embedding does not depend on the rest of the vocabulary
     assert torch.equal(ToyTextEncoder().encode("red star")[0], enc.encode("red star")[0])

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from musar.errors import MusarError
-from musar.toy import export
-from musar.toy.codec import ToyCodec
-from musar.toy.components import fill_holes, label
-from musar.toy.detector import Detection, Detector, aggregate, score
-from musar.toy.world import Placement, Subject, World
+from toyworld import export
+from toyworld.codec import ToyCodec
+from toyworld.components import fill_holes, label
+from toyworld.detector import Detection, Detector, aggregate, score
+from toyworld.errors import ToyWorldError
+from toyworld.world import Placement, Subject, World
 
 N_SCENES = 144  # 1-4 subjects x 6 backgrounds, each combination 6 times; every third scene held out
 N_CODEC = 120   # the first 120 of them (each combination 5 times) through the codec
@@ -151,7 +151,7 @@ def test_score_definitions_on_hand_made_detections():
     assert s["all_present"] and not s["exact"] and s["extra"] == 1
     rates = aggregate([s, score([], ["red plain star"])])
     assert rates["all_present_rate"] == 0.5 and rates["collapsed_rate"] == 0.5 and rates["mean_extra"] == 0.5
-    with pytest.raises(MusarError):
+    with pytest.raises(ToyWorldError):
         score([], ["purple star"])
 
 

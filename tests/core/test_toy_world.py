@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from musar.errors import MusarError
-from musar.toy import export
-from musar.toy.backgrounds import BACKGROUNDS, background_palette
-from musar.toy.components import dilate, erode
-from musar.toy.world import (
+from toyworld import export
+from toyworld.backgrounds import BACKGROUNDS, background_palette
+from toyworld.components import dilate, erode
+from toyworld.errors import ToyWorldError
+from toyworld.world import (
     ALL_SUBJECTS,
     COLOURS,
     PATTERN_COLOUR,
@@ -41,11 +41,11 @@ def test_subject_phrase_item_and_parse_round_trip():
 
 
 def test_unknown_attribute_is_a_musar_error_listing_the_valid_values():
-    with pytest.raises(MusarError, match="'circle'"):
+    with pytest.raises(ToyWorldError, match="'circle'"):
         Subject("hexagon", "red", "plain")
-    with pytest.raises(MusarError, match="colour"):
+    with pytest.raises(ToyWorldError, match="colour"):
         Subject("star", "purple", "plain")
-    with pytest.raises(MusarError, match="multiple of 16"):
+    with pytest.raises(ToyWorldError, match="multiple of 16"):
         World(panel=100)
 
 

@@ -1,9 +1,9 @@
 """Does attention routing keep subjects apart? Held-out toy subjects, generated through the real
-ComfyUI graph (PromptExecutor: MUSAR nodes + stock KSampler + VAEDecode, ``musar_toy.graph``),
-scored by the exact detector (``musar.toy.score``).
+ComfyUI graph (PromptExecutor: MUSAR nodes + stock KSampler + VAEDecode, ``toyworld.graph``),
+scored by the exact detector (``toyworld.score``).
 
-    python -m musar_toy.eval                 # the full table (make eval-toy)
-    python -m musar_toy.eval --sets 1 --seeds 1 --counts 2 --conditions c --out /tmp/e   # one image
+    python -m toyworld.eval                 # the full table (make eval-toy)
+    python -m toyworld.eval --sets 1 --seeds 1 --counts 2 --conditions c --out /tmp/e   # one image
 
 Cases: for n in --counts, --sets sets of n held-out subjects with pairwise different shapes and
 colours (so a leaked colour is visible), each on a seeded background with the MUSAR-Gen prompt,
@@ -39,7 +39,7 @@ from .figures import eval_figure
 from .graph import toy_graph
 from .report import render_table, table_rows
 
-logger = logging.getLogger("musar_toy.eval")
+logger = logging.getLogger("toyworld.eval")
 CONDITIONS = {"text": None, "a": dict(static_routing=False, dynamic_routing=False),
               "b": dict(static_routing=True, dynamic_routing=False),
               "c": dict(static_routing=True, dynamic_routing=True)}
@@ -179,7 +179,7 @@ def evaluate(args) -> dict:
     pack = common.setup(threads=args.threads, base_dir=args.out / "comfy")
     import folder_paths
 
-    mt = module(pack, "musar.toy")
+    mt = module(pack, "toyworld")
     world = mt.World(seed=0, panel=128)
     cases = make_cases(world, mt.multi_caption, [int(c) for c in args.counts.split(",")], args.sets,
                        args.seeds, args.seed)

@@ -17,7 +17,7 @@ import re
 import numpy as np
 import torch
 
-from ..errors import MusarError
+from .errors import ToyWorldError
 from .world import vocabulary
 
 SPECIALS = ("<pad>", "<unk>")
@@ -49,7 +49,7 @@ class ToyTextEncoder:
     def __init__(self, dim: int = 64, pooled_dim: int = 32, max_length: int = 64, seed: int = 0,
                  extra_words=(), position_scale: float = 0.5):
         if dim < 4 or dim % 2 or pooled_dim < 1 or max_length < 1:
-            raise MusarError(f"expected an even dim >= 4, pooled_dim >= 1 and max_length >= 1, "
+            raise ToyWorldError(f"expected an even dim >= 4, pooled_dim >= 1 and max_length >= 1, "
                              f"got dim={dim}, pooled_dim={pooled_dim}, max_length={max_length}")
         self.vocab = tuple(dict.fromkeys((*SPECIALS, *vocabulary(), *(w.lower() for w in extra_words))))
         self.index = {w: i for i, w in enumerate(self.vocab)}
@@ -73,10 +73,10 @@ class ToyTextEncoder:
         return 1
 
     def tokenize(self, text: str) -> list:
-        """Token ids of ``text`` (no padding). Raises MusarError beyond ``max_length`` tokens."""
+        """Token ids of ``text`` (no padding). Raises ToyWorldError beyond ``max_length`` tokens."""
         words = _TOKEN.findall(str(text).lower())
         if len(words) > self.max_length:
-            raise MusarError(f"prompt has {len(words)} tokens but the toy text encoder takes at most "
+            raise ToyWorldError(f"prompt has {len(words)} tokens but the toy text encoder takes at most "
                              f"{self.max_length}: shorten it or build the encoder with a larger max_length")
         return [self.index.get(w, self.unk_id) for w in words]
 
@@ -116,12 +116,12 @@ class ToyTextEncoder:
         """Rebuild from ``state_dict()``; the vocabulary (world words + ``extra_words``) must match."""
         missing = {"embeddings", "pooled_proj", "positions", "vocab_hash", "seed"} - set(state)
         if missing:
-            raise MusarError(f"toy text encoder state is missing {sorted(missing)}")
+            raise ToyWorldError(f"toy text encoder state is missing {sorted(missing)}")
         n, dim = state["positions"].shape
         scale = float(state["positions"][0].norm())
         enc = cls(dim, state["pooled_proj"].shape[0], n, int(state["seed"]), extra_words, scale)
         if int(_vocab_hash(enc.vocab)) != int(state["vocab_hash"]):
-            raise MusarError("toy text encoder state was saved with a different vocabulary: pass the same "
+            raise ToyWorldError("toy text encoder state was saved with a different vocabulary: pass the same "
                              "extra_words it was built with")
         enc.embeddings, enc.pooled_proj, enc.positions = (state[k].float().clone()
                                                            for k in ("embeddings", "pooled_proj", "positions"))

@@ -78,6 +78,9 @@ def select_lora(prompt: dict) -> None:
             node["inputs"]["lora_name"] = LORA_FILE
 
 
+IMAGE_NODES = ("LoadImage", "MUSAR_ExampleImage")  # the shipped workflows use the example node
+
+
 def reference_image(world, i: int, item: str):
     """Subject i's reference scene (the same pixels :func:`prepare` writes)."""
     return world.render_scene([item], REFERENCE_BACKGROUNDS[i % len(REFERENCE_BACKGROUNDS)], None, 1000 + i)[0]
@@ -86,7 +89,7 @@ def reference_image(world, i: int, item: str):
 def prepare(prompt: dict, input_dir: Path) -> dict:
     prompt = copy.deepcopy(prompt)
     select_lora(prompt)
-    toy = _pack("musar.toy")
+    toy = _pack("toyworld")
     world = toy.World(seed=0, panel=128)
     chain = _subject_chain(prompt)
     items = [DEMO_SUBJECTS[i % len(DEMO_SUBJECTS)] for i in range(len(chain))]
@@ -94,10 +97,10 @@ def prepare(prompt: dict, input_dir: Path) -> dict:
         node = prompt[key]["inputs"]
         node["caption"] = item
         image = node.get("image")
-        if isinstance(image, list) and prompt.get(image[0], {}).get("class_type") == "LoadImage":
+        if isinstance(image, list) and prompt.get(image[0], {}).get("class_type") in IMAGE_NODES:
             name = f"toy_{item.replace(' ', '_')}.png"
             reference_image(world, i, item).save(Path(input_dir) / name)
-            prompt[image[0]]["inputs"]["image"] = name
+            prompt[image[0]].update(class_type="LoadImage", inputs={"image": name})
     for node in prompt.values():
         if node["class_type"] in ("KSampler", "KSamplerAdvanced"):
             node["inputs"]["cfg"] = TOY_CFG
@@ -111,9 +114,8 @@ def prepare(prompt: dict, input_dir: Path) -> dict:
 def demo_figure(output_dir: Path, out: Path, n_subjects: int = 2) -> Path:
     """References | image | routing overlay of the newest ``make demo`` run in ``output_dir``
     (e.g. docs/images/demo_overlay.png)."""
-    from musar.toy import World
-
     from .figures import case_row, grid
+    from .world import World
 
     newest = {}
     for kind in ("musar_two_subjects_[0-9]*.png", "musar_two_subjects_routing_*.png"):

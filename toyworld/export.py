@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ..errors import DatasetError
+from .errors import ToyWorldError
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def subject_stream(world, split: str, n: int, seed: int):
     """``n`` subjects of ``split``: seeded shuffles of the whole split back to back (balanced)."""
     subjects = list(world.split_subjects(split))
     if not subjects:
-        raise DatasetError(f"split {split!r} has no subjects")
+        raise ToyWorldError(f"split {split!r} has no subjects")
     rnd, out = random.Random(seed), []
     while len(out) < n:
         order = subjects[:]
@@ -115,7 +115,7 @@ def export_pairs(world, out_dir, n_pairs: int, seed: int, split: str = "train",
     """Write ``n_pairs`` Subjects200K-layout rows of ``split`` subjects; returns the parquet path
     (default ``out_dir/toy_pairs_<split>.parquet``)."""
     if n_pairs < 1:
-        raise DatasetError(f"n_pairs must be >= 1, got {n_pairs}")
+        raise ToyWorldError(f"n_pairs must be >= 1, got {n_pairs}")
     rows = {"image": [], "collection": [], "quality_assessment": [], "description": []}
     for i, subject in enumerate(subject_stream(world, split, n_pairs, seed)):
         img, cap0, cap1, _ = make_pair(world, subject, row_seed(seed, i))
@@ -133,7 +133,7 @@ def export_text_to_image(world, out_dir, n_images: int, seed: int, split: str = 
     """Write ``n_images`` single-subject scenes with captions; returns the parquet path
     (default ``out_dir/toy_t2i_<split>.parquet``)."""
     if n_images < 1:
-        raise DatasetError(f"n_images must be >= 1, got {n_images}")
+        raise ToyWorldError(f"n_images must be >= 1, got {n_images}")
     rows = {k: [] for k in T2I_SCHEMA.names}
     for i, subject in enumerate(subject_stream(world, split, n_images, seed)):
         rs = row_seed(seed, i)

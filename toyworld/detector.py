@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import MusarError
 from .backgrounds import BACKGROUNDS
 from .components import closing, dilate, fill_holes, label, open_close
+from .errors import ToyWorldError
 from .scoring import aggregate, score  # noqa: F401  (re-exported)
 from .shapes import DOT_DIAMETER, SHAPES, moment_templates, template
 from .world import COLOURS, PATTERN_COLOUR
@@ -100,7 +100,7 @@ def to_array(image) -> np.ndarray:
         return np.asarray(image.convert("RGB"), np.float32) / 255.0
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise MusarError(f"expected an RGB image (H, W, 3), got shape {arr.shape}: pass one image, not a batch")
+        raise ToyWorldError(f"expected an RGB image (H, W, 3), got shape {arr.shape}: pass one image, not a batch")
     return arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
 
 

@@ -6,8 +6,8 @@ training path on single-subject pairs only:
     MUSAR_TrainDualLoRA and the musar_train CLI: ComfyUI encoders from the toy MODEL / CLIP /
     VAE, musar.train.Trainer, static routing, dual-branch LoRA) -> musar.lora.save_dual_lora
 
-    python -m musar_toy.train_lora                      # the committed run (docs/TOY_WORLD.md)
-    python -m musar_toy.train_lora --steps 3 --pairs 16 --batch 2 --weights W --out O --work K  # smoke
+    python -m toyworld.train_lora                      # the committed run (docs/TOY_WORLD.md)
+    python -m toyworld.train_lora --steps 3 --pairs 16 --batch 2 --weights W --out O --work K  # smoke
 
 Resumable: checkpoints every ``--checkpoint-every`` steps in ``<work>/ckpt`` (the trainer's own
 format); a rerun with the same settings continues from the latest. Writes
@@ -25,7 +25,7 @@ from pathlib import Path
 from . import common
 from .common import loss_curve, module, run_script, write_json
 
-logger = logging.getLogger("musar_toy.lora")
+logger = logging.getLogger("toyworld.lora")
 LORA_FILE = "toy_musar_lora.safetensors"
 
 
@@ -57,7 +57,7 @@ def parse(argv=None):
 def export(pack, world, work: Path, n_pairs: int, seed: int, descriptions: str = "full") -> Path:
     path = work / "data" / f"toy_pairs_train_{n_pairs}_{seed}.parquet"
     if not path.is_file():
-        module(pack, "musar.toy").export_pairs(world, path.parent, n_pairs, seed, "train", filename=path.name)
+        module(pack, "toyworld").export_pairs(world, path.parent, n_pairs, seed, "train", filename=path.name)
     if descriptions == "full":
         return path
     generic = path.with_name(path.stem + "_category.parquet")
@@ -87,7 +87,7 @@ def train(args) -> dict:
     pack = common.setup(threads=args.threads)
     toy, glue = module(pack, "nodes.toy"), module(pack, "nodes.train_glue")
     train_mod, lora_mod = module(pack, "musar.train"), module(pack, "musar.lora")
-    world = module(pack, "musar.toy").World(seed=0, panel=128)
+    world = module(pack, "toyworld").World(seed=0, panel=128)
     t0 = time.perf_counter()
     parquet = export(pack, world, args.work, args.pairs, args.seed, args.descriptions)
     data = module(pack, "musar.train.dataset").open_training_set(

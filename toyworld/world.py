@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..errors import MusarError, choose
 from .backgrounds import BACKGROUNDS, render_background
+from .errors import ToyWorldError, choose
 from .shapes import PATTERNS, SHAPES, pattern_mask_hi, shape_coverage
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Subject:
         if words and words[0] in ("a", "an"):
             words = words[1:]
         if len(words) != 3:
-            raise MusarError(f"expected '<colour> <pattern> <shape>', got {text!r}")
+            raise ToyWorldError(f"expected '<colour> <pattern> <shape>', got {text!r}")
         return cls(words[2], words[0], words[1])
 
 
@@ -80,7 +80,7 @@ class Placement:
 
     def __post_init__(self):
         if not 0 < self.size <= 1:
-            raise MusarError(f"placement size is a fraction of the panel side in (0, 1], got {self.size}")
+            raise ToyWorldError(f"placement size is a fraction of the panel side in (0, 1], got {self.size}")
 
     def box(self, panel: int):
         """(x0, y0, side) in pixels."""
@@ -205,9 +205,9 @@ class World:
 
     def __init__(self, seed: int = 0, panel: int = 128, heldout_fraction: float = 0.2):
         if panel % 16 or panel < 64:
-            raise MusarError(f"panel must be a multiple of 16 and >= 64 pixels, got {panel}")
+            raise ToyWorldError(f"panel must be a multiple of 16 and >= 64 pixels, got {panel}")
         if not 0 <= heldout_fraction < 1:
-            raise MusarError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+            raise ToyWorldError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
         self.seed, self.panel = seed, panel
         self.subjects = ALL_SUBJECTS
         self.heldout_subjects = heldout_split(seed, heldout_fraction)
@@ -230,7 +230,7 @@ class World:
         if placements is None:
             placements = sample_placements(len(subjects), np.random.default_rng([rng_seed, 0]))
         if len(placements) != len(subjects):
-            raise MusarError(f"expected one placement per subject ({len(subjects)}), got {len(placements)}")
+            raise ToyWorldError(f"expected one placement per subject ({len(subjects)}), got {len(placements)}")
         n = self.panel
         img = render_background(background, np.random.default_rng([rng_seed, 1]), n, n, n)
         alphas = []

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS_DIR = ROOT / "musar" / "toy" / "weights"
+WEIGHTS_DIR = ROOT / "toyworld" / "weights"
 CACHE_DIR = ROOT / ".cache" / "toy"
-logger = logging.getLogger("musar_toy")
+logger = logging.getLogger("toyworld")
 
 
 def setup(threads: int | None = None, base_dir: str | os.PathLike | None = None):

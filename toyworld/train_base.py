@@ -3,8 +3,8 @@ ComfyUI's own classes (``nodes.standins.build_flux``), trained with the pack's d
 FLUX forward (``musar.flux_forward.musar_forward`` with zero subjects = a plain FLUX forward,
 every weight trainable).
 
-    python -m musar_toy.train_base                       # the committed run (see docs/TOY_WORLD.md)
-    python -m musar_toy.train_base --steps 4 --out /tmp/x --square 64 --wide 16   # smoke
+    python -m toyworld.train_base                       # the committed run (see docs/TOY_WORLD.md)
+    python -m toyworld.train_base --steps 4 --out /tmp/x --square 64 --wide 16   # smoke
 
 Deterministic (every step's batch, timesteps and noise come from a generator seeded with
 (seed, step)) and resumable: a checkpoint (weights, EMA, AdamW state, loss history) is written
@@ -30,7 +30,7 @@ from . import common
 from .common import Clock, loss_curve, module, run_script, save_safetensors, write_json
 from .data import ToyEncoders, build_pool
 
-logger = logging.getLogger("musar_toy.base")
+logger = logging.getLogger("toyworld.base")
 MODEL = dict(hidden=128, heads=4, depth=2, single_depth=2, context_dim=64, vec_dim=32, guidance=False)
 
 
@@ -62,7 +62,7 @@ def parse(argv=None):
 
 def toy_files(pack, out: Path, world):
     """Codec and text encoder: loaded from ``out`` when present, else fitted and written there."""
-    toy, mt = module(pack, "nodes.toy"), module(pack, "musar.toy")
+    toy, mt = module(pack, "nodes.toy"), module(pack, "toyworld")
     if not (out / toy.CODEC_FILE).is_file():
         save_safetensors(mt.ToyCodec.fit_world(world, n_images=256, seed=0).state_dict(), out / toy.CODEC_FILE)
     if not (out / toy.TEXT_FILE).is_file():
@@ -180,7 +180,7 @@ def settings_of(args) -> dict:
 
 def train(args) -> dict:
     pack = common.setup(threads=args.threads)
-    world = module(pack, "musar.toy").World(seed=0, panel=128)
+    world = module(pack, "toyworld").World(seed=0, panel=128)
     clip, vae = toy_files(pack, args.out, world)
     model, dm, config = init_model(pack, args.seed)
     enc = ToyEncoders(pack, model, clip, vae)

@@ -1,4 +1,7 @@
-"""Toy world: a synthetic stand-in for FLUX-scale data, with exact measuring instruments.
+"""Toy world: a synthetic world for measuring MUSAR on a CPU - the world, its exact measuring
+instruments, the experiment scripts that train and evaluate toy models on it, and their weights
+(``toyworld/weights``). Not part of the method (``musar/``); the pack uses only the codec and the
+text encoder (``nodes/toy.py``, MUSAR_ToyWorldLoader, category MUSAR/testing).
 
 world       subjects (shape x colour x pattern), scenes on named backgrounds, captions, held-out split
 export      Subjects200K-layout pair parquet and text-to-image parquet writers
@@ -6,7 +9,11 @@ codec       ToyCodec: deterministic 16-channel, 8x-downscale linear latent codec
 textenc     ToyTextEncoder: deterministic word-embedding text encoder with position terms
 detector    Detector: exact subject detection; score / aggregate: prompt-fidelity metrics
 
-See docs/TOY_WORLD.md. Pure numpy / torch / PIL / pyarrow; never imports ComfyUI.
+Scripts (run from the repository root, inside real ComfyUI through ``musar_run.runtime``):
+``python -m toyworld.train_base``, ``.train_lora``, ``.eval``, ``.diagnose``, ``.demo``.
+
+See docs/TOY_WORLD.md. The world modules are pure numpy / torch / PIL / pyarrow, import nothing
+outside this package and never import ComfyUI.
 """
 
 from .codec import ToyCodec

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from ..errors import MusarError
+from .errors import ToyWorldError
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _as_pixels(pixels, factor: int) -> torch.Tensor:
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] % factor or x.shape[2] % factor:
-        raise MusarError(f"expected pixels (B, H, W, 3) with H and W multiples of {factor}, "
+        raise ToyWorldError(f"expected pixels (B, H, W, 3) with H and W multiples of {factor}, "
                          f"got shape {tuple(x.shape)}")
     return x.float()
 
@@ -52,7 +52,7 @@ class ToyCodec:
         d = factor * factor * 3
         if mean.shape != (d,) or components.ndim != 2 or components.shape[1] != d or \
                 scale.shape != (components.shape[0],):
-            raise MusarError(f"codec tensors do not fit an {factor}x{factor} RGB patch ({d} values): mean "
+            raise ToyWorldError(f"codec tensors do not fit an {factor}x{factor} RGB patch ({d} values): mean "
                              f"{tuple(mean.shape)}, components {tuple(components.shape)}, scale {tuple(scale.shape)}")
         self.factor = factor
         self.mean = mean.float()
@@ -73,7 +73,7 @@ class ToyCodec:
             gen = torch.Generator().manual_seed(seed)
             x = x[torch.randperm(x.shape[0], generator=gen)[:max_patches]]
         if x.shape[0] < channels * 4:
-            raise MusarError(f"need at least {channels * 4} patches to fit a {channels}-channel codec, "
+            raise ToyWorldError(f"need at least {channels * 4} patches to fit a {channels}-channel codec, "
                              f"got {x.shape[0]}: pass more or larger images")
         mean = x.mean(0)
         cov = (x - mean).T @ (x - mean) / (x.shape[0] - 1)
@@ -103,7 +103,7 @@ class ToyCodec:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, C, h, w) -> pixels (B, 8h, 8w, 3) clamped to 0..1."""
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
-            raise MusarError(f"expected latents (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
+            raise ToyWorldError(f"expected latents (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
         z = latents.float().permute(0, 2, 3, 1) * self.scale
         patches = z @ self.components + self.mean
         return depth_to_space(patches, self.factor).clamp(0.0, 1.0)
@@ -117,7 +117,7 @@ class ToyCodec:
     def from_state_dict(cls, state: dict) -> "ToyCodec":
         missing = {"mean", "components", "scale"} - set(state)
         if missing:
-            raise MusarError(f"toy codec state needs tensors mean, components, scale; missing {sorted(missing)}")
+            raise ToyWorldError(f"toy codec state needs tensors mean, components, scale; missing {sorted(missing)}")
         d = state["mean"].shape[0]
         factor = int(round((d / 3) ** 0.5))
         return cls(state["mean"], state["components"], state["scale"], factor)

@@ -1,6 +1,6 @@
 """The evaluation table: rates per (condition, subject count) from the per-image records.
 
-Primary columns come straight from ``musar.toy.score`` (exact detector, unchanged): all present,
+Primary columns come straight from ``toyworld.score`` (exact detector, unchanged): all present,
 exact, entangled (keyed on shape), collapsed, subjects present, extra detections.
 
 Supplementary, shape-free columns (computed here from the same detections, because the base

@@ -20,7 +20,7 @@ Definitions (E = expected subjects, D = detections, both lists; a subject is (sh
 - ``exact``: all_present and extra == 0 (the image shows exactly the expected subjects).
 """
 
-from ..errors import MusarError
+from .errors import ToyWorldError
 from .world import Subject
 
 
@@ -31,7 +31,7 @@ def _as_subject(s) -> Subject:
         return Subject.parse(s)
     if isinstance(s, (tuple, list)) and len(s) == 3:
         return Subject(*s)
-    raise MusarError(f"expected a Subject, '<colour> <pattern> <shape>' or (shape, colour, pattern), got {s!r}")
+    raise ToyWorldError(f"expected a Subject, '<colour> <pattern> <shape>' or (shape, colour, pattern), got {s!r}")
 
 
 def _match(detections, expected):
@@ -83,7 +83,7 @@ def aggregate(scores) -> dict:
     fraction of expected subjects present, and the mean number of extra detections."""
     scores = list(scores)
     if not scores:
-        raise MusarError("aggregate needs at least one score, got none")
+        raise ToyWorldError("aggregate needs at least one score, got none")
     n = len(scores)
     subjects = sum(s["n_expected"] for s in scores)
     return {

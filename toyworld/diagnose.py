@@ -4,7 +4,7 @@ with (1) the right references, (2) references of another sample (swapped), (3) t
 without LoRA (right references), at fixed timesteps and noise. If (1) is not clearly below (2),
 the LoRA ignores the references.
 
-    python -m musar_toy.diagnose [--lora FILE] [--split heldout] [--samples 48]
+    python -m toyworld.diagnose [--lora FILE] [--split heldout] [--samples 48]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from . import common
 from .common import module
 
-logger = logging.getLogger("musar_toy.diagnose")
+logger = logging.getLogger("toyworld.diagnose")
 TIMES = (0.3, 0.5, 0.7, 0.9)
 
 
@@ -35,8 +35,8 @@ def parse(argv=None):
 
 
 def encoded_samples(pack, args, model, clip, vae) -> list:
-    world = module(pack, "musar.toy").World(seed=0, panel=128)
-    parquet = module(pack, "musar.toy").export_pairs(world, args.work, 64, seed=12345, split=args.split)
+    world = module(pack, "toyworld").World(seed=0, panel=128)
+    parquet = module(pack, "toyworld").export_pairs(world, args.work, 64, seed=12345, split=args.split)
     data = module(pack, "musar.train.dataset").open_training_set(parquet, target_size=(128, 256),
                                                                 cond_size=128, seed=999)
     glue, samples = module(pack, "nodes.train_glue"), module(pack, "musar.train.samples")
