@@ -82,10 +82,10 @@ class MusarLoadDualLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength_noisy, strength_subject) -> io.NodeOutput:
+        patcher.flux_model(model)
         inputs.linked_values(lora_name=lora_name, strength_noisy=strength_noisy,
                              strength_subject=strength_subject)
         _check(lora_name, strength_noisy, strength_subject)
-        patcher.flux_model(model)
         if strength_noisy == 0 and strength_subject == 0:
             return io.NodeOutput(model)
         return io.NodeOutput(apply_dual_lora(model, read_lora(lora_name), strength_noisy,

@@ -11,8 +11,9 @@ server-side, at validate time and again at execute time, after resolving symlink
   checkpoints of that run folder only;
 * LoRA files: ComfyUI's ``loras`` folders (its own lookup; nodes/lora.py), saves under the first.
 
-Refusals never say whether the path exists. ``confine(path, roots, what, error)`` is the one
-helper; other loaders of the pack (e.g. the toy-world loader) call it with their own roots.
+Refusals never say whether the path exists. ``confine(path, roots, what, error, where)`` is the
+helper for any path input confined to a list of folders (pure part: musar/paths.py); a new
+loader calls it with its own roots.
 """
 
 from __future__ import annotations
@@ -50,14 +51,16 @@ def dataset_roots() -> list[str]:
     return [*folder_paths.get_folder_paths(DATASETS), folder_paths.get_input_directory()]
 
 
-def dataset_path(path) -> str:
-    """A dataset path (file or folder) that exists inside the dataset folders."""
+def dataset_path(path, must_exist: bool = True) -> str:
+    """A dataset path (file or folder) inside the dataset folders; ``must_exist`` False at
+    validation, so a workflow whose data is not there yet still validates (the node's run
+    reports it missing)."""
     where = "models/musar_datasets, the musar_datasets folders of extra_model_paths.yaml, input/"
     if not isinstance(path, str) or not path.strip():
         raise DatasetError("the dataset path is empty: expected a .parquet file, a folder of "
                            f"parquet shards or a sample folder inside {where}")
     found = confine(path.strip(), dataset_roots(), "dataset path", DatasetError, where)
-    if not os.path.exists(found):
+    if must_exist and not os.path.exists(found):
         raise DatasetError(f"dataset path {path.strip()!r} does not exist in {where}: put the data "
                            "there (a .parquet file, a folder of shards or a sample folder)")
     return found

@@ -50,8 +50,9 @@ def _numbers(error, **values) -> None:
 
 def _check_dataset(path=None, layout=None, min_quality=None, target_width=None, target_height=None,
                    reference_size=None, prompt_template=None, prompt_dropout=None,
-                   condition_dropout=None, seed=None) -> str | None:
-    """The resolved dataset path (None when ``path`` is linked); DatasetError for a bad value."""
+                   condition_dropout=None, seed=None, running=False) -> str | None:
+    """The resolved dataset path (None when ``path`` is linked); DatasetError for a bad value.
+    A path must lie inside the dataset folders at validation; it must also exist when running."""
     inputs.choice("layout", layout, LAYOUTS, DatasetError)
     sizes = dict(target_width=target_width, target_height=target_height, reference_size=reference_size)
     _numbers(DatasetError, min_quality=min_quality, prompt_dropout=prompt_dropout,
@@ -62,7 +63,7 @@ def _check_dataset(path=None, layout=None, min_quality=None, target_width=None, 
                            f"packed 8x VAE cells), got {', '.join(str(sizes[k]) for k in odd)}")
     if prompt_template is not None:
         check_template(prompt_template)
-    return None if path is None else paths.dataset_path(path)
+    return None if path is None else paths.dataset_path(path, must_exist=running)
 
 
 def _check_training(steps=None, learning_rate=None, noisy_rank=None, subject_rank=None,
@@ -129,7 +130,7 @@ class MusarLoadDiptychDataset(io.ComfyNode):
                       prompt_template=prompt_template, prompt_dropout=prompt_dropout,
                       condition_dropout=condition_dropout, seed=seed)
         inputs.linked_values(DatasetError, **values)
-        data = open_training_set(_check_dataset(**values), layout, min_quality,
+        data = open_training_set(_check_dataset(**values, running=True), layout, min_quality,
                                  (target_height, target_width), reference_size, prompt_template,
                                  prompt_dropout, condition_dropout, seed)
         logger.info("MUSAR dataset: %s", data.summary)

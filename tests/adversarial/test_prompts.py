@@ -56,9 +56,13 @@ def extra(node, spec):
     return edit
 
 
+def example(name):
+    """Subject 5's picture from MUSAR Example Image (node 45) named ``name(world)``."""
+    return chain(extra("45", {"class_type": "MUSAR_ExampleImage", "inputs": {"image": "x"}}),
+                 put("45", image=name), put("5", image=["45", 0]))
+
+
 NAN = float("nan")
-CORE = "fixed by the core branch (routing / subject nodes: NaN and linked inputs)"
-TOY = "fixed by the toy branch (toy-world loader: path confinement)"
 G, T, Y = generation, training, toy
 NO_SAMPLE, NO_TRAIN = (SAMPLER, "11", "12", "13"), ("21", "22")
 SECRET_PAIRS = lambda w: str(w["secret"] / "private_pairs")  # noqa: E731
@@ -73,13 +77,13 @@ def c(case_id, graph, edit, expect, xfail=None):
 
 CASES = [
     # ---- MUSAR_Subject -------------------------------------------------------------------------
-    c("subject-empty-caption", G, put("5", caption="   "), Raised("5", "LayoutError", "caption is empty", NO_SAMPLE)),
-    c("subject-long-caption", G, put("5", caption="word " * 90), Raised("5", "LayoutError", "tokens long", NO_SAMPLE)),
-    c("subject-caption-linked-empty", G, put("6", caption=Link("")), Raised("6", "LayoutError", "caption is empty", NO_SAMPLE)),
-    c("subject-small-image", G, put("3", width=32, height=32), Raised("5", "LayoutError", "at least 64", NO_SAMPLE)),
-    c("subject-image-batch", G, put("4", batch_size=3), Raised("6", "LayoutError", "batch of 3", NO_SAMPLE)),
+    c("subject-empty-caption", G, put("5", caption="   "), Rejected("5", "caption is empty", NO_SAMPLE)),
+    c("subject-long-caption", G, put("5", caption="word " * 90), Rejected("5", "tokens long", NO_SAMPLE)),
+    c("subject-caption-linked-empty", G, put("6", caption=Link("")), Rejected("6", "caption is empty", NO_SAMPLE)),
+    c("subject-small-image", G, put("3", width=32, height=32), Rejected("5", "at least 64", NO_SAMPLE)),
+    c("subject-image-batch", G, put("4", batch_size=3), Rejected("6", "batch of 3", NO_SAMPLE)),
     c("subject-reference-size-odd", G, put("5", reference_size=72), Rejected("5", "multiple of 16", NO_SAMPLE)),
-    c("subject-reference-size-huge", G, put("5", reference_size=100000), Refused("5", "bigger than max", "value_bigger_than_max")),
+    c("subject-reference-size-huge", G, put("5", reference_size=100000), Rejected("5", "reference_size", NO_SAMPLE)),
     c("subject-crop-unknown", G, put("5", crop="zoom"), Rejected("5", "crop|zoom", NO_SAMPLE)),
     c("subject-mask-size", G, chain(extra("40", {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 48}}),
                                     put("5", mask=["40", 0])), Raised("5", "LayoutError", "must match the image size", NO_SAMPLE)),
@@ -91,25 +95,25 @@ CASES = [
     # ---- MUSAR_ApplyRouting ----------------------------------------------------------------------
     c("routing-blocks-out-of-range", G, put("7", routing_blocks="d99"), Rejected("7", "2 double blocks", NO_SAMPLE)),
     c("routing-blocks-garbage", G, put("7", routing_blocks="middle"), Rejected("7", "not understood", NO_SAMPLE)),
-    c("routing-blocks-linked-garbage", G, put("7", routing_blocks=Link("s9-x")), Rejected("7", "not understood|single", NO_SAMPLE), CORE),
+    c("routing-blocks-linked-garbage", G, put("7", routing_blocks=Link("s9-x")), Rejected("7", "not understood|single", NO_SAMPLE)),
     c("routing-symmetric-cache", G, put("7", symmetric=True, condition_cache=True), Rejected("7", "conflict", NO_SAMPLE)),
     c("routing-symmetric-static-only", G, put("7", symmetric=True, dynamic_routing=False), Rejected("7", "needs dynamic", NO_SAMPLE)),
     c("routing-start-after-end", G, put("7", start_percent=0.9, end_percent=0.2), Rejected("7", "start_percent", NO_SAMPLE)),
     c("routing-smoothing-even", G, put("7", smoothing=4), Rejected("7", "odd", NO_SAMPLE)),
-    c("routing-smoothing-huge", G, put("7", smoothing=10001), Rejected("7", "smoothing|bigger than max", NO_SAMPLE), CORE),
-    c("routing-threshold-nan", G, put("7", threshold=NAN), Rejected("7", "threshold", NO_SAMPLE), CORE),
-    c("routing-strength-nan", G, put("7", strength=NAN), Rejected("7", "strength", NO_SAMPLE), CORE),
-    c("routing-start-nan", G, put("7", start_percent=NAN), Rejected("7", "start_percent", NO_SAMPLE), CORE),
-    c("routing-strength-linked-nan", G, put("7", strength=Link(NAN)), Rejected("7", "strength", NO_SAMPLE), CORE),
+    c("routing-smoothing-huge", G, put("7", smoothing=10001), Rejected("7", "smoothing|bigger than max", NO_SAMPLE)),
+    c("routing-threshold-nan", G, put("7", threshold=NAN), Rejected("7", "threshold", NO_SAMPLE)),
+    c("routing-strength-nan", G, put("7", strength=NAN), Rejected("7", "strength", NO_SAMPLE)),
+    c("routing-start-nan", G, put("7", start_percent=NAN), Rejected("7", "start_percent", NO_SAMPLE)),
+    c("routing-strength-linked-nan", G, put("7", strength=Link(NAN)), Rejected("7", "strength", NO_SAMPLE)),
     c("routing-positions-unknown", G, put("7", positions="sideways"), Rejected("7", "sideways|positions", NO_SAMPLE)),
     c("routing-seventeen-subjects", G, chain(*[extra(str(50 + i), {"class_type": "MUSAR_Subject", "inputs": {
         "image": ["3", 0], "vae": ["1", 2], "clip": ["1", 1], "caption": f"thing {i}", "crop": "center crop",
         "reference_size": 64, "subjects": [str(49 + i) if i else "6", 0]}}) for i in range(15)],
         put("7", subjects=["64", 0])), Raised("64", "LayoutError", "at most 16", NO_SAMPLE)),
     # ---- MUSAR_RoutingPreview ----------------------------------------------------------------------
-    c("preview-step-beyond-run", G, put("12", step=999), Raised("12", "RoutingError", "recorded")),
-    c("preview-step-below-min", G, put("12", step=-7), Refused("12", "smaller than min", "value_smaller_than_min")),
-    c("preview-opacity-nan", G, put("12", opacity=NAN), Rejected("12", "opacity", NO_SAMPLE), CORE),
+    c("preview-step-beyond-run", G, put("12", step=999), Rejected("12", "recorded")),
+    c("preview-step-below-min", G, put("12", step=-7), Rejected("12", "step")),
+    c("preview-opacity-nan", G, put("12", opacity=NAN), Rejected("12", "opacity", NO_SAMPLE)),
     # ---- MUSAR_LoadDualLoRA: names, values, files ------------------------------------------------
     c("lora-name-dotdot-escape", G, put("2", lora_name=lambda w: UP + SECRET_LORA(w)), Refused("2", "is not in models/loras")),
     c("lora-name-absolute-escape", G, put("2", lora_name=SECRET_LORA), Refused("2", "is not in models/loras")),
@@ -142,7 +146,7 @@ CASES = [
     c("dataset-symlink-escape", T, put("20", path=lambda w: str(w["data"] / "escape")), Refused("20", "not inside the folders")),
     c("dataset-linked-escape", T, put("20", path=Link("/etc")), Raised("20", "DatasetError", "not inside the folders", NO_TRAIN)),
     c("dataset-empty-path", T, put("20", path=""), Refused("20", "path is empty")),
-    c("dataset-missing-inside", T, put("20", path="nothing_here"), Refused("20", "does not exist in models/musar_datasets")),
+    c("dataset-missing-inside", T, put("20", path="nothing_here"), Raised("20", "DatasetError", "does not exist in models/musar_datasets", NO_TRAIN)),
     c("dataset-layout-unknown", T, put("20", layout="webdataset"), Refused("20", "unknown layout 'webdataset'")),
     c("dataset-size-not-16", T, put("20", target_width=136), Refused("20", "multiples of 16")),
     c("dataset-template-format-spec", T, put("20", prompt_template="{desc_a:d}"), Refused("20", r"\{desc_a:d\}.*format spec")),
@@ -175,11 +179,16 @@ CASES = [
     c("save-prefix-absolute", T, put("22", filename_prefix="/tmp/escape"), Refused("22", "inside models/loras")),
     c("save-prefix-empty", T, put("22", filename_prefix=""), Refused("22", "inside models/loras")),
     c("save-prefix-linked", T, put("22", filename_prefix=Link("../x")), Raised("22", "TrainingError", "inside models/loras")),
+    # ---- MUSAR_ExampleImage (bundled pictures only) -------------------------------------------
+    c("example-image-dotdot", G, example(lambda w: "../../SECURITY.md"), Refused("45", "not one of the pack's bundled pictures")),
+    c("example-image-absolute", G, example(lambda w: str(w["secret"] / "private_pairs" / "object_0" / "panel_0.png")),
+      Refused("45", "not one of the pack's bundled pictures")),
+    c("example-image-unknown", G, example(lambda w: "nothing.png"), Refused("45", "not one of the pack's bundled pictures")),
     # ---- test-only loaders ------------------------------------------------------------------
     c("tiny-size-unknown", G, put("1", size="enormous"), Refused("1", "unknown stand-in size 'enormous'")),
     c("tiny-seed-negative", G, put("1", seed=-1), Refused("1", "smaller than min", "value_smaller_than_min")),
-    c("toy-model-file-dotdot", Y, put("30", model_file=lambda w: UP + SECRET_LORA(w)), Rejected("30", "model_file|toy", ("33",)), TOY),
-    c("toy-model-file-absolute", Y, put("30", model_file=SECRET_LORA), Rejected("30", "model_file|toy", ("33",)), TOY),
+    c("toy-model-file-dotdot", Y, put("30", model_file=lambda w: UP + SECRET_LORA(w)), Rejected("30", "model_file|toy", ("33",))),
+    c("toy-model-file-absolute", Y, put("30", model_file=SECRET_LORA), Rejected("30", "model_file|toy", ("33",))),
     c("toy-model-file-missing", Y, put("30", model_file="nothing.safetensors"), Rejected("30", "nothing.safetensors", ("33",))),
 ]
 

@@ -210,6 +210,14 @@ def _validation_text(result, node):
     return str(result.node_errors[node])
 
 
+def _error_text(result, node):
+    """The refusal at validation, or the node's error when it ran."""
+    if result.error is not None and result.error.get("node_id") == node:
+        assert result.error["exception_type"].endswith("DatasetError"), result.error
+        return result.error["exception_message"]
+    return _validation_text(result, node)
+
+
 def test_dataset_paths_outside_comfyui_folders_are_refused_alike_whether_they_exist_or_not(
         run_prompt, data, tmp_path):
     secret = make_pairs(tmp_path / "secret")  # a real dataset, outside every allowed folder
@@ -219,7 +227,7 @@ def test_dataset_paths_outside_comfyui_folders_are_refused_alike_whether_they_ex
     for label, path in {"exists": str(secret), "missing": str(tmp_path / "nothing"),
                         "dotdot": os.path.relpath(secret, roots), "symlink": str(data["root"] / "escape"),
                         "relative symlink": os.path.relpath(data["root"] / "escape", roots)}.items():
-        text = _validation_text(run_prompt(graph(path)), "2").replace(repr(path), "PATH")
+        text = _error_text(run_prompt(graph(path)), "2").replace(repr(path), "PATH")
         # a relative path may also be looked up in input/, where it is simply missing
         refused = "does not exist in models/musar_datasets" if label == "relative symlink" \
             else "is not inside the folders this server lets MUSAR use"
