@@ -3,19 +3,29 @@ one FLUX block's attention under MUSAR (``block_attention``).
 
 ``attn`` arguments are the model's own attention kernel (ComfyUI passes its active backend):
 ``attn(q, k, v) -> (B, Lq, heads * head_dim)`` for q, k, v shaped (B, heads, L*, head_dim).
-Routed attention calls it once per query group of the plan over only the keys that group may
-see (gathered), so the work is the sum of allowed query-key blocks and the largest temporary is
-one group's scores inside the kernel, never L x L.
+Routed attention runs each query group of the plan over only the keys that group may see, so
+the work is the sum of allowed query-key blocks and nothing L x L is ever built. Two executors,
+chosen per call:
+
+* **log-sum-exp**, when ``attn`` declares an ``lse`` twin (``attention_lse.SdpaLse``: the same
+  SDPA kernel, also returning its log-sum-exp) that runs on the tensors' device: one kernel call
+  per contiguous key run, on views, merged by the log-sum-exp (``attention_lse``). No key is
+  copied; query pieces go in chunks so that the temporaries stay under 3/4 of the output. ``sdpa``
+  below declares it, and the ComfyUI patcher does for ComfyUI's PyTorch kernel.
+* **gather**, for every other kernel (sub-quadratic, xformers, sage ...), which returns only its
+  output: one call per group over the group's keys copied into one buffer (``_Keys``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
+from .attention_lse import SDPA_LSE, lse_twin, needs_grad, segment_attention
 from .layout import TokenLayout
-from .routing import Group, RoutePlan, allowed_mask, dynamic_groups, static_groups
+from .routing import Group, RoutePlan, allowed_mask, dynamic_groups, runs, static_groups
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -30,10 +40,61 @@ def _take(t: torch.Tensor, idx) -> torch.Tensor:
 
 def _merged(parts: tuple[slice, ...]) -> slice | None:
     """The segments as one slice when they are adjacent (in any order), else None."""
-    parts = sorted(parts, key=lambda p: p.start)
-    if all(a.stop == b.start for a, b in zip(parts, parts[1:])):
-        return slice(parts[0].start, parts[-1].stop)
-    return None
+    joined = runs(parts)
+    return joined[0] if len(joined) == 1 else None
+
+
+# ---- log-sum-exp executor ----------------------------------------------------------------------
+def _key_segments(g: Group, k, v, chunk: int) -> tuple[list, int]:
+    """The group's keys as (k, v) views of contiguous runs, and the rows its gathers hold: an
+    arbitrary index set (symmetric routing's routed canvas keys) is gathered ``chunk`` keys at
+    a time, each chunk a segment of its own (gathered when its kernel call runs)."""
+    if g.k is None:
+        return [(k, v)], 0
+    if isinstance(g.k, slice):
+        return [(k[:, :, g.k], v[:, :, g.k])], 0
+    if g.k_parts:
+        return [(k[:, :, p], v[:, :, p]) for p in runs(g.k_parts)], 0
+    idx = g.k.to(k.device)
+    return [functools.partial(_gather, k, v, i) for i in idx.split(chunk)], 2 * min(chunk, len(idx))
+
+
+def _gather(k, v, idx):
+    return _take(k, idx), _take(v, idx)
+
+
+def _run_groups_lse(q, k, v, groups: list[Group], kernel, out: torch.Tensor) -> None:
+    """Every group's query pieces in chunks whose temporaries (gathered queries and keys, result,
+    second partial) hold at most 3/4 of the output's rows: with the output that stays under the
+    dense call's two L-row tensors whatever the route."""
+    b, length = out.shape[:2]
+    out4 = out.view(b, length, q.shape[1], q.shape[3])
+    budget, grad = max(length * 3 // 4, 8), needs_grad(q, k, v)
+    for g in groups:
+        keys, held = _key_segments(g, k, v, budget // 8)
+        for rows in _query_pieces(g):
+            rows = _as_slice(rows)
+            temporaries = (1 if isinstance(rows, slice) else 2) + (len(keys) > 1)
+            for part in _chunks(rows, max(1, (budget - held) // temporaries)):
+                res = segment_attention(_take(q, part), keys, kernel, grad)
+                out4[:, part if isinstance(part, slice) else part.to(out.device)] = res.transpose(1, 2)
+                del res
+
+
+def _as_slice(rows):
+    """An index tensor of consecutive positions as a slice (a view instead of a gather)."""
+    if isinstance(rows, slice) or rows.numel() == 0:
+        return rows
+    first, last = int(rows[0]), int(rows[-1])
+    if last - first + 1 == rows.numel() and bool((rows[1:] > rows[:-1]).all()):
+        return slice(first, last + 1)
+    return rows
+
+
+def _chunks(rows, size: int):
+    if isinstance(rows, slice):
+        return [slice(i, min(i + size, rows.stop)) for i in range(rows.start, rows.stop, size)]
+    return list(rows.split(size))
 
 
 class _Keys:
@@ -111,6 +172,9 @@ def _query_pieces(g: Group):
 
 def _run_groups(q, k, v, groups: list[Group], attn: AttnFn, out: torch.Tensor,
                 canvas: slice) -> None:
+    lse = lse_twin(attn, q, k, v)
+    if lse is not None:
+        return _run_groups_lse(q, k, v, groups, lse, out)
     keys = _Keys(k, v, canvas, groups)
     for g in sorted(groups, key=keys.order):
         kk, vv = keys.get(g)
@@ -152,19 +216,21 @@ def routed_attention_cached(q: torch.Tensor, k_full: torch.Tensor, v_full: torch
 
     def local(g: Group) -> Group:
         if g.kind == "prompt":
-            return Group(g.q, g.k, g.kind)
+            return Group(g.q, g.k, g.kind, k_parts=g.k_parts)
         qs = slice(g.q.start - shift, g.q.stop - shift) if isinstance(g.q, slice) else g.q - shift
-        return Group(qs, g.k, g.kind)
+        return Group(qs, g.k, g.kind, k_parts=g.k_parts)
 
     def run(rows, groups):
         qq = q if rows is None else q[rows]
         kk, vv = (k_full, v_full) if rows is None else (k_full[rows], v_full[rows])
         sub = out if rows is None else out.new_empty(qq.shape[0], length, heads * dim)
-        for g in groups:
-            g = local(g)
-            res = attn(qq[:, :, g.q] if isinstance(g.q, slice) else qq.index_select(2, g.q),
-                       _take(kk, g.k), _take(vv, g.k))
-            sub[:, g.q] = res
+        groups = [local(g) for g in groups]
+        lse = lse_twin(attn, q, kk, vv)
+        if lse is not None:
+            _run_groups_lse(qq, kk, vv, groups, lse, sub)
+        else:
+            for g in groups:
+                sub[:, g.q] = attn(_take(qq, g.q), _take(kk, g.k), _take(vv, g.k))
         if rows is not None:
             out[rows] = sub
 
@@ -196,6 +262,9 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Default kernel (PyTorch SDPA) in the ``attn`` convention, for use outside ComfyUI."""
     o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     return o.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+
+sdpa.lse = SDPA_LSE  # the same fused kernel, also returning its log-sum-exp
 
 
 def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout,

@@ -86,14 +86,19 @@ def _group(q, k, kind: str, device=None) -> Group:
     return Group(full(q), full(k), kind, segments(q), segments(k))
 
 
-def _cat(parts: list[slice], device=None) -> torch.Tensor | slice:
-    parts = [p for p in parts if p.stop > p.start]
+def runs(parts) -> list[slice]:
+    """The non-empty segments, adjacent ones joined, in sequence order."""
     merged: list[slice] = []
-    for p in sorted(parts, key=lambda s: s.start):
+    for p in sorted((p for p in parts if p.stop > p.start), key=lambda s: s.start):
         if merged and merged[-1].stop == p.start:
             merged[-1] = slice(merged[-1].start, p.stop)
         else:
             merged.append(p)
+    return merged
+
+
+def _cat(parts: list[slice], device=None) -> torch.Tensor | slice:
+    merged = runs(parts)
     if len(merged) == 1:
         return merged[0]
     return torch.cat([torch.arange(p.start, p.stop, device=device) for p in merged])

@@ -20,6 +20,7 @@ import logging
 import math
 
 import comfy.ldm.flux.model
+import comfy.ldm.modules.attention
 import comfy.model_base
 import comfy.patcher_extension
 import torch
@@ -248,6 +249,12 @@ class _BlockPatch:
         return self
 
 
+# ComfyUI's PyTorch kernel is plain SDPA (the override receives it unwrapped): routed attention
+# may run it as the same op that also returns its log-sum-exp; other kernels get key gathers.
+_SDPA = comfy.ldm.modules.attention.attention_pytorch
+_SDPA_KERNELS = (_SDPA, getattr(_SDPA, "__wrapped__", _SDPA))
+
+
 class _AttentionOverride:
     """Routed attention through ComfyUI's active kernel (or an override already installed)."""
 
@@ -266,6 +273,7 @@ class _AttentionOverride:
                 return self.previous(func, q_, k_, v_, heads, *args, **kw)
             return func(q_, k_, v_, heads, *args, **kw)
 
+        kernel.lse = attention.SDPA_LSE if self.previous is None and func in _SDPA_KERNELS else None
         call = session.ACTIVE.get()
         if call is None or call.source is None:
             return kernel(q, k, v, mask)
