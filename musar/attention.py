@@ -331,8 +331,19 @@ def block_attention(call, block: tuple, q: torch.Tensor, k: torch.Tensor, v: tor
     else:
         out = routed_attention(q, k, v, lay, call.plan, kernel)
         canvas = lay.canvas
-    if settings.strength != 1.0:  # blend canvas output with its no-subject attention
-        keys = torch.cat([torch.arange(P), torch.arange(lay.txt_len, lay.txt_len + C)]).to(q.device)
-        base = kernel(q[:, :, canvas], k.index_select(2, keys), v.index_select(2, keys))
-        out[:, canvas] = base + settings.strength * (out[:, canvas] - base)
+    if settings.strength != 1.0:
+        _blend(out, q, k, v, lay, canvas, settings.strength, kernel)
     return out
+
+
+def _blend(out, q, k, v, lay: TokenLayout, canvas: slice, strength: float, kernel) -> None:
+    """``strength`` < 1 mixes routed attention with the attention the unpatched model computes
+    (keys: every token but MUSAR subjects' condition tokens): for the canvas rows (the canvas
+    without the subjects), and, when references are routed, also for the prompt and reference
+    rows (their stock, unrouted view), so strength 0 is the unpatched model."""
+    P, C = lay.prompt_len, lay.canvas_len
+    keys = torch.cat([torch.arange(P), torch.arange(lay.txt_len, lay.txt_len + C
+                                                    + sum(lay.reference_lens))]).to(q.device)
+    rows = keys if lay.n_references else canvas
+    base = kernel(q[:, :, rows], k.index_select(2, keys), v.index_select(2, keys))
+    out[:, rows] = base + strength * (out[:, rows] - base)

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 
 from .layout import TokenLayout
+from .regions import RegionMap
 from .routing import RoutePlan, parse_blocks
 from .session import MusarCall, RunState
 from .settings import RoutingSettings
@@ -27,19 +28,26 @@ class Routing:
     sigma_start: float = float("inf")  # dynamic routing runs while sigma_end <= sigma <= sigma_start
     sigma_end: float = 0.0
     blocks: frozenset = frozenset()  # {("double" | "single", index)} whose attention scores count
+    hard_regions: bool = False  # a condition has a hard region: route by it even without scores
 
     def dynamic_at(self, sigma: float) -> bool:
         return self.settings.dynamic_routing and self.sigma_end <= sigma <= self.sigma_start
 
+    def routes_at(self, sigma: float) -> bool:
+        """A route applies at ``sigma``: inside the window, by scores or by hard regions."""
+        return (self.settings.dynamic_routing or self.hard_regions) and \
+            self.sigma_end <= sigma <= self.sigma_start
+
 
 def resolve(settings: RoutingSettings, percent_to_sigma: Callable[[float], float], depth: int,
-            single_depth: int) -> Routing:
+            single_depth: int, hard_regions: bool = False) -> Routing:
     """``percent_to_sigma`` is the model's schedule (ComfyUI: model_sampling.percent_to_sigma);
     routing block indices are checked against the model's ``depth`` / ``single_depth``."""
     blocks = parse_blocks(settings.routing_blocks, depth, single_depth)
     return Routing(settings=settings, sigma_start=float(percent_to_sigma(settings.start_percent)),
                    sigma_end=float(percent_to_sigma(settings.end_percent)),
-                   blocks=blocks if settings.dynamic_routing else frozenset())
+                   blocks=blocks if settings.dynamic_routing else frozenset(),
+                   hard_regions=hard_regions)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,7 +56,8 @@ class CallShape:
 
     prompt_len: int  # main prompt tokens
     grid: tuple[int, int]  # canvas token grid (rows, cols)
-    extra_len: int = 0  # foreign reference tokens after the canvas (ReferenceLatent)
+    extra_len: int = 0  # unrouted ReferenceLatent tokens after the canvas (behave as canvas)
+    reference_lens: tuple[int, ...] = ()  # routed ReferenceLatent references, in order
     batch: int = 1  # rows of x (cond and uncond batched together count twice)
     kinds: tuple[int, ...] = (0,)  # cond_or_uncond of each batch chunk (0 = cond, 1 = uncond)
     sigma: float = 1.0  # this call's noise level
@@ -57,27 +66,31 @@ class CallShape:
 
 
 def plan_call(routing: Routing, run: RunState, shape: CallShape, caption_lens: tuple[int, ...],
-              image_lens: tuple[int, ...]) -> MusarCall:
-    """Layout, plan, cache hit and score collection of one call, given the routed segments."""
+              image_lens: tuple[int, ...], regions: RegionMap | None = None) -> MusarCall:
+    """Layout, plan, cache hit and score collection of one call, given the routed segments and
+    the regions of the run's conditions (built for its canvas)."""
     settings = routing.settings
     layout = TokenLayout(shape.prompt_len, shape.grid[0] * shape.grid[1], caption_lens,
-                         image_lens, shape.extra_len)
+                         image_lens, shape.extra_len, shape.reference_lens)
     run.grid = shape.grid
     kinds = list(shape.kinds)
     route = None
-    if routing.dynamic_at(shape.sigma):
-        route = run.route_for(shape.sigma, kinds, shape.grid, settings.threshold, settings.smoothing)
-    if route is not None and route.shape[0] != shape.batch:
-        route = None  # batch changed shape mid-run (e.g. another sampler call): stay static
+    if layout.n_routed and routing.routes_at(shape.sigma):
+        fits = regions if regions is not None and regions.coverage.shape[0] == layout.n_routed else None
+        route = run.route_for(shape.sigma, kinds, shape.grid, settings.threshold, settings.smoothing,
+                              fits, max(1, shape.batch // max(1, len(kinds))))
+    if route is not None and (route.shape[0] != shape.batch or int(route.max()) >= layout.n_routed):
+        route = None  # another batch or other conditions than the route's (e.g. another sampler)
     if route is not None and shape.device is not None:
         route = route.to(shape.device)
-    plan = RoutePlan(settings.static_routing, route, settings.symmetric and route is not None)
+    plan = RoutePlan(settings.static_routing, route, settings.symmetric and route is not None,
+                     settings.block_prompt_references)
     batch_key = (tuple(kinds), shape.batch)
     cached = settings.condition_cache and bool(run.kv) and run.kv_batch == batch_key
     if settings.condition_cache and not cached:
         run.kv, run.kv_batch = {}, batch_key
-    return MusarCall(layout, plan, routing, run, kinds, collect=_collect(routing, shape),
-                     cached=cached)
+    return MusarCall(layout, plan, routing, run, kinds,
+                     collect=layout.n_routed > 0 and _collect(routing, shape), cached=cached)
 
 
 def _collect(routing: Routing, shape: CallShape) -> bool:

@@ -44,19 +44,19 @@ def check_mask(mask: torch.Tensor, what: str) -> torch.Tensor:
     """A region MASK as one (H, W) float32 map on the CPU, or a LayoutError saying why not."""
     if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise LayoutError(f"the region of {what} must be a MASK (height, width), got {shape}")
+        raise LayoutError(f"{what} must be a MASK (height, width), got {shape}")
     if mask.ndim == 3:
         if mask.shape[0] != 1:
-            raise LayoutError(f"the region of {what} is a batch of {mask.shape[0]} masks; give one "
-                              "mask (it applies to every image of the batch)")
+            raise LayoutError(f"{what} is a batch of {mask.shape[0]} masks; give one mask (a "
+                              "region applies to every image of the batch)")
         mask = mask[0]
     mask = mask.detach().float().cpu()
     if min(mask.shape) == 0 or not torch.isfinite(mask).all():
-        raise LayoutError(f"the region of {what} is empty or contains NaN / infinite values; "
-                          "check the node that made it")
+        raise LayoutError(f"{what} is empty or contains NaN / infinite values; check the node "
+                          "that made it")
     if float(mask.max()) <= 0:
-        raise LayoutError(f"the region of {what} is empty (all black): paint where it should go "
-                          "in white, or disconnect the region")
+        raise LayoutError(f"{what} is empty (all black): paint where the subject or reference "
+                          "should go in white")
     return mask.clamp(0, 1)
 
 
@@ -103,6 +103,13 @@ class RegionMap:
         return ((self.coverage >= INSIDE) & self.hard[:, None]).T
 
     @property
+    def outlines(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the preview draws: (N, x_len) bool tokens mostly inside each region (hard or
+        soft), and (N,) bool which are soft (drawn dashed)."""
+        shown = self.hard | (self.soft > 0)
+        return (self.coverage >= INSIDE) & shown[:, None], self.soft > 0
+
+    @property
     def any_hard(self) -> bool:
         return bool(self.hard.any())
 
@@ -134,6 +141,8 @@ def step_route(scores: torch.Tensor | None, grid: tuple[int, int], threshold: fl
                ) -> torch.Tensor | None:
     """The route of one step, (B, x_len), from the previous step's route scores (B, x_len, N)
     (None when there are none) and the regions; None when there is nothing to route by."""
+    if regions is not None and scores is not None and regions.coverage.shape[0] != scores.shape[-1]:
+        regions = None  # scores of other conditions than the regions' (checked by the planner)
     if scores is None and (regions is None or not regions.any_hard):
         return None
     if scores is None:

@@ -22,7 +22,8 @@ import torch
 
 from .errors import RoutingError
 from .layout import TokenLayout
-from .routing import RoutePlan, route_from_scores
+from .regions import step_route
+from .routing import RoutePlan
 
 ACTIVE: contextvars.ContextVar[MusarCall | None] = contextvars.ContextVar("musar_call", default=None)
 KEPT_RUNS = 16  # routes of this many recent runs stay available to the preview
@@ -45,20 +46,21 @@ class RunState:
         self.grid: tuple[int, int] | None = None
         self.kv: dict = {}  # condition cache: block key -> (k, v) of condition tokens
         self.kv_batch: tuple | None = None
+        self.conditions = None  # references.Conditions: names, colours, regions of the run
         self._route_sigma: float | None = None
         self._route: torch.Tensor | None = None
 
-    def route_for(self, sigma: float, kinds: list[int], grid, threshold: float, smoothing: int
-                  ) -> torch.Tensor | None:
-        """Route of this step from the previous step's scores. It is computed once per step
-        (sigma) and the conditional pass's scores decide for cond and uncond alike, so CFG's
-        two passes use one spatially consistent route even when ComfyUI runs them apart. Every
-        image of the batch keeps its own route (recorded per image for the preview)."""
+    def route_for(self, sigma: float, kinds: list[int], grid, threshold: float, smoothing: int,
+                  regions=None, batch: int = 1) -> torch.Tensor | None:
+        """Route of this step from the previous step's scores and the layout regions
+        (``regions.step_route``; ``batch`` images when no scores exist yet). It is computed once
+        per step (sigma) and the conditional pass's scores decide for cond and uncond alike, so
+        CFG's two passes use one spatially consistent route even when ComfyUI runs them apart.
+        Every image of the batch keeps its own route (recorded per image for the preview)."""
         if self._route_sigma != sigma:
             scores = self.last_scores.get(0, self.last_scores.get(1))
             self._route_sigma = sigma
-            self._route = None if scores is None else route_from_scores(
-                scores, grid, threshold, smoothing)
+            self._route = step_route(scores, grid, threshold, smoothing, regions, batch)
             if self._route is not None:
                 self.routes.append((sigma, self._route.to(torch.int16).cpu()))
         return None if self._route is None else self._route.repeat(len(kinds), 1)

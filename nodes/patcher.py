@@ -27,11 +27,12 @@ import torch
 from comfy.ldm.flux.layers import timestep_embedding
 from comfy_execution.utils import get_executing_context
 
-from ..musar import attention, flux_forward, planning, session
-from ..musar.errors import ModelError, RoutingError
-from ..musar.layout import TokenLayout, subject_ids
+from ..musar import attention, flux_forward, planning, references, session
+from ..musar.errors import ModelError
+from ..musar.layout import TokenLayout
+from ..musar.references import ReferenceLabels
 from ..musar.settings import RoutingSettings
-from . import lora_modules
+from . import lora_modules, routed
 
 logger = logging.getLogger(__name__)
 KEY = "musar"
@@ -40,16 +41,24 @@ RUN = "musar_run"
 WRAPPERS = comfy.patcher_extension.WrappersMP
 
 
-def flux_model(model):
-    """The FLUX.1 diffusion model inside a ModelPatcher, or a ModelError saying what it is."""
+def flux_model(model, flux2: bool = False):
+    """The FLUX diffusion model inside a ModelPatcher, or a ModelError saying what it is. FLUX.1
+    always; FLUX.2 [dev] (global modulation) only where ``flux2`` (reference routing)."""
     base = getattr(model, "model", None)
     dm = getattr(base, "diffusion_model", None)
     if not isinstance(base, comfy.model_base.Flux) or not isinstance(dm, comfy.ldm.flux.model.Flux):
-        raise ModelError(f"MUSAR works with FLUX.1 models; this MODEL is {type(base).__name__} / "
-                         f"{type(dm).__name__}. Load FLUX.1 dev/schnell with UNETLoader.")
+        raise ModelError(f"MUSAR works with FLUX.1 and FLUX.2 models; this MODEL is "
+                         f"{type(base).__name__} / {type(dm).__name__}. Load FLUX with UNETLoader.")
+    if isinstance(base, comfy.model_base.Flux2) and flux2:
+        return dm
+    if isinstance(base, comfy.model_base.Flux2):
+        raise ModelError("this is a FLUX.2 model: MUSAR subjects and the dual LoRA need FLUX.1's "
+                         "per-block modulation (MUSAR Subject / Apply Routing / Load Dual LoRA "
+                         "are FLUX.1 only). FLUX.2's own ReferenceLatent references can be "
+                         "routed with MUSAR Route References")
     if dm.params.global_modulation:
-        raise ModelError("this FLUX variant (Flux 2 / Chroma: global modulation) is not the "
-                         "FLUX.1 architecture MUSAR adapts")
+        raise ModelError("this FLUX variant (Chroma: global modulation) is not the FLUX.1 "
+                         "architecture MUSAR adapts")
     return dm
 
 
@@ -76,30 +85,45 @@ def apply_lora(model, lora, s_noisy: float, s_subject: float):
 
 
 def apply_routing(model, subjects, settings: RoutingSettings):
-    """A clone of ``model`` with ``subjects`` routed under ``settings``; returns it with the
-    Recorder of its sampling runs (for the preview)."""
+    """A clone of ``model`` with ``subjects`` routed under ``settings`` (joining the references
+    a MUSAR Route References already routes); returns it with the Recorder of its runs."""
     dm = flux_model(model)
+    previous = model.model_options["transformer_options"].get(ROUTING)
+    return _install(model, dm, *routed.join(previous, settings, subjects=subjects))
+
+
+def route_references(model, labels: ReferenceLabels, settings: RoutingSettings):
+    """A clone of ``model`` whose ReferenceLatent references are routed under ``settings``
+    (FLUX.1 Kontext and FLUX.2 [dev]), joining the MUSAR subjects it may already route."""
+    dm = flux_model(model, flux2=True)
+    previous = model.model_options["transformer_options"].get(ROUTING)
+    return _install(model, dm, *routed.join(previous, settings, references=labels))
+
+
+def _install(model, dm, subjects, references, settings: RoutingSettings):
+    """Patch a clone for one routing of ``subjects`` (block patches and reference tokens only
+    when there are subjects) and/or the conditioning's references."""
     to = model.model_options["transformer_options"]
-    if to.get(ROUTING) is not None:
-        raise RoutingError(f"this MODEL already went through MUSAR Apply Routing (subjects "
-                           f"{list(to[ROUTING].recorder.captions)}); a second one cannot add to "
-                           "it: chain every MUSAR Subject into one Apply Routing")
     replaced = {k for k, p in to.get("patches_replace", {}).get("dit", {}).items()
                 if not getattr(p, "musar", False)}
-    if replaced:
+    if replaced and len(subjects):
         raise ModelError(f"another node already replaced FLUX blocks {sorted(replaced)[:3]}...; "
                          "apply MUSAR routing before it (MUSAR must run the blocks itself)")
+    hard = subjects.has_hard_region or (references is not None and references.has_hard_region)
     sampling = model.get_model_object("model_sampling")
     routing = planning.resolve(settings, sampling.percent_to_sigma, len(dm.double_blocks),
-                               len(dm.single_blocks))
+                               len(dm.single_blocks), hard_regions=hard)
     recorder = session.Recorder(tuple(s.caption for s in subjects.subjects))
     m = model.clone()
     to = m.model_options["transformer_options"]
-    to[ROUTING] = _Routing(subjects, routing, recorder, model.model.process_latent_in)
-    for kind, count in (("double_block", len(dm.double_blocks)), ("single_block", len(dm.single_blocks))):
-        for i in range(count):
-            m.set_model_patch_replace(_BlockPatch(kind, i), "dit", kind, i)
-    if not any(getattr(p, "musar", False) for p in to.get("patches", {}).get("post_input", [])):
+    to[ROUTING] = routed.Routed(subjects, references, routing, recorder, model.model.process_latent_in)
+    if len(subjects):
+        for kind, count in (("double_block", len(dm.double_blocks)),
+                            ("single_block", len(dm.single_blocks))):
+            for i in range(count):
+                m.set_model_patch_replace(_BlockPatch(kind, i), "dit", kind, i)
+    if len(subjects) and not any(getattr(p, "musar", False)
+                                 for p in to.get("patches", {}).get("post_input", [])):
         m.set_model_post_input_patch(_post_input)
     previous = to.get("optimized_attention_override")
     if not getattr(previous, "musar", False):  # the setters above replace the options dict
@@ -110,35 +134,6 @@ def apply_routing(model, subjects, settings: RoutingSettings):
     return m, recorder
 
 
-class _Routing:
-    """What ApplyRouting put on the MODEL (immutable; shared by clones): the routed segments
-    (subjects: a caption in the text stream, reference tokens appended to the image stream),
-    the resolved settings and the recorder of sampling runs."""
-
-    def __init__(self, subjects, routing: planning.Routing, recorder, process_latent_in):
-        self.subjects, self.routing, self.recorder = subjects, routing, recorder
-        self.process_latent_in = process_latent_in  # VAE latent -> model latent space
-        grids = [s.grid for s in subjects.subjects]
-        ids = subject_ids(grids, routing.settings.positions)
-        self.ids = torch.cat([torch.zeros(0, 3)] + [i if s.keep is None else i[s.keep]
-                                                    for i, s in zip(ids, subjects.subjects)])
-        self.caption_lens = tuple(s.caption_tokens.shape[1] for s in subjects.subjects)
-        self.image_lens = tuple(s.n_tokens for s in subjects.subjects)
-        self._device_cache: dict = {}
-
-    def tokens(self, device, dtype):
-        """(packed reference tokens (1, n, C*4), caption features list) on device/dtype."""
-        key = (str(device), dtype)
-        if key not in self._device_cache:
-            packed = torch.cat([s.packed(self.process_latent_in) for s in self.subjects.subjects], 1)
-            caps = [s.caption_tokens.to(device=device, dtype=dtype) for s in self.subjects.subjects]
-            self._device_cache = {key: (packed.to(device=device, dtype=dtype), caps)}
-        return self._device_cache[key]
-
-    def __deepcopy__(self, memo):
-        return self
-
-
 def _ensure_call_wrapper(m):
     m.remove_wrappers_with_key(WRAPPERS.DIFFUSION_MODEL, KEY)
     m.add_wrapper_with_key(WRAPPERS.DIFFUSION_MODEL, KEY, _diffusion_model_wrapper)
@@ -146,13 +141,25 @@ def _ensure_call_wrapper(m):
 
 def _outer_sample(executor, *args, **kwargs):
     """A fresh RunState per sampling run, tagged with the sampler node that runs it and, when
-    done, with the fingerprint of the latent it returns (how the preview finds its route)."""
+    done, with the fingerprint of the latent it returns (how the preview finds its route).
+    Before the first step: the references the conditioning holds and the regions on this
+    canvas are checked (``references.run_conditions``)."""
     guider = executor.class_obj
     routing = guider.model_options["transformer_options"].get(ROUTING)
     if routing is None:
         return executor(*args, **kwargs)
+    noise = args[0] if args else kwargs["noise"]
+    n_refs = 0
+    if routing.routes_references:
+        n_refs = references.reference_count(
+            [len(c.get("reference_latents") or ()) for conds in guider.conds.values()
+             for c in conds], routing.references)
+    patch = guider.model_patcher.model.diffusion_model.patch_size
+    conditions = references.run_conditions(routing.subjects.subjects, routing.references, n_refs,
+                                           _grid(noise.shape[-2], noise.shape[-1], patch))
     context = get_executing_context()
     run = routing.recorder.begin(None if context is None else (context.prompt_id, context.node_id))
+    run.conditions = conditions
     guider.model_options["transformer_options"][RUN] = run  # a per-sample copy, not the MODEL's
     out = executor(*args, **kwargs)
     run.output = session.fingerprint(out)
@@ -167,28 +174,32 @@ def _diffusion_model_wrapper(executor, x, timestep, context, y, guidance, ref_la
                              transformer_options, **kwargs):
     dm = executor.class_obj
     grid = _grid(x.shape[-2], x.shape[-1], dm.patch_size)
-    extra = sum(math.prod(_grid(r.shape[-2], r.shape[-1], dm.patch_size)) for r in ref_latents or ())
+    refs = tuple(math.prod(_grid(r.shape[-2], r.shape[-1], dm.patch_size)) for r in ref_latents or ())
     routing = transformer_options.get(ROUTING)
-    if routing is None or len(routing.subjects) == 0:
-        base = TokenLayout(context.shape[1], grid[0] * grid[1], extra_len=extra)
+    if routing is None or not routing.active:
+        base = TokenLayout(context.shape[1], grid[0] * grid[1], extra_len=sum(refs))
         with session.activate(session.MusarCall(base, model=dm)):
             return executor(x, timestep, context, y, guidance, ref_latents, control,
                             transformer_options, **kwargs)
     schedule = transformer_options.get("sample_sigmas")
+    routed = routing.routes_references
     shape = planning.CallShape(
-        prompt_len=context.shape[1], grid=grid, extra_len=extra, batch=x.shape[0],
+        prompt_len=context.shape[1], grid=grid, extra_len=0 if routed else sum(refs),
+        reference_lens=refs if routed else (), batch=x.shape[0],
         kinds=tuple(transformer_options.get("cond_or_uncond", [0])),
         sigma=float(transformer_options["sigmas"].max()), device=x.device,
         schedule=None if schedule is None else tuple(schedule.tolist()))
     run = transformer_options.get(RUN) or routing.recorder.latest or routing.recorder.begin()
-    call = planning.plan_call(routing.routing, run, shape, routing.caption_lens, routing.image_lens)
+    regions = getattr(getattr(run, "conditions", None), "regions", None)
+    call = planning.plan_call(routing.routing, run, shape, routing.caption_lens,
+                              routing.image_lens, regions)
     call.model, call.source = dm, routing
     call.vec0 = functools.partial(_clean_vec, dm, y, guidance is not None, x.shape[0])
     if kwargs.get("attention_mask") is not None:
-        logger.warning("MUSAR: a conditioning attention_mask cannot be combined with subject "
+        logger.warning("MUSAR: a conditioning attention_mask cannot be combined with routed "
                        "tokens and is not applied")
         kwargs = {**kwargs, "attention_mask": None}
-    if not call.cached:
+    if not call.cached and routing.has_subjects:
         _, caps = routing.tokens(x.device, x.dtype)
         context = torch.cat([context] + [c.to(context).expand(context.shape[0], -1, -1) for c in caps], 1)
     with session.activate(call):

@@ -36,6 +36,32 @@ class RoutingHandle:
     n_subjects: int
 
 
+def dynamic_routing_inputs(what: str, blocks_example: str) -> list:
+    """The dynamic-routing inputs MUSAR Apply Routing and MUSAR Route References share: names,
+    defaults and ranges (``what`` names the routed conditions in the tooltips)."""
+    return [
+        io.Boolean.Input("dynamic_routing", default=True,
+                         tooltip=f"Route each image token to one {what} from attention (argmax) "
+                                 "between start and end percent."),
+        io.Float.Input("start_percent", default=0.2, **LIMITS["start_percent"].schema(),
+                       tooltip="When dynamic routing starts (0 = first step). The first steps "
+                               "form the layout, so routing starts later [chosen 0.2]."),
+        io.Float.Input("end_percent", default=1.0, **LIMITS["end_percent"].schema(),
+                       tooltip="When dynamic routing stops (1 = last step)."),
+        io.String.Input("routing_blocks", default="double",
+                        tooltip="Blocks whose attention decides the route: 'double', 'single', "
+                                f"'all', or items like '{blocks_example}'."),
+        io.Float.Input("threshold", default=0.0, **LIMITS["threshold"].schema(),
+                       tooltip=f"Image tokens whose strongest {what} gets less attention mass "
+                               f"than this become background (see no {what}). 0 = off."),
+        io.Int.Input("smoothing", default=3, **LIMITS["smoothing"].schema(),
+                     tooltip="Odd box-filter size on the token grid before the argmax (1 = "
+                             "none) [chosen 3]."),
+        io.Boolean.Input("symmetric", default=False,
+                         tooltip=f"Each {what} also sees only the image tokens routed to it."),
+    ]
+
+
 class MusarApplyRouting(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -56,25 +82,7 @@ class MusarApplyRouting(io.ComfyNode):
                 io.Boolean.Input("static_routing", default=True,
                                  tooltip="Block prompt<->condition and condition<->condition "
                                          "attention (the paper's mask). Turn off only to compare."),
-                io.Boolean.Input("dynamic_routing", default=True,
-                                 tooltip="Route each image token to one subject from attention "
-                                         "(argmax) between start and end percent."),
-                io.Float.Input("start_percent", default=0.2, **LIMITS["start_percent"].schema(),
-                               tooltip="When dynamic routing starts (0 = first step). The first "
-                                       "steps form the layout, so routing starts later [chosen 0.2]."),
-                io.Float.Input("end_percent", default=1.0, **LIMITS["end_percent"].schema(),
-                               tooltip="When dynamic routing stops (1 = last step)."),
-                io.String.Input("routing_blocks", default="double",
-                                tooltip="Blocks whose attention decides the route: 'double', "
-                                        "'single', 'all', or items like 'd5-18, s0-9'."),
-                io.Float.Input("threshold", default=0.0, **LIMITS["threshold"].schema(),
-                               tooltip="Image tokens whose strongest subject gets less attention "
-                                       "mass than this become background (see no subject). 0 = off."),
-                io.Int.Input("smoothing", default=3, **LIMITS["smoothing"].schema(),
-                             tooltip="Odd box-filter size on the token grid before the argmax "
-                                     "(1 = none) [chosen 3]."),
-                io.Boolean.Input("symmetric", default=False,
-                                 tooltip="Conditions also see only the image tokens routed to them."),
+                *dynamic_routing_inputs("subject", "d5-18, s0-9"),
                 io.Float.Input("strength", default=1.0, **LIMITS["strength"].schema(),
                                tooltip="Blend of the image tokens' attention with vs. without the "
                                        "subjects (1 = full MUSAR, 0 = subjects ignored)."),
@@ -160,24 +168,33 @@ class MusarRoutingPreview(io.ComfyNode):
             context = get_executing_context()
             run = routing.recorder.find(None if samples is None else fingerprint(samples["samples"]),
                                         None if context is None else context.prompt_id)
-        if run is None or not run.routes:
+        conditions = getattr(run, "conditions", None)
+        n = len(conditions.captions) if conditions is not None else routing.n_subjects
+        regions = None if conditions is None else conditions.regions
+        outlines = None if regions is None else regions.outlines
+        if run is None or (not run.routes and outlines is None):
             logger.warning("MUSAR preview: no route recorded (dynamic routing off, no subjects, "
                            "or the sampler has not run with this MODEL); showing the image as is")
-            masks = torch.zeros(max(1, routing.n_subjects * images.shape[0]), *images.shape[1:3])
-            return io.NodeOutput(images, masks, ui=_preview(images, routing, cls))
-        if settings.step >= len(run.routes):
+            masks = torch.zeros(max(1, n * images.shape[0]), *images.shape[1:3])
+            return io.NodeOutput(images, masks, ui=_preview(images, routing, cls, conditions))
+        if run.routes and settings.step >= len(run.routes):
             raise RoutingError(f"step {settings.step} asked, but the run recorded {len(run.routes)} "
                                "routed steps (use -1 for the last)")
-        _, route = run.routes[settings.step]
-        out, masks = imaging.route_overlay(images, route, run.grid, routing.n_subjects, settings.opacity)
-        return io.NodeOutput(out, masks, ui=_preview(out, routing, cls))
+        route = run.routes[settings.step][1] if run.routes else None
+        colors = None if conditions is None else conditions.colors
+        out, masks = imaging.route_overlay(images, route, run.grid, n, settings.opacity, colors,
+                                           outlines)
+        return io.NodeOutput(out, masks, ui=_preview(out, routing, cls, conditions))
 
 
-def _preview(image, routing: RoutingHandle, cls) -> dict:
+def _preview(image, routing: RoutingHandle, cls, conditions=None) -> dict:
     """Preview images plus the captions and colours the web legend shows."""
-    captions = list(routing.recorder.captions) if routing.recorder is not None else []
-    return {**ui.PreviewImage(image, cls=cls).as_dict(), "captions": captions,
-            "colors": [list(PALETTE[i % len(PALETTE)]) for i in range(len(captions))]}
+    if conditions is not None:
+        captions, colors = list(conditions.captions), [list(c) for c in conditions.colors]
+    else:
+        captions = list(routing.recorder.captions) if routing.recorder is not None else []
+        colors = [list(PALETTE[i % len(PALETTE)]) for i in range(len(captions))]
+    return {**ui.PreviewImage(image, cls=cls).as_dict(), "captions": captions, "colors": colors}
 
 
 NODES = [MusarApplyRouting, MusarRoutingPreview]

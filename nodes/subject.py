@@ -10,7 +10,7 @@ from ..musar.images import CROP_MODES, prepare_reference
 from ..musar.layout import MAX_SUBJECTS, check_subject_count
 from ..musar.settings import LIMITS, SubjectSettings, check_subject, verdict
 from ..musar.subjects import Subject, SubjectSet
-from .types import SUBJECTS
+from .types import REGION, SUBJECTS
 
 MAX_CAPTION_TOKENS = 77
 
@@ -59,6 +59,9 @@ class MusarSubject(io.ComfyNode):
                                       "(white) are used; the mask must match the image size."),
                 SUBJECTS.Input("subjects", optional=True,
                                tooltip="Subjects from an earlier MUSAR Subject node to append to."),
+                REGION.Input("region", optional=True,
+                             tooltip="Optional MUSAR Layout Region: where in the generated image "
+                                     "this subject should go."),
             ],
             outputs=[SUBJECTS.Output(display_name="subjects")],
         )
@@ -68,8 +71,8 @@ class MusarSubject(io.ComfyNode):
         return verdict(check_subject, dict(caption=caption, crop=crop, reference_size=reference_size))
 
     @classmethod
-    def execute(cls, image, vae, clip, caption, crop, reference_size, mask=None, subjects=None
-                ) -> io.NodeOutput:
+    def execute(cls, image, vae, clip, caption, crop, reference_size, mask=None, subjects=None,
+                region=None) -> io.NodeOutput:
         settings = SubjectSettings(caption=caption, crop=crop, reference_size=reference_size)
         chain = subjects if subjects is not None else SubjectSet()
         check_subject_count(len(chain) + 1)  # before the (slow) encoding
@@ -77,7 +80,7 @@ class MusarSubject(io.ComfyNode):
         latent = vae.encode(pixels).float().cpu()
         keep = None if small_mask is None else Subject.keep_from_mask(small_mask, latent)
         subject = Subject(latent, settings.caption.strip(), encode_caption(clip, settings.caption),
-                          keep, preview=pixels.cpu())
+                          keep, preview=pixels.cpu(), region=region)
         return io.NodeOutput(chain.add(subject))
 
 

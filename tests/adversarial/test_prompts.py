@@ -17,7 +17,7 @@ import pytest
 import torch
 from client import Raised, Refused, Rejected
 from files import ROOT, tiny_lora
-from graphs import SAMPLER, assert_good, generation, toy, training
+from graphs import ROUTING, SAMPLER, assert_good, generation, toy, training
 from safetensors.torch import save_file
 
 from musar import lora as musar_lora
@@ -60,6 +60,26 @@ def example(name):
     """Subject 5's picture from MUSAR Example Image (node 45) named ``name(world)``."""
     return chain(extra("45", {"class_type": "MUSAR_ExampleImage", "inputs": {"image": "x"}}),
                  put("45", image=name), put("5", image=["45", 0]))
+
+
+def region(value=1.0, **settings):
+    """Subject 5 gets a MUSAR Layout Region (node 46) over a SolidMask of ``value``."""
+    inputs = {"mask": ["45", 0], "mode": "hard", "strength": 0.5}
+    return chain(extra("45", {"class_type": "SolidMask", "inputs": {"value": value, "width": 64, "height": 64}}),
+                 extra("46", {"class_type": "MUSAR_LayoutRegion", "inputs": inputs}),
+                 put("46", **settings), put("5", region=["46", 0]))
+
+
+def references(label=None, **settings):
+    """MUSAR Route References (node 47, with a MUSAR Reference Label, node 48) between Apply
+    Routing and the sampler."""
+    routing = {k: v for k, v in ROUTING.items() if k not in ("condition_cache", "positions")}
+    edits = [extra("48", {"class_type": "MUSAR_ReferenceLabel", "inputs": {"reference": 1, "caption": "ref",
+                                                                          "color": "#FF8800"}}),
+             extra("47", {"class_type": "MUSAR_RouteReferences", "inputs": {
+                 "model": ["7", 0], "block_prompt_references": False, **routing, "labels": ["48", 0]}}),
+             put("47", **settings), put(SAMPLER, model=["47", 0])]
+    return chain(*edits, put("48", **(label or {})))
 
 
 NAN = float("nan")
@@ -179,13 +199,24 @@ CASES = [
     c("save-prefix-absolute", T, put("22", filename_prefix="/tmp/escape"), Refused("22", "inside models/loras")),
     c("save-prefix-empty", T, put("22", filename_prefix=""), Refused("22", "inside models/loras")),
     c("save-prefix-linked", T, put("22", filename_prefix=Link("../x")), Raised("22", "TrainingError", "inside models/loras")),
+    # ---- MUSAR_LayoutRegion, MUSAR_RouteReferences, MUSAR_ReferenceLabel ------------------------
+    c("region-mode-unknown", G, region(mode="blurry"), Rejected("46", "mode|blurry", NO_SAMPLE)),
+    c("region-strength-nan", G, region(strength=NAN), Rejected("46", "strength", NO_SAMPLE)),
+    c("region-strength-linked-big", G, region(strength=Link(4.0)), Rejected("46", "strength", NO_SAMPLE)),
+    c("region-mask-nan", G, region(value=NAN), Rejected("46", "(?i)nan|finite|mask", NO_SAMPLE)),
+    c("references-blocks-garbage", G, references(routing_blocks="d2-x"), Rejected("47", "not understood|routing_blocks", NO_SAMPLE)),
+    c("references-threshold-nan", G, references(threshold=NAN), Rejected("47", "threshold", NO_SAMPLE)),
+    c("references-strength-linked-nan", G, references(strength=Link(NAN)), Rejected("47", "strength", NO_SAMPLE)),
+    c("label-reference-zero", G, references(label={"reference": 0}), Rejected("48", "reference", NO_SAMPLE)),
+    c("label-color-garbage", G, references(label={"color": "#GG0000"}), Rejected("48", "(?i)colou?r", NO_SAMPLE)),
+    c("label-color-linked", G, references(label={"color": Link("red-ish")}), Rejected("48", "(?i)colou?r", NO_SAMPLE)),
     # ---- MUSAR_ExampleImage (bundled pictures only) -------------------------------------------
     c("example-image-dotdot", G, example(lambda w: "../../SECURITY.md"), Refused("45", "not one of the pack's bundled pictures")),
     c("example-image-absolute", G, example(lambda w: str(w["secret"] / "private_pairs" / "object_0" / "panel_0.png")),
       Refused("45", "not one of the pack's bundled pictures")),
     c("example-image-unknown", G, example(lambda w: "nothing.png"), Refused("45", "not one of the pack's bundled pictures")),
     # ---- test-only loaders ------------------------------------------------------------------
-    c("tiny-size-unknown", G, put("1", size="enormous"), Refused("1", "unknown stand-in size 'enormous'")),
+    c("tiny-size-unknown", G, put("1", size="enormous"), Refused("1", "unknown option 'enormous'")),
     c("tiny-seed-negative", G, put("1", seed=-1), Refused("1", "smaller than min", "value_smaller_than_min")),
     c("toy-model-file-dotdot", Y, put("30", model_file=lambda w: UP + SECRET_LORA(w)), Rejected("30", "model_file|toy", ("33",))),
     c("toy-model-file-absolute", Y, put("30", model_file=SECRET_LORA), Rejected("30", "model_file|toy", ("33",))),

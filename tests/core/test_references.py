@@ -105,10 +105,14 @@ def test_reference_plans_follow_the_rules_token_by_token(n_subjects, n_refs):
 def test_routed_attention_with_references_matches_dense_reference(n_subjects, n_refs):
     layout = _layout(n_subjects, n_refs, seed=n_refs)
     q, k, v = _qkv(layout, seed=n_refs)
+    def gather(q_, k_, v_):  # a kernel without a log-sum-exp twin: the gather executor
+        return attention.sdpa(q_, k_, v_)
+
     for name, plan in _plans(layout, 2, seed=n_refs):
-        got = attention.routed_attention(q, k, v, layout, plan, attention.sdpa)
         want = attention.dense_reference(q, k, v, layout, plan)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+        for kernel in (attention.sdpa, gather):  # log-sum-exp and gather executors
+            got = attention.routed_attention(q, k, v, layout, plan, kernel)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_static_routing_blocks_reference_pairs_and_keeps_the_prompt_by_default():

@@ -97,11 +97,11 @@ def test_a_region_of_another_shape_is_refused_and_any_resolution_of_the_right_sh
 
 def test_empty_batched_and_too_small_regions_are_refused():
     with pytest.raises(LayoutError, match="empty"):
-        check_mask(torch.zeros(1, 64, 96), "subject 'a'")
+        check_mask(torch.zeros(1, 64, 96), "the region of subject 'a'")
     with pytest.raises(LayoutError, match="batch of 2"):
-        check_mask(torch.ones(2, 64, 96), "subject 'a'")
+        check_mask(torch.ones(2, 64, 96), "the region of subject 'a'")
     with pytest.raises(LayoutError, match="NaN"):
-        check_mask(torch.full((64, 96), float("nan")), "subject 'a'")
+        check_mask(torch.full((64, 96), float("nan")), "the region of subject 'a'")
     with pytest.raises(LayoutError, match="covers no token"):
         region_map([Region(_box(0, 0, 4, 4))], ["subject 'a'"], GRID)
     assert region_map([Region(_box(0, 0, 4, 4), "soft")], ["a"], GRID) is not None
