@@ -86,7 +86,8 @@ def _references(b, demo, images, captions, vae, start_id, x=0, y=480, labels=Tru
         b.add(base, "MUSAR_ExampleImage", (x, y + 330 * i), {"image": image},
               title=f"Reference {i + 1} (example)", size=(315, 310))
         b.add(base + 1, "ImageScaleToTotalPixels", (x + 340, y + 330 * i),
-              {"upscale_method": "lanczos", "megapixels": 1.0}, {"image": (base, 0)})
+              {"upscale_method": "lanczos", "megapixels": 1.0}, {"image": (base, 0)},
+              title="Scale to ~1 MP")
         b.add(base + 2, "VAEEncode", (x + 340, y + 330 * i + 110), {}, {"pixels": (base + 1, 0), "vae": vae})
         latents.append(base + 2)
         if labels:
@@ -102,7 +103,8 @@ def _chain(b, text_node, latents, x, y):
     previous = text_node
     for i, latent in enumerate(latents):
         b.add(60 + i, "ReferenceLatent", (x, y + 60 * i), {}, {"conditioning": (previous, 0),
-                                                               "latent": (latent, 0)})
+                                                               "latent": (latent, 0)},
+              title=f"ReferenceLatent {i + 1}")
         previous = 60 + i
     return previous
 
@@ -133,19 +135,23 @@ def build_flux2(demo, info, name, ab=False):
               "side by side on a sunlit kitchen table, photo.")
     b.add(5, "CLIPTextEncode", (780, 420), {"text": prompt}, {"clip": (3, 0)}, size=(420, 200))
     last = _chain(b, 5, latents, 780, 660)
-    b.add(7, "FluxGuidance", (780, 800), {"guidance": 4.0}, {"conditioning": (last, 0)})
+    b.add(7, "FluxGuidance", (780, 800), {"guidance": 4.0}, {"conditioning": (last, 0)},
+          title="FluxGuidance")
     b.add(10, "MUSAR_RouteReferences", (380, 0), {}, {"model": (2, 0), "labels": (label, 0)},
           size=(360, 400))
-    b.add(11, "RandomNoise", (1240, 0), {"noise_seed": 42})
-    b.add(12, "KSamplerSelect", (1240, 110), {"sampler_name": "euler"})
-    b.add(13, "Flux2Scheduler", (1240, 200), {"steps": 20, "width": 1024, "height": 1024})
+    b.add(11, "RandomNoise", (1240, 0), {"noise_seed": 42}, title="RandomNoise (shared)" if ab else "RandomNoise")
+    b.add(12, "KSamplerSelect", (1240, 110), {"sampler_name": "euler"}, title="KSamplerSelect")
+    b.add(13, "Flux2Scheduler", (1240, 200), {"steps": 20, "width": 1024, "height": 1024},
+          title="Flux2Scheduler")
     b.add(14, "EmptyFlux2LatentImage", (1240, 340), {"width": 1024, "height": 1024, "batch_size": 1})
     runs = [("_unrouted", (2, 0), 600), ("_routed", (10, 0), 1100)] if ab else [("", (10, 0), 600)]
     for k, (suffix, model, y) in enumerate(runs):
-        b.add(15 + 2 * k, "BasicGuider", (1240, y - 120), {}, {"model": model, "conditioning": (7, 0)})
+        what = suffix.strip("_") or "routed"
+        b.add(15 + 2 * k, "BasicGuider", (1240, y - 120), {}, {"model": model, "conditioning": (7, 0)},
+              title=f"BasicGuider ({what})")
         b.add(16 + 2 * k, "SamplerCustomAdvanced", (1240, y), {}, {
             "noise": (11, 0), "guider": (15 + 2 * k, 0), "sampler": (12, 0), "sigmas": (13, 0),
-            "latent_image": (14, 0)}, size=(315, 330))
+            "latent_image": (14, 0)}, size=(315, 330), title=f"SamplerCustomAdvanced ({what})")
         _outputs(b, 80 + 4 * k, name.replace("_references_ab", "_ab"), (16 + 2 * k, 0), (4, 0),
                  (10, 1), 1600, y, suffix, preview=suffix != "_unrouted")
     b.group("Models", [2, 3, 4, 10], "#3f789e")
@@ -170,13 +176,16 @@ def build_kontext(demo, info, name, regions=False):
     b.add(5, "CLIPTextEncode", (780, 420), {"text": prompt}, {"clip": (3, 0)}, size=(420, 200))
     last = _chain(b, 5, latents, 780, 660)
     b.add(6, "FluxKontextMultiReferenceLatentMethod", (780, 800),
-          {"reference_latents_method": "offset"}, {"conditioning": (last, 0)})
-    b.add(7, "FluxGuidance", (780, 900), {"guidance": 2.5}, {"conditioning": (6, 0)})
+          {"reference_latents_method": "offset"}, {"conditioning": (last, 0)},
+          title="FluxKontextMultiReferenceLatentMethod")
+    b.add(7, "FluxGuidance", (780, 900), {"guidance": 2.5}, {"conditioning": (6, 0)},
+          title="FluxGuidance")
     b.add(8, "ConditioningZeroOut", (780, 1000), {}, {"conditioning": (5, 0)},
           title="Negative (unused at cfg 1)")
     b.add(10, "MUSAR_RouteReferences", (380, 0), {}, {"model": (2, 0), "labels": (label, 0)},
           size=(360, 400))
-    b.add(14, "EmptySD3LatentImage", (1240, 560), {"width": 1024, "height": 1024, "batch_size": 1})
+    b.add(14, "EmptySD3LatentImage", (1240, 560), {"width": 1024, "height": 1024, "batch_size": 1},
+          title="EmptySD3LatentImage")
     b.add(16, "KSampler", (1240, 0), {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
                                       "scheduler": "simple", "denoise": 1.0},
           {"model": (10, 0), "positive": (7, 0), "negative": (8, 0), "latent_image": (14, 0)},

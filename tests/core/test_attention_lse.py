@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_routing as tr  # noqa: E402
-import test_train_toy as toy  # noqa: E402
+import tiny  # noqa: E402
 
 from musar import attention, attention_lse, routing  # noqa: E402
 from musar.flux_forward import ForwardInputs, musar_forward  # noqa: E402
@@ -115,7 +115,7 @@ def test_lse_executor_gradients_match_dense_reference(kind):
 def test_training_forward_gradients_equal_with_either_executor():
     """musar_forward (the training forward) under autograd: the same loss gradients for every
     parameter whether attention merges log-sum-exps or gathers keys."""
-    dm = toy.ToyFlux()
+    dm = tiny.TinyFlux()
     g = torch.Generator().manual_seed(0)
     inp = ForwardInputs(torch.randn(1, 8, 64, generator=g), grid_ids(2, 4)[None],
                         torch.randn(1, 5, 16, generator=g), [torch.randn(1, 3, 16, generator=g)],

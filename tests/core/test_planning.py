@@ -140,3 +140,19 @@ def test_recorder_keeps_routes_of_old_runs_but_frees_their_cache():
     for i in range(40):
         rec.begin(("p", str(i)))
     assert old.kv == {} and old.routes and len(rec.runs) <= 16 and old not in rec.runs
+
+
+def test_route_overlay_draws_each_image_with_its_own_route():
+    from musar.images import route_masks, route_overlay
+
+    images = torch.rand(2, 16, 32, 3, generator=torch.Generator().manual_seed(0))
+    routes = torch.stack([torch.tensor([0, 0, 1, 1] * 2), torch.tensor([1, 1, 0, -1] * 2)])
+    overlay, masks = route_overlay(images, routes, GRID, 2, 0.5)
+    assert masks.shape == (4, 16, 32)
+    for i in range(2):
+        assert torch.equal(masks[2 * i:2 * i + 2], route_masks(routes[i], GRID, 2, 16, 32))
+    assert not torch.equal(masks[:2], masks[2:])
+    _, shared = route_overlay(images, routes[:1], GRID, 2)  # one route for every image
+    assert torch.equal(shared[:2], shared[2:])
+    with pytest.raises(RoutingError, match="2 images arrived but the sampling run routed 3"):
+        route_overlay(images, routes[[0, 1, 1]], GRID, 2)
