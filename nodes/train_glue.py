@@ -119,10 +119,12 @@ class Validator:
         if len(self.subjects):
             m, _ = patcher.apply_routing(m, self.subjects, RoutingSettings(dynamic_routing=False))
         noise = torch.randn(self.latent.shape, generator=torch.Generator().manual_seed(self.seed))
-        out = comfy.sample.sample(m, noise, self.steps, 1.0, "euler", "simple", self.positive,
-                                  self.positive, self.latent, seed=self.seed, disable_pbar=True)
-        image = self.vae.decode(out).float().cpu()
-        load_plain(self.model)
+        try:  # a Cancel can interrupt sampling: the plain model is put back either way
+            out = comfy.sample.sample(m, noise, self.steps, 1.0, "euler", "simple", self.positive,
+                                      self.positive, self.latent, seed=self.seed, disable_pbar=True)
+            image = self.vae.decode(out).float().cpu()
+        finally:
+            load_plain(self.model)
         logger.info("validation image at step %d", step)
         return image.reshape(-1, *image.shape[-3:])[:1]
 
@@ -170,7 +172,8 @@ class Progress:
 def run_training(model, clip, vae, training_set, config, store, *, cache_dir, resume=None,
                  node_id=None, validate=True, dist=None, base_model=""):
     """Train; returns (TrainResult, loss curve IMAGE, validation IMAGE). Raises ComfyUI's
-    InterruptProcessingException after a cancel (the last completed step is checkpointed)."""
+    InterruptProcessingException after a cancel - ComfyUI raises it inside any op's forward, the
+    trainer catches it there (Callbacks.interrupts) and checkpoints the last finished step."""
     check_model(model)
     device = mm.get_torch_device()
     dtype = model.model.manual_cast_dtype or model.model.get_dtype()
@@ -184,8 +187,8 @@ def run_training(model, clip, vae, training_set, config, store, *, cache_dir, re
         validator = Validator(model, clip, vae, training_set, config.seed) \
             if validate and config.validate_every else None
         callbacks = Callbacks(should_stop=progress.should_stop, on_step=progress.on_step,
-                              validate=validator,
-                              before_training=lambda: load_plain(model))
+                              validate=validator, before_training=lambda: load_plain(model),
+                              interrupts=(mm.InterruptProcessingException,))
         result = trainer.run(callbacks, resume=resume)
     checkpoint = str(result.checkpoint) if result.checkpoint else None
     progress.send("musar.train.done", {"step": result.step, "checkpoint": checkpoint})

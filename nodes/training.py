@@ -8,29 +8,77 @@ from __future__ import annotations
 import logging
 import os
 
-import folder_paths
 from comfy_api.latest import io, ui
 
 from ..musar.data import DEFAULT_PROMPT_TEMPLATE
+from ..musar.data.diptych import check_template
 from ..musar.data.readers import LAYOUTS
-from ..musar.errors import TrainingError
+from ..musar.errors import DatasetError, TrainingError
 from ..musar.lora import save_dual_lora
 from ..musar.train import OPTIMIZERS, PRECISIONS, CheckpointStore, TrainConfig
 from ..musar.train.dataset import open_training_set
-from . import train_glue
+from . import inputs, paths, train_glue
 from .types import DATASET, DUAL_LORA
 
 logger = logging.getLogger(__name__)
 RESUME = ("none", "latest")
 MAX_STEPS = 1_000_000
+BOUNDS = {  # every number widget's (min, max): the schema and the execute-time checks share them
+    "min_quality": (0, 10), "target_width": (64, 4096), "target_height": (64, 4096),
+    "reference_size": (64, 2048), "prompt_dropout": (0.0, 1.0), "condition_dropout": (0.0, 1.0),
+    "seed": (0, 2**31 - 1), "steps": (1, MAX_STEPS), "learning_rate": (1e-7, 10.0),
+    "noisy_rank": (0, 3072), "subject_rank": (0, 3072), "batch_size": (1, 64),
+    "grad_accumulation": (1, 256), "checkpoint_every": (0, MAX_STEPS),
+    "validation_every": (0, MAX_STEPS)}
+paths.register_folders()
 
 
-def _int(name, default, low, high, tip, step=1, **kw):
+def _int(name, default, tip, step=1, **kw):
+    low, high = BOUNDS[name]
     return io.Int.Input(name, default=default, min=low, max=high, step=step, tooltip=tip, **kw)
 
 
-def _float(name, default, low, high, step, tip, **kw):
+def _float(name, default, step, tip, **kw):
+    low, high = BOUNDS[name]
     return io.Float.Input(name, default=default, min=low, max=high, step=step, tooltip=tip, **kw)
+
+
+def _numbers(error, **values) -> None:
+    for name, value in values.items():
+        inputs.number(name, value, *BOUNDS[name], error, integer=isinstance(BOUNDS[name][0], int))
+
+
+def _check_dataset(path=None, layout=None, min_quality=None, target_width=None, target_height=None,
+                   reference_size=None, prompt_template=None, prompt_dropout=None,
+                   condition_dropout=None, seed=None, running=False) -> str | None:
+    """The resolved dataset path (None when ``path`` is linked); DatasetError for a bad value.
+    A path must lie inside the dataset folders at validation; it must also exist when running."""
+    inputs.choice("layout", layout, LAYOUTS, DatasetError)
+    sizes = dict(target_width=target_width, target_height=target_height, reference_size=reference_size)
+    _numbers(DatasetError, min_quality=min_quality, prompt_dropout=prompt_dropout,
+             condition_dropout=condition_dropout, seed=seed, **sizes)
+    odd = [k for k, v in sizes.items() if v is not None and v % 16]
+    if odd:
+        raise DatasetError(f"{', '.join(odd)} must be multiples of 16 (FLUX latents are 2x2 "
+                           f"packed 8x VAE cells), got {', '.join(str(sizes[k]) for k in odd)}")
+    if prompt_template is not None:
+        check_template(prompt_template)
+    return None if path is None else paths.dataset_path(path, must_exist=running)
+
+
+def _check_training(steps=None, learning_rate=None, noisy_rank=None, subject_rank=None,
+                    batch_size=None, grad_accumulation=None, optimizer=None, precision=None,
+                    gradient_checkpointing=None, seed=None, checkpoint_every=None,
+                    output_name=None, resume=None, validation_every=None) -> str | None:
+    """The resolved run folder (None when ``output_name`` is linked); TrainingError otherwise."""
+    _numbers(TrainingError, steps=steps, learning_rate=learning_rate, noisy_rank=noisy_rank,
+             subject_rank=subject_rank, batch_size=batch_size, grad_accumulation=grad_accumulation,
+             seed=seed, checkpoint_every=checkpoint_every, validation_every=validation_every)
+    inputs.choice("optimizer", optimizer, OPTIMIZERS, TrainingError)
+    inputs.choice("precision", precision, PRECISIONS, TrainingError)
+    inputs.choice("resume", resume, RESUME, TrainingError)
+    inputs.choice("gradient_checkpointing", gradient_checkpointing, (True, False), TrainingError)
+    return None if output_name is None else paths.run_folder(output_name)
 
 
 class MusarLoadDiptychDataset(io.ComfyNode):
@@ -48,35 +96,43 @@ class MusarLoadDiptychDataset(io.ComfyNode):
                                 "shards, or a folder in the folder layout (see the help page)."),
                 io.Combo.Input("layout", options=list(LAYOUTS), default="auto",
                                tooltip="auto: recognised by the parquet columns / folder files."),
-                _int("min_quality", 5, 0, 10, "Subjects200K: keep rows whose three quality scores "
+                _int("min_quality", 5, "Subjects200K: keep rows whose three quality scores "
                      "are all >= this (0 = no filter). 5 as OminiControl."),
-                _int("target_width", 1024, 64, 4096, "Width of the two-panel target image.", 16),
-                _int("target_height", 512, 64, 4096, "Height of the target image.", 16),
-                _int("reference_size", 512, 64, 2048, "Side of each condition image (centre crop).", 16),
+                _int("target_width", 1024, "Width of the two-panel target image.", 16),
+                _int("target_height", 512, "Height of the target image.", 16),
+                _int("reference_size", 512, "Side of each condition image (centre crop).", 16),
                 io.String.Input("prompt_template", default=DEFAULT_PROMPT_TEMPLATE, multiline=True,
                                 tooltip="Diptych prompt; placeholders {desc_a} {desc_b} {item_a} "
                                         "{item_b} {desc_left} {desc_right} ... (pairs only)."),
-                _float("prompt_dropout", 0.0, 0.0, 1.0, 0.01, "Share of samples with an empty prompt."),
-                _float("condition_dropout", 0.0, 0.0, 1.0, 0.01, "Chance that each condition is "
+                _float("prompt_dropout", 0.0, 0.01, "Share of samples with an empty prompt."),
+                _float("condition_dropout", 0.0, 0.01, "Chance that each condition is "
                        "dropped from a sample (the target still shows it)."),
-                _int("seed", 0, 0, 2**31 - 1, "Seed of every sampling choice (pairs, panels, order, "
+                _int("seed", 0, "Seed of every sampling choice (pairs, panels, order, "
                      "dropout).", control_after_generate=False),
             ],
             outputs=[DATASET.Output(display_name="dataset")],
         )
 
     @classmethod
-    def validate_inputs(cls, target_width, target_height, reference_size, **_):
-        if target_width % 16 or target_height % 16 or reference_size % 16:
-            return "target_width, target_height and reference_size must be multiples of 16"
-        return True
+    def validate_inputs(cls, path, layout, target_width, target_height, reference_size,
+                        prompt_template, prompt_dropout, condition_dropout):
+        return inputs.validation(
+            _check_dataset, path=path, layout=layout, target_width=target_width,
+            target_height=target_height, reference_size=reference_size,
+            prompt_template=prompt_template, prompt_dropout=prompt_dropout,
+            condition_dropout=condition_dropout)
 
     @classmethod
     def execute(cls, path, layout, min_quality, target_width, target_height, reference_size,
                 prompt_template, prompt_dropout, condition_dropout, seed) -> io.NodeOutput:
-        data = open_training_set(path, layout, min_quality, (target_height, target_width),
-                                 reference_size, prompt_template, prompt_dropout, condition_dropout,
-                                 seed)
+        values = dict(path=path, layout=layout, min_quality=min_quality, target_width=target_width,
+                      target_height=target_height, reference_size=reference_size,
+                      prompt_template=prompt_template, prompt_dropout=prompt_dropout,
+                      condition_dropout=condition_dropout, seed=seed)
+        inputs.linked_values(DatasetError, **values)
+        data = open_training_set(_check_dataset(**values, running=True), layout, min_quality,
+                                 (target_height, target_width), reference_size, prompt_template,
+                                 prompt_dropout, condition_dropout, seed)
         logger.info("MUSAR dataset: %s", data.summary)
         text = f"{data.summary}\n{len(data)} samples per epoch ({data.description['kind']})"
         return io.NodeOutput(data, ui=ui.PreviewText(text))
@@ -98,15 +154,15 @@ class MusarTrainDualLoRA(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="FLUX's text encoder (prompts and subject captions)."),
                 io.Vae.Input("vae", tooltip="FLUX's VAE (targets and references are encoded once, cached)."),
                 DATASET.Input("dataset", tooltip="From MUSAR Load Diptych Dataset."),
-                _int("steps", 1000, 1, MAX_STEPS, "Optimizer steps."),
-                _float("learning_rate", 1e-4, 1e-7, 10.0, 1e-5, "AdamW learning rate (Prodigy: 1.0).",
+                _int("steps", 1000, "Optimizer steps."),
+                _float("learning_rate", 1e-4, 1e-5, "AdamW learning rate (Prodigy: 1.0).",
                        round=False),
-                _int("noisy_rank", 4, 0, 3072, "Rank of the noisy-image branch (low, so it cannot "
+                _int("noisy_rank", 4, "Rank of the noisy-image branch (low, so it cannot "
                      "learn the diptych layout)."),
-                _int("subject_rank", 64, 0, 3072, "Rank of the subject (reference image) branch."),
-                _int("batch_size", 1, 1, 64, "Samples per forward (samples with different token "
+                _int("subject_rank", 64, "Rank of the subject (reference image) branch."),
+                _int("batch_size", 1, "Samples per forward (samples with different token "
                      "layouts run as separate forwards, same weight)."),
-                _int("grad_accumulation", 1, 1, 256, "Micro-batches per optimizer step."),
+                _int("grad_accumulation", 1, "Micro-batches per optimizer step."),
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw",
                                tooltip="adamw, or prodigy (needs the prodigyopt package; use lr 1.0)."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="fp32",
@@ -114,16 +170,16 @@ class MusarTrainDualLoRA(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute block activations in the backward pass: much "
                                          "less memory, about a third slower."),
-                _int("seed", 0, 0, 2**31 - 1, "Seed of the LoRA init, sample order, timesteps and "
+                _int("seed", 0, "Seed of the LoRA init, sample order, timesteps and "
                      "noise.", control_after_generate=False),
-                _int("checkpoint_every", 500, 0, MAX_STEPS, "Write a checkpoint every N steps (0: "
+                _int("checkpoint_every", 500, "Write a checkpoint every N steps (0: "
                      "only at the end); the last 3 are kept."),
                 io.String.Input("output_name", default="musar_dual_lora",
                                 tooltip="Run name: checkpoint folder under output/musar_training/."),
                 io.Combo.Input("resume", options=list(RESUME), default="none",
                                tooltip="latest: continue from this run's newest checkpoint (same "
                                        "settings and data); none: start fresh."),
-                _int("validation_every", 0, 0, MAX_STEPS, "Sample a validation image every N steps "
+                _int("validation_every", 0, "Sample a validation image every N steps "
                      "(fixed seed and subjects; 0: off)."),
             ],
             outputs=[DUAL_LORA.Output(display_name="lora"),
@@ -133,26 +189,32 @@ class MusarTrainDualLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, output_name, **_):
-        if not output_name.strip() or any(c in output_name for c in "/\\") or output_name.strip(". ") == "":
-            return "output_name must be a plain name (no folders), e.g. musar_dual_lora"
-        return True
+    def validate_inputs(cls, learning_rate, optimizer, precision, output_name, resume):
+        return inputs.validation(_check_training, learning_rate=learning_rate, optimizer=optimizer,
+                                 precision=precision, output_name=output_name, resume=resume)
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, steps, learning_rate, noisy_rank, subject_rank,
                 batch_size, grad_accumulation, optimizer, precision, gradient_checkpointing, seed,
                 checkpoint_every, output_name, resume, validation_every) -> io.NodeOutput:
+        values = dict(steps=steps, learning_rate=learning_rate, noisy_rank=noisy_rank,
+                      subject_rank=subject_rank, batch_size=batch_size,
+                      grad_accumulation=grad_accumulation, optimizer=optimizer, precision=precision,
+                      gradient_checkpointing=gradient_checkpointing, seed=seed,
+                      checkpoint_every=checkpoint_every, output_name=output_name, resume=resume,
+                      validation_every=validation_every)
+        inputs.linked_values(TrainingError, **values)
+        folder = _check_training(**values)
         config = TrainConfig(steps=steps, learning_rate=learning_rate, noisy_rank=noisy_rank,
                              subject_rank=subject_rank, batch_size=batch_size,
                              grad_accum=grad_accumulation, optimizer=optimizer, precision=precision,
                              gradient_checkpointing=gradient_checkpointing, seed=seed,
                              checkpoint_every=checkpoint_every, validate_every=validation_every)
-        root = os.path.join(folder_paths.get_output_directory(), "musar_training")
-        store = CheckpointStore(os.path.join(root, output_name.strip()), output_name.strip(),
-                                config.keep_checkpoints)
+        store = CheckpointStore(folder, output_name.strip(), config.keep_checkpoints)
         result, curve, preview = train_glue.run_training(
             model, clip, vae, dataset, config, store, resume=resume,
-            cache_dir=os.path.join(root, "encoding_cache"), node_id=cls.hidden.unique_id)
+            cache_dir=os.path.join(paths.training_root(), "encoding_cache"),
+            node_id=cls.hidden.unique_id)
         return io.NodeOutput(result.lora, curve, preview)
 
 
@@ -175,18 +237,22 @@ class MusarSaveDualLoRA(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, filename_prefix):
+        return inputs.validation(lambda p: p is None or paths.lora_save_target(p), filename_prefix)
+
+    @classmethod
     def execute(cls, lora, filename_prefix) -> io.NodeOutput:
-        loras = folder_paths.get_folder_paths("loras")[0]
-        folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, loras)
+        inputs.linked_values(TrainingError, filename_prefix=filename_prefix)
+        folder, name, counter = paths.lora_save_target(filename_prefix)
         os.makedirs(folder, exist_ok=True)
         while os.path.exists(path := os.path.join(folder, f"{name}_{counter:05}_.safetensors")):
             counter += 1
         try:
             save_dual_lora(path, lora)
         except OSError as e:
-            raise TrainingError(f"cannot write the LoRA to '{path}' ({e.strerror or e}): expected a "
-                                "writable models/loras folder") from None
-        relative = os.path.relpath(path, loras)
+            raise TrainingError(f"cannot write the LoRA to models/loras ({e.strerror or e}): "
+                                "expected a writable models/loras folder") from None
+        relative = os.path.relpath(path, paths.lora_root())
         logger.info("saved MUSAR dual LoRA %s", path)
         return io.NodeOutput(ui=ui.PreviewText(f"saved loras/{relative}"))
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("core", "comfy", "browser")
+TIERS = ("core", "comfy", "adversarial", "browser")
 ONE_TIER_AT_A_TIME = (
     "ComfyUI-MUSAR's test tiers run in separate processes (tier 1 must prove it runs without "
     "ComfyUI; tier 2 loads ComfyUI into the process). Run them all with `make test`, or one "
     "tier: `python -m pytest tests/core` (pure torch), `python -m pytest tests/comfy` (real "
-    "ComfyUI), `python -m pytest tests/browser` (real frontend).")
+    "ComfyUI), `python -m pytest tests/adversarial` (a real ComfyUI server under bad input), "
+    "`python -m pytest tests/browser` (real frontend).")
 
 
 def tiers_of(paths, cwd) -> set[str]:

@@ -4,6 +4,7 @@ in MUSAR_LoadDualLoRA and changes a MUSAR generation), Cancel keeps the last ste
 a clear MusarError before training starts."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -39,12 +40,19 @@ def make_pairs(root: Path, n_items: int = 4, size: int = 64) -> Path:
     return root
 
 
+def dataset_folder(name: str) -> Path:
+    """A fresh folder inside ComfyUI's models/musar_datasets, where the dataset node may read."""
+    root = Path(folder_paths.get_folder_paths("musar_datasets")[0])
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return make_pairs(tmp_path_factory.mktemp("train") / "pairs")
+def pairs():
+    return make_pairs(dataset_folder("train") / "pairs")
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +214,76 @@ def test_cancel_checkpoints_the_last_step_and_reports_the_interrupt(info, pairs,
     assert sorted(p.name for p in folder.glob("*.safetensors")) == ["cancelled-step000003.safetensors"]
     done = [d for e, d in socket.events if e == "musar.train.done"]
     assert done[0]["step"] == 3
+
+
+# ---- Cancel at any moment: a real asynchronous interrupt from another thread -------------------
+CANCEL_STEPS = 10
+
+
+def _cancel_prompt(info, pairs, name, steps=CANCEL_STEPS, resume="none", checkpointing=False):
+    return _workflow_prompt(info, pairs, f"6.output_name={name}", f"6.steps={steps}",
+                            "6.checkpoint_every=0", "6.validation_every=5", f"6.resume={resume}",
+                            f"6.gradient_checkpointing={str(checkpointing).lower()}",
+                            "7.filename_prefix=musar_test/cancel")
+
+
+def _checkpoint(pack, name):
+    mt = pack_module(pack, "musar.train")
+    folder = Path(folder_paths.get_output_directory()) / "musar_training" / name
+    found = sorted(folder.glob(f"{name}-step*.safetensors"))
+    assert len(found) <= 1 and not list(folder.glob(".*.tmp")), found  # atomic: no partial file
+    return mt.read_checkpoint(found[0]) if found else None
+
+
+def test_cancel_at_random_moments_keeps_the_last_finished_step_and_resumes_bit_identically(
+        pack, info, pairs, run_prompt, monkeypatch):
+    """10 trials: /interrupt's effect (mm.interrupt_current_processing) from another thread at a
+    seeded random moment of a 10-step run with validation sampling every 5 steps (so the cancel
+    lands in pre-encoding, a forward, a backward, a gradient-checkpoint recompute, validation
+    sampling, between steps ...). Each cancelled run must hold exactly its last finished step,
+    and resuming it must end bit-identical to the uninterrupted run."""
+    import random
+    import threading
+    import time
+
+    socket = _Socket()
+    monkeypatch.setattr(server.PromptServer, "instance", socket, raising=False)
+    straight = {}
+    for checkpointing in (False, True):
+        t0 = time.perf_counter()
+        run = run_prompt(_cancel_prompt(info, pairs, f"straight_{checkpointing}", checkpointing=checkpointing))
+        run.raise_for_error()
+        straight[checkpointing] = (run.output("6")[0], time.perf_counter() - t0,
+                                   _checkpoint(pack, f"straight_{checkpointing}").losses)
+    rng, outcomes = random.Random(11), []
+    for trial in range(10):
+        checkpointing = trial % 3 == 2
+        name = f"cancel_{trial}"
+        lora, duration, losses = straight[checkpointing]
+        delay = rng.uniform(0.0, duration)
+        socket.events.clear()
+        timer = threading.Timer(delay, mm.interrupt_current_processing, (True,))
+        timer.start()
+        result = run_prompt(_cancel_prompt(info, pairs, name, checkpointing=checkpointing))
+        timer.join()
+        mm.interrupt_current_processing(False)  # a cancel that came after the run ended
+        steps_seen = [d["step"] for e, d in socket.events if e == "musar.train.progress"]
+        state = _checkpoint(pack, name)
+        if result.ok:
+            outcomes.append("finished")
+            continue
+        assert any(e == "execution_interrupted" for e, _ in result.messages), result.error
+        finished = steps_seen[-1] if steps_seen else 0
+        assert (state.step if state else 0) == finished, (trial, delay, steps_seen)
+        if state is None:
+            outcomes.append("cancelled before step 1")
+            continue
+        assert state.losses == losses[:finished]  # the same trajectory, cut at the last step
+        resumed = run_prompt(_cancel_prompt(info, pairs, name, resume="latest", checkpointing=checkpointing))
+        resumed.raise_for_error()
+        for module, pairs_ in lora.modules.items():
+            for p, q in zip(pairs_, resumed.output("6")[0].modules[module]):
+                assert torch.equal(p.down, q.down) and torch.equal(p.up, q.up), (trial, module)
+        outcomes.append(f"cancelled after step {finished}, resumed bit-identically")
+    print("cancel trials:", outcomes)
+    assert sum(o.startswith("cancelled after") for o in outcomes) >= 5, outcomes
