@@ -109,6 +109,7 @@ def _install(model, dm, subjects, references, settings: RoutingSettings):
     if replaced and len(subjects):
         raise ModelError(f"another node already replaced FLUX blocks {sorted(replaced)[:3]}...; "
                          "apply MUSAR routing before it (MUSAR must run the blocks itself)")
+    routed.check_regions(subjects, references, settings)
     hard = subjects.has_hard_region or (references is not None and references.has_hard_region)
     sampling = model.get_model_object("model_sampling")
     routing = planning.resolve(settings, sampling.percent_to_sigma, len(dm.double_blocks),

@@ -59,6 +59,18 @@ class Routed:
         return self
 
 
+def check_regions(subjects: SubjectSet, references: ReferenceLabels | None,
+                  settings: RoutingSettings) -> None:
+    """Soft regions bias the dynamic route's scores: without dynamic routing they could do
+    nothing, so that is refused rather than silently ignored."""
+    regions = [s.region for s in subjects.subjects]
+    regions += [lab.region for lab in (references.labels if references is not None else ())]
+    if not settings.dynamic_routing and any(r is not None and r.mode == "soft" for r in regions):
+        raise RoutingError("a soft MUSAR Layout Region biases the dynamic route, but dynamic_routing "
+                           "is off: turn dynamic_routing on, or make the region hard (hard regions "
+                           "route without it)")
+
+
 def join(previous: Routed | None, settings: RoutingSettings, subjects: SubjectSet | None = None,
          references: ReferenceLabels | None = None):
     """(subjects, references, settings) of one routing when a routing node (MUSAR Apply Routing:

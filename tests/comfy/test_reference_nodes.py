@@ -122,6 +122,8 @@ def _set(prompt, node, **inputs):
     (_set(graph(), "31", value=0.0), "33", "LayoutError", "empty"),
     (_set(graph(), "34", color="red"), "34", "", "#RRGGBB"),
     (_set(graph(), "33", mode="firm"), "33", "", "unknown option 'firm'"),
+    (_set(_set(graph(), "33", mode="soft"), "20", dynamic_routing=False), "20", "RoutingError",
+     "soft MUSAR Layout Region"),
     (_set(graph(), "20", start_percent=0.9, end_percent=0.5), "20", "", "start_percent"),
     (_set(graph(), "20", routing_blocks="d7"), "20", "RoutingError", "2 double blocks"),
 ])

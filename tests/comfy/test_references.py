@@ -239,18 +239,23 @@ def test_fp8_weights_with_routed_references(pack, standins, monkeypatch):
 
 @pytest.mark.parametrize("order", ["subjects first", "references first"])
 def test_subjects_and_references_route_together_in_one_model(pack, flux1, monkeypatch, order):
+    """Two MUSAR subjects and two routed references in one MODEL (either node first): one
+    layout, one route over the four conditions (reference 1's hard left-half region is route
+    index 2, after the subjects), equal to the dense reference."""
     subjects = make_subjects(pack)
+    labels = _labels(pack, [_halves(pack)[0], None])
     conds = ref_conds(flux1, ref_latents(flux1, 2), "offset")
     if order == "subjects first":
-        patched, _ = route_refs(pack, routed(pack, flux1, subjects)[0], dynamic=True)
+        patched, _ = route_refs(pack, routed(pack, flux1, subjects)[0], labels, dynamic=True)
     else:
-        patched, _ = routed(pack, route_refs(pack, flux1)[0], subjects, dynamic=True)
+        patched, _ = routed(pack, route_refs(pack, flux1, labels)[0], subjects, dynamic=True)
     rec = patched.model_options["transformer_options"]["musar_routing"].recorder
     seen = spy_layouts(pack, monkeypatch)
     fast = sample_refs(patched, conds, steps=3)
     layout = seen[0][0]
     assert (layout.n_subjects, layout.n_references) == (2, 2)
-    assert rec.latest.conditions.captions == ("subject 0", "subject 1", "reference 1", "reference 2")
-    assert any(int(r.max()) >= 2 for _, r in rec.latest.routes) or rec.latest.routes
+    assert rec.latest.conditions.captions == ("subject 0", "subject 1", "ref 1", "reference 2")
+    routes = [r.reshape(8, 8) for _, r in rec.latest.routes]
+    assert len(routes) == 3 and all((r[:, :4] == 2).all() and int(r.max()) < 4 for r in routes)
     dense_reference(pack, monkeypatch)
     torch.testing.assert_close(fast, sample_refs(patched, conds, steps=3), rtol=1e-4, atol=1e-4)
