@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from musar.checks import verdict
 from musar.errors import LayoutError, MusarError, RoutingError
 from musar.settings import (
     LIMITS,
@@ -14,7 +15,6 @@ from musar.settings import (
     check_preview,
     check_routing,
     check_subject,
-    verdict,
 )
 
 ROUTING_FLOATS = ["start_percent", "end_percent", "threshold", "strength"]
