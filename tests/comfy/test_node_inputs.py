@@ -139,9 +139,10 @@ def test_non_finite_literal_numbers_are_refused_naming_the_input(validate_prompt
 def test_every_number_input_takes_its_bounds_from_the_one_limits_table(pack):
     """The schema's min / max / step are the ones the node's settings check (musar.settings.LIMITS):
     a widget can never offer a value its own check refuses."""
-    import nodes
     from comfy_api.latest import io
     from musar_helpers import pack_module
+
+    import nodes
 
     limits = pack_module(pack, "musar.settings").LIMITS
     seen = set()
