@@ -7,6 +7,7 @@ here tells whether a refused path exists.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterable
 
@@ -48,3 +49,29 @@ def resolve_inside(path, roots: Iterable) -> str | None:
               if c is not None and any(is_inside(c, r) for r in roots)]
     existing = [c for c in inside if os.path.exists(c)]
     return (existing or inside or [None])[0]
+
+
+def folder_files(folder, patterns: Iterable[str]) -> list[str]:
+    """The plain names of the files directly inside ``folder`` that match one of ``patterns``
+    (``fnmatch``, case-insensitive) and resolve (symlinks followed) to a file directly inside
+    it, sorted: the options of a combo that picks one file of a fixed folder."""
+    root = real(folder)
+    if root is None or not os.path.isdir(root):
+        return []
+    wanted = [p.lower() for p in patterns]
+    return sorted(name for name in os.listdir(root)
+                  if any(fnmatch.fnmatchcase(name.lower(), p) for p in wanted)
+                  and _direct_file(root, name))
+
+
+def folder_file(folder, name, patterns: Iterable[str]) -> str | None:
+    """The real path of ``name`` if it is one of ``folder_files(folder, patterns)``, else None
+    (a combo value can be any string: only a listed plain name is accepted)."""
+    if not isinstance(name, str) or name not in folder_files(folder, patterns):
+        return None
+    return real(os.path.join(real(folder), name))
+
+
+def _direct_file(root: str, name: str) -> bool:
+    path = real(os.path.join(root, name))
+    return path is not None and os.path.dirname(path) == root and os.path.isfile(path)

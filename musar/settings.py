@@ -1,44 +1,39 @@
 """What the user chose on a MUSAR node: one frozen, keyword-only dataclass per node, built from
 the node's inputs by name, and one check function per settings object - the single home of
-every rule and its wording.
+every rule and its wording (the primitive checks are in musar/checks.py).
 
 A check function takes the node's inputs as a mapping; ``None`` means "not known yet" (ComfyUI
 passes None for an input linked from another node at validation time) and skips every rule that
-needs that value. The node calls it from ``validate_inputs`` (literal values, before anything
-runs) and the dataclass calls it again on construction (every value, linked ones included, at
-execute time). ComfyUI skips its own min / max / combo checks for every input that
-``validate_inputs`` names, and never checks V3 combos or NaN, so the ranges and option lists live
-here and the node schemas read their min / max / step from ``LIMITS``.
+needs that value. The node calls it from ``validate_inputs`` through ``checks.verdict`` (literal
+values, before anything runs) and the dataclass calls it again on construction (every value,
+linked ones included, at execute time; an empty one is refused). ComfyUI skips its own min /
+max / combo checks for every input that ``validate_inputs`` names, and never checks V3 combos
+or NaN, so the ranges and option lists live here and the node schemas read their min / max /
+step from ``LIMITS``.
+
+Where to add a setting: a field on the node's dataclass (same name and default as the node
+input), its rule in the ``*_RULES`` table (a ``LIMITS`` entry for a number), a cross-field rule
+in the check function if it has one; the node schema reads ``LIMITS[name].schema()``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
-from numbers import Real
 
-from .errors import LayoutError, MusarError, RoutingError
+from .checks import FLAG, TEXT, Limit, check_values, complete
+from .data.diptych import DEFAULT_PROMPT_TEMPLATE, check_template
+from .data.readers import LAYOUTS
+from .errors import DatasetError, LayoutError, MusarError, RoutingError, TrainingError
 from .images import CROP_MODES
 from .layout import MAX_REFERENCES, POSITION_MODES
 from .regions import REGION_MODES
 from .routing import parse_blocks
+from .train.config import OPTIMIZERS, PRECISIONS, TrainConfig
 
-
-@dataclasses.dataclass(frozen=True)
-class Limit:
-    """Range of a numeric input; ``schema()`` gives the node's min / max / step."""
-
-    low: float
-    high: float
-    step: float
-    integer: bool = False
-
-    def schema(self) -> dict:
-        return {"min": self.low, "max": self.high, "step": self.step}
-
-
-LIMITS = {
+MAX_STEPS = 1_000_000
+LIMITS = {  # every numeric node input: the node schema's min / max / step and its check
+    # MUSAR Apply Routing / Route References, Routing Preview, Subject, Layout Region, Label
     "start_percent": Limit(0.0, 1.0, 0.01),
     "end_percent": Limit(0.0, 1.0, 0.01),
     "threshold": Limit(0.0, 1.0, 0.01),
@@ -49,73 +44,47 @@ LIMITS = {
     "reference_size": Limit(64, 2048, 16, integer=True),
     "region_strength": Limit(0.0, 1.0, 0.05),
     "reference": Limit(1, MAX_REFERENCES, 1, integer=True),
+    # MUSAR Load Dual LoRA
+    "strength_noisy": Limit(-2.0, 2.0, 0.05),
+    "strength_subject": Limit(-2.0, 2.0, 0.05),
+    # MUSAR Load Diptych Dataset (and reference_size above)
+    "min_quality": Limit(0, 10, 1, integer=True),
+    "target_width": Limit(64, 4096, 16, integer=True),
+    "target_height": Limit(64, 4096, 16, integer=True),
+    "prompt_dropout": Limit(0.0, 1.0, 0.01),
+    "condition_dropout": Limit(0.0, 1.0, 0.01),
+    "seed": Limit(0, 2**31 - 1, 1, integer=True),
+    # MUSAR Train Dual LoRA (and seed above)
+    "steps": Limit(1, MAX_STEPS, 1, integer=True),
+    "learning_rate": Limit(1e-7, 10.0, 1e-5),
+    "noisy_rank": Limit(0, 3072, 1, integer=True),
+    "subject_rank": Limit(0, 3072, 1, integer=True),
+    "batch_size": Limit(1, 64, 1, integer=True),
+    "grad_accumulation": Limit(1, 256, 1, integer=True),
+    "checkpoint_every": Limit(0, MAX_STEPS, 1, integer=True),
+    "validation_every": Limit(0, MAX_STEPS, 1, integer=True),
 }
 
 
-def _number(error: type[MusarError], name: str, value, key: str | None = None) -> None:
-    limit = LIMITS[key or name]
-    kind = "a whole number" if limit.integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, Real) or (
-            limit.integer and not float(value).is_integer()):
-        raise error(f"{name}: expected {kind} from {limit.low} to {limit.high}, got {value!r}")
-    if not math.isfinite(value):
-        raise error(f"{name}: expected a finite number from {limit.low} to {limit.high}, got "
-                    f"{value}; check the node that feeds it")
-    if not limit.low <= value <= limit.high:
-        raise error(f"{name}: expected {kind} from {limit.low} to {limit.high}, got {value}")
+def _rules(*names: str, **rules) -> dict:
+    """A rules table: ``names`` take their ``LIMITS`` entry, ``rules`` are given."""
+    return {**{name: LIMITS[name] for name in names}, **rules}
 
 
-def _flag(error: type[MusarError], name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise error(f"{name}: expected true or false, got {value!r}")
-
-
-def _text(error: type[MusarError], name: str, value) -> None:
-    if not isinstance(value, str):
-        raise error(f"{name}: expected text, got {value!r}")
-
-
-def _choice(error: type[MusarError], name: str, value, options: tuple[str, ...]) -> None:
-    if value not in options:
-        valid = ", ".join(repr(o) for o in options)
-        raise error(f"{name}: unknown option {value!r}, expected one of {valid}")
-
-
-def _known(values: Mapping, kinds: dict[str, str]) -> dict:
-    unknown = set(values) - set(kinds)
-    if unknown:
-        raise MusarError(f"unknown setting(s) {sorted(unknown)}: expected {sorted(kinds)}")
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def _check_kinds(error: type[MusarError], values: dict, kinds: dict[str, str]) -> None:
-    for name, value in values.items():
-        kind = kinds[name]
-        if kind == "flag":
-            _flag(error, name, value)
-        elif kind == "number":
-            _number(error, name, value)
-        else:
-            _text(error, name, value)
-
-
-# ---- MUSAR Apply Routing ----------------------------------------------------------------------
-ROUTING_KINDS = {"static_routing": "flag", "dynamic_routing": "flag", "start_percent": "number",
-                 "end_percent": "number", "routing_blocks": "text", "threshold": "number",
-                 "smoothing": "number", "symmetric": "flag", "strength": "number",
-                 "condition_cache": "flag", "positions": "text", "block_prompt_references": "flag"}
+# ---- MUSAR Apply Routing, MUSAR Route References --------------------------------------------
+ROUTING_RULES = {"static_routing": FLAG, "dynamic_routing": FLAG, **_rules("start_percent", "end_percent"),
+                 "routing_blocks": TEXT, **_rules("threshold", "smoothing"), "symmetric": FLAG,
+                 **_rules("strength"), "condition_cache": FLAG, "positions": POSITION_MODES,
+                 "block_prompt_references": FLAG}
 
 
 def check_routing(values: Mapping) -> None:
-    """Every rule of MUSAR Apply Routing's settings; RoutingError naming the input."""
-    v = _known(values, ROUTING_KINDS)
-    _check_kinds(RoutingError, v, ROUTING_KINDS)
+    """Every rule of the routing nodes' settings; RoutingError naming the input."""
+    v = check_values(RoutingError, values, ROUTING_RULES)
     if "smoothing" in v and v["smoothing"] % 2 == 0:
         raise RoutingError(f"smoothing: expected an odd window size (1, 3, 5 ...), got {v['smoothing']}")
     if "routing_blocks" in v:
         parse_blocks(v["routing_blocks"])  # syntax only; indices are checked against the model
-    if "positions" in v:
-        _choice(RoutingError, "positions", v["positions"], POSITION_MODES)
     if v.get("start_percent", 0.0) > v.get("end_percent", 1.0):
         raise RoutingError(f"start_percent ({v['start_percent']}) is after end_percent "
                            f"({v['end_percent']}): dynamic routing would never run; lower "
@@ -146,16 +115,16 @@ class RoutingSettings:
     block_prompt_references: bool = False  # MUSAR Route References only [chosen: off]
 
     def __post_init__(self):
-        check_routing(_fields(self))
+        check_routing(complete(self, RoutingError))
 
 
 # ---- MUSAR Routing Preview --------------------------------------------------------------------
-PREVIEW_KINDS = {"step": "number", "opacity": "number"}
+PREVIEW_RULES = _rules("step", "opacity")
 
 
 def check_preview(values: Mapping) -> None:
     """Every rule of MUSAR Routing Preview's settings; RoutingError naming the input."""
-    _check_kinds(RoutingError, _known(values, PREVIEW_KINDS), PREVIEW_KINDS)
+    check_values(RoutingError, values, PREVIEW_RULES)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -164,22 +133,19 @@ class PreviewSettings:
     opacity: float = 0.5
 
     def __post_init__(self):
-        check_preview(_fields(self))
+        check_preview(complete(self, RoutingError))
 
 
 # ---- MUSAR Subject ----------------------------------------------------------------------------
-SUBJECT_KINDS = {"caption": "text", "crop": "text", "reference_size": "number"}
+SUBJECT_RULES = {"caption": TEXT, "crop": CROP_MODES, **_rules("reference_size")}
 
 
 def check_subject(values: Mapping) -> None:
     """Every rule of MUSAR Subject's settings; LayoutError naming the input."""
-    v = _known(values, SUBJECT_KINDS)
-    _check_kinds(LayoutError, v, SUBJECT_KINDS)
+    v = check_values(LayoutError, values, SUBJECT_RULES)
     if "caption" in v and not v["caption"].strip():
         raise LayoutError("the subject caption is empty: describe the subject in a few words "
                           "(e.g. 'a red ceramic mug')")
-    if "crop" in v:
-        _choice(LayoutError, "crop", v["crop"], CROP_MODES)
     if v.get("reference_size", 16) % 16:
         raise LayoutError(f"reference_size: expected a multiple of 16, got {v['reference_size']}")
 
@@ -191,21 +157,16 @@ class SubjectSettings:
     reference_size: int = 512
 
     def __post_init__(self):
-        check_subject(_fields(self))
+        check_subject(complete(self, LayoutError))
 
 
 # ---- MUSAR Layout Region ----------------------------------------------------------------------
-REGION_KINDS = {"mode": "text", "strength": "number"}
+REGION_RULES = {"mode": REGION_MODES, "strength": LIMITS["region_strength"]}
 
 
 def check_region_settings(values: Mapping) -> None:
     """Every rule of MUSAR Layout Region's settings; RoutingError naming the input."""
-    v = _known(values, REGION_KINDS)
-    if "strength" in v:
-        _number(RoutingError, "strength", v["strength"], "region_strength")
-    if "mode" in v:
-        _text(RoutingError, "mode", v["mode"])
-        _choice(RoutingError, "mode", v["mode"], REGION_MODES)
+    check_values(RoutingError, values, REGION_RULES)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -214,17 +175,16 @@ class RegionSettings:
     strength: float = 0.5  # soft mode [chosen]: bias on the attention share, see musar.regions
 
     def __post_init__(self):
-        check_region_settings(_fields(self))
+        check_region_settings(complete(self, RoutingError))
 
 
 # ---- MUSAR Reference Label --------------------------------------------------------------------
-LABEL_KINDS = {"reference": "number", "caption": "text", "color": "text"}
+LABEL_RULES = {**_rules("reference"), "caption": TEXT, "color": TEXT}
 
 
 def check_label(values: Mapping) -> None:
     """Every rule of MUSAR Reference Label's settings; LayoutError naming the input."""
-    v = _known(values, LABEL_KINDS)
-    _check_kinds(LayoutError, v, LABEL_KINDS)
+    v = check_values(LayoutError, values, LABEL_RULES)
     if "color" in v:
         parse_color(v["color"])
 
@@ -250,17 +210,118 @@ class LabelSettings:
     color: str = ""
 
     def __post_init__(self):
-        check_label(_fields(self))
+        check_label(complete(self, LayoutError))
 
 
-def verdict(check, values: Mapping) -> bool | str:
-    """What a node's ``validate_inputs`` returns: True, or the message of the first broken rule."""
-    try:
-        check(values)
-    except MusarError as e:
-        return str(e)
-    return True
+# ---- MUSAR Load Dual LoRA ---------------------------------------------------------------------
+LORA_RULES = {"lora_name": TEXT, **_rules("strength_noisy", "strength_subject")}
 
 
-def _fields(obj) -> dict:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+def check_lora_settings(values: Mapping) -> None:
+    """Every rule of MUSAR Load Dual LoRA's settings (the file itself is looked up by the node,
+    inside ComfyUI's loras folders); MusarError naming the input."""
+    check_values(MusarError, values, LORA_RULES)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoRASettings:
+    lora_name: str
+    strength_noisy: float = 1.0
+    strength_subject: float = 1.0
+
+    def __post_init__(self):
+        check_lora_settings(complete(self, MusarError))
+
+
+# ---- MUSAR Load Diptych Dataset ---------------------------------------------------------------
+DATASET_RULES = {"path": TEXT, "layout": LAYOUTS, **_rules("min_quality", "target_width", "target_height",
+                                                           "reference_size"),
+                 "prompt_template": TEXT, **_rules("prompt_dropout", "condition_dropout", "seed")}
+SIZES = ("target_width", "target_height", "reference_size")
+
+
+def check_dataset(values: Mapping) -> None:
+    """Every rule of MUSAR Load Diptych Dataset's settings (the path is confined to the dataset
+    folders by the node); DatasetError naming the input."""
+    v = check_values(DatasetError, values, DATASET_RULES)
+    odd = [name for name in SIZES if name in v and v[name] % 16]
+    if odd:
+        raise DatasetError(f"{', '.join(odd)} must be multiples of 16 (FLUX latents are 2x2 "
+                           f"packed 8x VAE cells), got {', '.join(str(v[k]) for k in odd)}")
+    if "prompt_template" in v:
+        check_template(v["prompt_template"])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetSettings:
+    path: str
+    layout: str = "auto"
+    min_quality: int = 5  # [chosen, as OminiControl]
+    target_width: int = 1024
+    target_height: int = 512
+    reference_size: int = 512
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt_dropout: float = 0.0
+    condition_dropout: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        check_dataset(complete(self, DatasetError))
+
+
+# ---- MUSAR Train Dual LoRA, MUSAR Save Dual LoRA ------------------------------------------------
+RESUME = ("none", "latest")
+TRAINING_RULES = {**_rules("steps", "learning_rate", "noisy_rank", "subject_rank", "batch_size",
+                           "grad_accumulation"),
+                  "optimizer": OPTIMIZERS, "precision": PRECISIONS, "gradient_checkpointing": FLAG,
+                  **_rules("seed", "checkpoint_every"), "output_name": TEXT, "resume": RESUME,
+                  **_rules("validation_every")}
+
+
+def check_training(values: Mapping) -> None:
+    """The node's rules of MUSAR Train Dual LoRA's settings (the run folder is resolved by the
+    node; TrainConfig adds the trainer's own rules); TrainingError naming the input."""
+    check_values(TrainingError, values, TRAINING_RULES)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingSettings:
+    steps: int = 1000
+    learning_rate: float = 1e-4
+    noisy_rank: int = 4
+    subject_rank: int = 64
+    batch_size: int = 1
+    grad_accumulation: int = 1
+    optimizer: str = "adamw"
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+    output_name: str = "musar_dual_lora"
+    resume: str = "none"
+    validation_every: int = 0
+
+    def __post_init__(self):
+        check_training(complete(self, TrainingError))
+
+    def config(self) -> TrainConfig:
+        """The trainer's settings (its field names differ where the CLI's do)."""
+        return TrainConfig(
+            steps=self.steps, learning_rate=self.learning_rate, noisy_rank=self.noisy_rank,
+            subject_rank=self.subject_rank, batch_size=self.batch_size,
+            grad_accum=self.grad_accumulation, optimizer=self.optimizer, precision=self.precision,
+            gradient_checkpointing=self.gradient_checkpointing, seed=self.seed,
+            checkpoint_every=self.checkpoint_every, validate_every=self.validation_every)
+
+
+def check_save(values: Mapping) -> None:
+    """MUSAR Save Dual LoRA's setting (the node confines it to models/loras); TrainingError."""
+    check_values(TrainingError, values, {"filename_prefix": TEXT})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SaveSettings:
+    filename_prefix: str = "musar/dual_lora"
+
+    def __post_init__(self):
+        check_save(complete(self, TrainingError))

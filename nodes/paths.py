@@ -13,7 +13,9 @@ server-side, at validate time and again at execute time, after resolving symlink
 
 Refusals never say whether the path exists. ``confine(path, roots, what, error, where)`` is the
 helper for any path input confined to a list of folders (pure part: musar/paths.py); a new
-loader calls it with its own roots.
+loader calls it with its own roots. A combo that picks one file of a fixed folder (MUSAR
+Example Image, the toy-world loader) lists its options with ``musar.paths.folder_files`` and
+accepts a value only through ``musar.paths.folder_file`` (a listed plain name, symlinks resolved).
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..musar.checks import verdict
 from ..musar.references import ReferenceLabel, ReferenceLabels
 from ..musar.regions import REGION_MODES, Region, check_mask
 from ..musar.settings import (
-    LIMITS,
     LabelSettings,
     RegionSettings,
     RoutingSettings,
@@ -17,9 +17,9 @@ from ..musar.settings import (
     check_region_settings,
     check_routing,
     parse_color,
-    verdict,
 )
 from . import patcher
+from .inputs import number
 from .routing import RoutingHandle, dynamic_routing_inputs
 from .types import REFERENCE_LABELS, REGION, ROUTING
 
@@ -53,9 +53,8 @@ class MusarRouteReferences(io.ComfyNode):
                                          "these models were trained with the prompt seeing the "
                                          "references."),
                 *dynamic_routing_inputs("reference", "d2-7, s0-9"),
-                io.Float.Input("strength", default=1.0, **LIMITS["strength"].schema(),
-                               tooltip="Blend of routed with unrouted attention (1 = routed, 0 = "
-                                       "the MODEL unchanged)."),
+                number("strength", 1.0, "Blend of routed with unrouted attention (1 = routed, 0 = "
+                       "the MODEL unchanged)."),
                 REFERENCE_LABELS.Input("labels", optional=True,
                                        tooltip="Optional MUSAR Reference Label chain: captions, "
                                                "colours and regions of the references."),
@@ -101,8 +100,7 @@ class MusarReferenceLabel(io.ComfyNode):
                 "conditioning, in chain order) for the Routing Preview legend, with an optional "
                 "colour and layout region. Chain one per reference you want to label."),
             inputs=[
-                io.Int.Input("reference", default=1, **LIMITS["reference"].schema(),
-                             tooltip="Which reference: 1 = the first ReferenceLatent of the chain."),
+                number("reference", 1, "Which reference: 1 = the first ReferenceLatent of the chain."),
                 io.String.Input("caption", default="", multiline=False,
                                 tooltip="Its name in the routing legend (empty: 'reference n')."),
                 io.String.Input("color", default="", multiline=False,
@@ -147,10 +145,9 @@ class MusarLayoutRegion(io.ComfyNode):
                 io.Combo.Input("mode", options=list(REGION_MODES), default="hard",
                                tooltip="'hard': tokens inside see only this condition; 'soft': a "
                                        "bias on the dynamic route (needs dynamic routing)."),
-                io.Float.Input("strength", default=0.5, **LIMITS["region_strength"].schema(),
-                               tooltip="Soft mode: how much the region raises its condition's "
-                                       "share of attention in the route (1 = always wins) "
-                                       "[chosen 0.5]. Ignored by hard regions."),
+                number("strength", 0.5, "Soft mode: how much the region raises its condition's "
+                       "share of attention in the route (1 = always wins) "
+                       "[chosen 0.5]. Ignored by hard regions.", limit="region_strength"),
             ],
             outputs=[REGION.Output(display_name="region")],
         )

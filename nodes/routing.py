@@ -10,19 +10,14 @@ from comfy_api.latest import io, ui
 from comfy_execution.utils import get_executing_context
 
 from ..musar import images as imaging
+from ..musar.checks import verdict
 from ..musar.errors import LayoutError, RoutingError
 from ..musar.layout import POSITION_MODES
 from ..musar.session import Recorder, fingerprint
-from ..musar.settings import (
-    LIMITS,
-    PreviewSettings,
-    RoutingSettings,
-    check_preview,
-    check_routing,
-    verdict,
-)
+from ..musar.settings import PreviewSettings, RoutingSettings, check_preview, check_routing
 from ..musar.subjects import PALETTE
 from . import patcher
+from .inputs import number
 from .types import ROUTING, SUBJECTS
 
 logger = logging.getLogger(__name__)
@@ -43,20 +38,16 @@ def dynamic_routing_inputs(what: str, blocks_example: str) -> list:
         io.Boolean.Input("dynamic_routing", default=True,
                          tooltip=f"Route each image token to one {what} from attention (argmax) "
                                  "between start and end percent."),
-        io.Float.Input("start_percent", default=0.2, **LIMITS["start_percent"].schema(),
-                       tooltip="When dynamic routing starts (0 = first step). The first steps "
-                               "form the layout, so routing starts later [chosen 0.2]."),
-        io.Float.Input("end_percent", default=1.0, **LIMITS["end_percent"].schema(),
-                       tooltip="When dynamic routing stops (1 = last step)."),
+        number("start_percent", 0.2, "When dynamic routing starts (0 = first step). The first steps "
+               "form the layout, so routing starts later [chosen 0.2]."),
+        number("end_percent", 1.0, "When dynamic routing stops (1 = last step)."),
         io.String.Input("routing_blocks", default="double",
                         tooltip="Blocks whose attention decides the route: 'double', 'single', "
                                 f"'all', or items like '{blocks_example}'."),
-        io.Float.Input("threshold", default=0.0, **LIMITS["threshold"].schema(),
-                       tooltip=f"Image tokens whose strongest {what} gets less attention mass "
-                               f"than this become background (see no {what}). 0 = off."),
-        io.Int.Input("smoothing", default=3, **LIMITS["smoothing"].schema(),
-                     tooltip="Odd box-filter size on the token grid before the argmax (1 = "
-                             "none) [chosen 3]."),
+        number("threshold", 0.0, f"Image tokens whose strongest {what} gets less attention mass "
+               f"than this become background (see no {what}). 0 = off."),
+        number("smoothing", 3, "Odd box-filter size on the token grid before the argmax (1 = "
+               "none) [chosen 3]."),
         io.Boolean.Input("symmetric", default=False,
                          tooltip=f"Each {what} also sees only the image tokens routed to it."),
     ]
@@ -83,9 +74,8 @@ class MusarApplyRouting(io.ComfyNode):
                                  tooltip="Block prompt<->condition and condition<->condition "
                                          "attention (the paper's mask). Turn off only to compare."),
                 *dynamic_routing_inputs("subject", "d5-18, s0-9"),
-                io.Float.Input("strength", default=1.0, **LIMITS["strength"].schema(),
-                               tooltip="Blend of the image tokens' attention with vs. without the "
-                                       "subjects (1 = full MUSAR, 0 = subjects ignored)."),
+                number("strength", 1.0, "Blend of the image tokens' attention with vs. without the "
+                       "subjects (1 = full MUSAR, 0 = subjects ignored)."),
                 io.Boolean.Input("condition_cache", default=False,
                                  tooltip="Reuse condition keys/values after the first step "
                                          "(faster; an approximation, see README). Off by default."),
@@ -143,10 +133,8 @@ class MusarRoutingPreview(io.ComfyNode):
             inputs=[
                 ROUTING.Input("routing", tooltip="The routing output of MUSAR Apply Routing."),
                 io.Image.Input("images", tooltip="The decoded image(s) to draw the route over."),
-                io.Int.Input("step", default=-1, **LIMITS["step"].schema(),
-                             tooltip="Which sampling step's route to show (-1 = the last one)."),
-                io.Float.Input("opacity", default=0.5, **LIMITS["opacity"].schema(),
-                               tooltip="Opacity of the subject colours."),
+                number("step", -1, "Which sampling step's route to show (-1 = the last one)."),
+                number("opacity", 0.5, "Opacity of the subject colours."),
                 io.Latent.Input("samples", optional=True,
                                 tooltip="Optional: the sampler's LATENT that was decoded into "
                                         "'images'. The preview then shows exactly that run's "

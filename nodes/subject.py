@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..musar.checks import verdict
 from ..musar.errors import LayoutError
 from ..musar.images import CROP_MODES, prepare_reference
 from ..musar.layout import MAX_SUBJECTS, check_subject_count
-from ..musar.settings import LIMITS, SubjectSettings, check_subject, verdict
+from ..musar.settings import SubjectSettings, check_subject
 from ..musar.subjects import Subject, SubjectSet
+from .inputs import number
 from .types import REGION, SUBJECTS
 
 MAX_CAPTION_TOKENS = 77
@@ -51,9 +53,8 @@ class MusarSubject(io.ComfyNode):
                 io.Combo.Input("crop", options=list(CROP_MODES), default="center crop",
                                tooltip="How the image becomes a reference: center crop to a "
                                        "square, pad to a square, stretch, or keep its aspect ratio."),
-                io.Int.Input("reference_size", default=512, **LIMITS["reference_size"].schema(),
-                             tooltip="Reference side in pixels (longest side for 'keep aspect'). "
-                                     "512 adds 1024 tokens per subject to FLUX attention."),
+                number("reference_size", 512, "Reference side in pixels (longest side for 'keep aspect'). "
+                       "512 adds 1024 tokens per subject to FLUX attention."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: only reference tokens mostly inside the mask "
                                       "(white) are used; the mask must match the image size."),

@@ -13,7 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from files import ROOT, make_pair_dataset
+from files import ROOT
+from musar_helpers import make_pairs
 
 TRAIN_OK = "model: tiny\ndataset: {path: pairs, target_size: [64, 128], cond_size: 64}\ntrain: {steps: 1}\n"
 CASES = {  # id: (argv after python, config text or None, exit code, stderr regex)
@@ -35,7 +36,7 @@ CASES = {  # id: (argv after python, config text or None, exit code, stderr rege
                                 TRAIN_OK + "model: {kind: tiny, size: enormous}\n", 2,
                                 r"^error: model.size 'enormous': expected one of"),
     "train-steps-zero": (["-m", "musar_train", "--config", "{cfg}", "--set", "train.steps=0"], TRAIN_OK, 4,
-                         r"^error: TrainingError: steps must be an integer >= 1, got 0"),
+                         r"^error: TrainingError: steps: expected a whole number >= 1, got 0"),
     "run-workflow-missing": (["-m", "musar_run", "{tmp}/nowhere.json"], None, 2, r"^error: cannot read workflow"),
     "run-workflow-not-json": (["-m", "musar_run", "{cfg}"], "{not json", 2, r"^error: cannot read workflow"),
     "run-standin-and-file": (["-m", "musar_run", "workflows/musar_two_subjects.json", "--tiny", "--unet", "x"],
@@ -50,7 +51,7 @@ SLOW = ("train-tiny-size-unknown", "train-steps-zero", "run-dataset-path-escape"
 def start() -> dict:
     """Start every case's process at once (the tier's conftest does it when the server starts)."""
     top = Path(tempfile.mkdtemp(prefix="musar-adversarial-cli-"))
-    make_pair_dataset(top / "pairs")
+    make_pairs(top / "pairs")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     procs = {}
     for case, (argv, config, _, _) in CASES.items():

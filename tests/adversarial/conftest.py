@@ -33,8 +33,9 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import cli_cases  # noqa: E402
 import serverutil  # noqa: E402
 from client import Client  # noqa: E402
-from files import make_pair_dataset, tiny_lora  # noqa: E402
+from files import tiny_lora  # noqa: E402
 from graphs import good_images  # noqa: E402
+from musar_helpers import make_pairs  # noqa: E402
 
 from musar import lora as musar_lora  # noqa: E402
 
@@ -49,8 +50,8 @@ def world():
         folder.mkdir(parents=True, exist_ok=True)
     musar_lora.save_dual_lora(loras / "good.safetensors", tiny_lora())
     musar_lora.save_dual_lora(secret / "stolen.safetensors", tiny_lora(seed=3))
-    make_pair_dataset(data / "pairs")
-    make_pair_dataset(secret / "private_pairs")
+    make_pairs(data / "pairs")
+    make_pairs(secret / "private_pairs")
     (data / "escape").symlink_to(secret / "private_pairs", target_is_directory=True)
     yield {"top": top, "base": base, "secret": secret, "loras": loras, "data": data}
     shutil.rmtree(top, ignore_errors=True)

@@ -1,12 +1,11 @@
-"""Files the adversarial tier writes: a tiny dual LoRA and small pair datasets (no ComfyUI)."""
+"""Files the adversarial tier writes: a tiny dual LoRA (no ComfyUI; the pair datasets come from
+tests/comfy/musar_helpers.make_pairs)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
 from musar import lora as musar_lora
 
@@ -31,18 +30,3 @@ def tiny_lora(seed: int = 0, hidden: int = HIDDEN):
             if key.endswith(".up"):
                 value.copy_(torch.randn(value.shape, generator=gen) * 0.3)
     return musar_lora.from_trainable(params, {"musar.hidden_size": str(hidden)})
-
-
-def make_pair_dataset(root: Path, items: int = 4, size: int = 64) -> Path:
-    """Folder-layout single-subject pairs: a coloured disc or square per item, two backgrounds."""
-    for i in range(items):
-        folder = root / f"object_{i}"
-        folder.mkdir(parents=True)
-        for k, background in enumerate(((230, 230, 225), (80, 100, 120))):
-            image = Image.new("RGB", (size, size), background)
-            shape = ImageDraw.Draw(image).ellipse if i % 2 else ImageDraw.Draw(image).rectangle
-            shape((12 + 4 * k, 12, size - 12, size - 12 - 4 * k), fill=(60 * i % 255, 90, 200 - 40 * i))
-            image.save(folder / f"panel_{k}.png")
-        (folder / "meta.json").write_text(json.dumps({"item": f"thing {i}", "description_0": f"thing {i} indoors",
-                                                      "description_1": f"thing {i} outdoors"}))
-    return root

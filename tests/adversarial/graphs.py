@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from files import TINY
+from musar_helpers import sampler_nodes
 
 SAMPLER = "10"
 ROUTING = {"static_routing": True, "dynamic_routing": True, "start_percent": 0.0, "end_percent": 1.0,
@@ -59,14 +60,7 @@ def training(**train) -> dict:
 
 def toy() -> dict:
     return {"30": {"class_type": "MUSAR_ToyWorldLoader", "inputs": {"model_file": "toy_flux.safetensors"}},
-            "31": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["30", 1], "text": "a thing"}},
-            "32": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-            "33": {"class_type": "KSampler", "inputs": {
-                "model": ["30", 0], "positive": ["31", 0], "negative": ["31", 0], "latent_image": ["32", 0],
-                "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-                "denoise": 1.0}},
-            "34": {"class_type": "VAEDecode", "inputs": {"samples": ["33", 0], "vae": ["30", 2]}},
-            "35": {"class_type": "PreviewImage", "inputs": {"images": ["34", 0]}}}
+            **sampler_nodes(31, ["30", 0], ["30", 1], ["30", 2], "a thing", seed=0)}
 
 
 def good_images(client, seed: int) -> list:

@@ -3,7 +3,7 @@ isolation, CFG batching, the condition cache and per-segment modulation."""
 
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module, routed, sample
+from musar_helpers import make_subjects, pack_module, routed, sample, spy_block_attention
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +139,7 @@ def test_blocked_pairs_carry_no_information_in_every_block(pack, model, monkeypa
     """In every block, replacing subject 1's keys/values by another run's leaves the attention
     output of the prompt and of subject 0 bit-for-bit unchanged."""
     attention = pack_module(pack, "musar.attention")
-    captured = []
-    original = attention.block_attention
-
-    def spy(call, block, q, k, v, mask, kernel):
-        captured.append((call.layout, call.plan, q.clone(), k.clone(), v.clone(), kernel))
-        return original(call, block, q, k, v, mask, kernel)
-
-    monkeypatch.setattr(attention, "block_attention", spy)
+    captured = spy_block_attention(pack, monkeypatch)
     subjects = make_subjects(pack, SIZES[:3], (2, 3, 4))
     other = _with_image(pack, subjects, 1, 5)
     for s in (subjects, other):

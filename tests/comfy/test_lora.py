@@ -7,7 +7,7 @@ import shutil
 import folder_paths
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module, routed, sample
+from musar_helpers import make_subjects, pack_module, random_dual_lora, routed, sample
 
 
 @pytest.fixture(scope="module")
@@ -15,19 +15,8 @@ def model(tiny_flux):
     return tiny_flux(seed=5)
 
 
-def _random_dual(pack, model, rank_n=2, rank_s=4, seed=0, zero_up=False):
-    lora = pack_module(pack, "musar.lora")
-    patcher = pack_module(pack, "nodes.patcher")
-    dm = model.model.diffusion_model
-    names = lora.target_modules(len(dm.double_blocks), len(dm.single_blocks))
-    params = lora.init_trainable(patcher.model_shapes(model, names), rank_n, rank_s, seed)
-    if not zero_up:
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for k, v in params.items():
-                if k.endswith(".up"):
-                    v.copy_(torch.randn(v.shape, generator=g) * 0.5)
-    return lora.from_trainable(params)
+def _random_dual(pack, model, seed=0, zero_up=False):
+    return random_dual_lora(pack, model, seed=seed, scale=0.0 if zero_up else 0.5)[1]
 
 
 def test_wrapped_module_applies_each_branch_to_its_tokens(pack, model):

@@ -134,3 +134,27 @@ def test_non_finite_literal_numbers_are_refused_naming_the_input(validate_prompt
     g = _graph()
     g[node]["inputs"][name] = value
     _refused_at_validation(validate_prompt, g, node, f"{name}: expected a finite number")
+
+
+def test_every_number_input_takes_its_bounds_from_the_one_limits_table(pack):
+    """The schema's min / max / step are the ones the node's settings check (musar.settings.LIMITS):
+    a widget can never offer a value its own check refuses."""
+    from comfy_api.latest import io
+    from musar_helpers import pack_module
+
+    import nodes
+
+    limits = pack_module(pack, "musar.settings").LIMITS
+    seen = set()
+    for node_id, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        schema = cls.GET_SCHEMA() if node_id.startswith("MUSAR_") else None
+        if schema is None or schema.category == "MUSAR/testing":
+            continue
+        for inp in schema.inputs:
+            if isinstance(inp, (io.Int.Input, io.Float.Input)):
+                key = "region_strength" if node_id == "MUSAR_LayoutRegion" else inp.id
+                limit = limits[key]
+                assert (inp.min, inp.max, inp.step) == (limit.low, limit.high, limit.step), (node_id, inp.id)
+                assert isinstance(inp, io.Int.Input) == limit.integer, (node_id, inp.id)
+                seen.add(key)
+    assert seen == set(limits)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import torch
+from musar_helpers import TINY, sampler_nodes
 
 import nodes as comfy_nodes
 
@@ -38,15 +39,8 @@ def test_every_node_documents_every_input(pack):
 
 def _stock_graph(loader_seed=0, text="a red star"):
     return {
-        "1": {"class_type": "MUSAR_TinyFluxLoader", "inputs": {"size": "tiny (128 wide, 2+2 blocks)", "seed": loader_seed}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}},
-        "3": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "4": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0],
-            "seed": 1, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple",
-            "denoise": 1.0}},
-        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+        "1": {"class_type": "MUSAR_TinyFluxLoader", "inputs": {"size": TINY, "seed": loader_seed}},
+        **sampler_nodes(2, ["1", 0], ["1", 1], ["1", 2], text, steps=2, cfg=2.0),
     }
 
 

@@ -8,7 +8,7 @@ MUSAR subjects and routed references in one MODEL."""
 import comfy.sample
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module, routed, settings
+from musar_helpers import make_subjects, pack_module, routed, settings, spy_block_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: small ops
 METHODS = ("offset", "index", "uxo")
@@ -134,14 +134,7 @@ def test_blocked_reference_pairs_carry_no_information_in_every_block(pack, flux2
     leaves the other references' attention output bit-identical (and the prompt's when prompt
     <-> reference blocking is on)."""
     attention = pack_module(pack, "musar.attention")
-    captured = []
-    original = attention.block_attention
-
-    def spy(call, block, q, k, v, mask, kernel):
-        captured.append((call.layout, call.plan, q.clone(), k.clone(), v.clone(), kernel))
-        return original(call, block, q, k, v, mask, kernel)
-
-    monkeypatch.setattr(attention, "block_attention", spy)
+    captured = spy_block_attention(pack, monkeypatch)
     refs = ref_latents(flux2, 3)
     other = [refs[0], torch.randn_like(refs[1]), refs[2]]
     for block in (False, True):

@@ -12,32 +12,13 @@ import folder_paths
 import pytest
 import server
 import torch
-from musar_helpers import pack_module
-from PIL import Image, ImageDraw
+from musar_helpers import make_pairs, pack_module, sampler_nodes
 
 from musar_run import convert, edits
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "workflows" / "musar_train_dual_lora.json"
 TINY = "tiny (128 wide, 2+2 blocks)"
-COLOURS = [(200, 40, 40), (40, 160, 60), (40, 80, 200), (220, 180, 30), (150, 60, 170)]
-
-
-def make_pairs(root: Path, n_items: int = 4, size: int = 64) -> Path:
-    """A folder-layout dataset of single-subject pairs: one coloured shape per item, two scenes."""
-    for i in range(n_items):
-        folder = root / f"item_{i}"
-        folder.mkdir(parents=True)
-        for k, bg in enumerate(((235, 235, 230), (90, 110, 130))):
-            img = Image.new("RGB", (size, size), bg)
-            box = (size // 4 + 4 * k, size // 4, 3 * size // 4, 3 * size // 4 - 4 * k)
-            draw = ImageDraw.Draw(img)
-            (draw.ellipse if i % 2 else draw.rectangle)(box, fill=COLOURS[i % len(COLOURS)])
-            img.save(folder / f"panel_{k}.png")
-        (folder / "meta.json").write_text(json.dumps({
-            "item": f"object {i}", "description_0": f"object {i} on a light table",
-            "description_1": f"object {i} in a dark room"}))
-    return root
 
 
 def dataset_folder(name: str) -> Path:
@@ -163,14 +144,7 @@ def _generation(lora_name, strength):
             "start_percent": 0.0, "end_percent": 1.0, "routing_blocks": "double", "threshold": 0.0,
             "smoothing": 3, "symmetric": False, "strength": 1.0, "condition_cache": False,
             "positions": "shared"}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "object 0"}},
-        "7": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "8": {"class_type": "KSampler", "inputs": {
-            "model": ["5", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["7", 0],
-            "seed": 1, "steps": 3, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-            "denoise": 1.0}},
-        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
-        "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
+        **sampler_nodes(6, ["5", 0], ["1", 1], ["1", 2], "object 0", steps=3),
     }
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from musar_helpers import make_pairs
 from safetensors.torch import load_file
-from test_training import make_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the runtime took the repository root off sys.path (nodes/ would

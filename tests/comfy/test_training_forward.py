@@ -6,7 +6,7 @@ import comfy.patcher_extension
 import pytest
 import torch
 from einops import rearrange
-from musar_helpers import make_subjects, pack_module, routed
+from musar_helpers import make_subjects, pack_module, random_dual_lora, routed
 
 
 def comfy_call(patched, x, sigma, context, y, guidance):
@@ -16,20 +16,6 @@ def comfy_call(patched, x, sigma, context, y, guidance):
     to["sigmas"] = sigma
     to["cond_or_uncond"] = [0]
     return patched.model.diffusion_model(x, sigma, context, y=y, guidance=guidance, transformer_options=to)
-
-
-def _lora(pack, model, seed=0):
-    lora = pack_module(pack, "musar.lora")
-    patcher = pack_module(pack, "nodes.patcher")
-    dm = model.model.diffusion_model
-    names = lora.target_modules(len(dm.double_blocks), len(dm.single_blocks))
-    params = lora.init_trainable(patcher.model_shapes(model, names), 2, 4, seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for k, v in params.items():
-            if k.endswith(".up"):
-                v.copy_(torch.randn(v.shape, generator=g) * 0.3)
-    return params, lora.from_trainable(params)
 
 
 def _inputs(pack, model, subjects, b=2, seed=0):
@@ -59,7 +45,7 @@ def test_training_forward_equals_the_comfyui_inference_path(pack, tiny_flux, wit
     patcher = pack_module(pack, "nodes.patcher")
     model = tiny_flux(seed=11)
     subjects = make_subjects(pack, ((8, 8), (6, 10)), (3, 4))
-    params, dual = _lora(pack, model)
+    params, dual = random_dual_lora(pack, model, scale=0.3)
     base = patcher.apply_lora(model, dual, 0.7, 1.3) if with_lora else model
     patched, _ = routed(pack, base, subjects, dynamic=False)
     inp, layout, args = _inputs(pack, model, subjects)
@@ -78,7 +64,7 @@ def test_gradients_reach_only_the_lora_tensors(pack, tiny_flux):
     model = tiny_flux(seed=12)
     dm = model.model.diffusion_model
     subjects = make_subjects(pack)
-    params, _ = _lora(pack, model)
+    params, _ = random_dual_lora(pack, model, scale=0.3)
     dm.requires_grad_(False)
     inp, layout, _ = _inputs(pack, model, subjects, b=1)
     with torch.inference_mode(False), torch.enable_grad():

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from musar.paths import is_inside, resolve_inside
+from musar.paths import folder_file, folder_files, is_inside, resolve_inside
 
 
 @pytest.fixture
@@ -54,3 +54,39 @@ def test_is_inside_compares_resolved_paths(tree):
     assert is_inside(roots[0] / "in_link", roots[0])
     assert not is_inside(roots[0] / "out_link", roots[0])
     assert not is_inside(root / "allowed_sibling", roots[0])  # a common prefix is not a parent
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """A folder of files a combo picks from: two good ones, one of another kind, a sub-folder,
+    a link to another file of the folder and a link out of it."""
+    folder, outside = tmp_path / "weights", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    for name in ("toy_flux.safetensors", "toy_flux_b.safetensors", "notes.txt"):
+        (folder / name).write_text("x")
+    (folder / "toy_flux_dir.safetensors").mkdir()
+    (outside / "toy_flux_secret.safetensors").write_text("x")
+    (folder / "toy_flux_out.safetensors").symlink_to(outside / "toy_flux_secret.safetensors")
+    (folder / "toy_flux_alias.safetensors").symlink_to(folder / "toy_flux.safetensors")
+    return folder
+
+
+def test_a_file_combo_lists_only_matching_files_that_stay_in_the_folder(weights):
+    assert folder_files(weights, ["toy_flux*.safetensors"]) == [
+        "toy_flux.safetensors", "toy_flux_alias.safetensors", "toy_flux_b.safetensors"]
+    assert folder_files(weights, ["*.TXT"]) == ["notes.txt"]  # patterns ignore case
+    assert folder_files(weights / "missing", ["*"]) == [] and folder_files(None, ["*"]) == []
+
+
+@pytest.mark.parametrize("name", ["toy_flux_out.safetensors", "toy_flux_dir.safetensors", "notes.txt",
+                                  "../outside/toy_flux_secret.safetensors", "TOY_FLUX.safetensors",
+                                  "./toy_flux.safetensors", "", None, 3, "toy_flux.safetensors\x00"])
+def test_a_file_combo_refuses_every_value_it_does_not_list(weights, name):
+    assert folder_file(weights, name, ["toy_flux*.safetensors"]) is None
+
+
+def test_a_listed_name_gives_its_real_path(weights):
+    real = os.path.realpath(weights / "toy_flux.safetensors")
+    assert folder_file(weights, "toy_flux.safetensors", ["toy_flux*.safetensors"]) == real
+    assert folder_file(weights, "toy_flux_alias.safetensors", ["toy_flux*.safetensors"]) == real

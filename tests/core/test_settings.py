@@ -1,21 +1,36 @@
 """The settings of the MUSAR nodes: one check per settings object, the same rules whether a
 value is checked at validation (literal, None = linked) or at execute time (every value)."""
 
+import dataclasses
 import math
+import re
 
 import pytest
 
-from musar.errors import LayoutError, MusarError, RoutingError
+from musar.checks import Limit, number, verdict
+from musar.errors import DatasetError, LayoutError, MusarError, RoutingError, TrainingError
 from musar.settings import (
+    DATASET_RULES,
+    LABEL_RULES,
     LIMITS,
+    LORA_RULES,
+    PREVIEW_RULES,
+    REGION_RULES,
+    ROUTING_RULES,
+    SUBJECT_RULES,
+    TRAINING_RULES,
+    DatasetSettings,
+    LoRASettings,
     PreviewSettings,
     RoutingSettings,
     SubjectSettings,
+    TrainingSettings,
+    check_lora_settings,
     check_preview,
     check_routing,
     check_subject,
-    verdict,
 )
+from musar.train import TrainConfig
 
 ROUTING_FLOATS = ["start_percent", "end_percent", "threshold", "strength"]
 
@@ -99,3 +114,79 @@ def test_bad_preview_settings_are_routing_errors(values, match):
 def test_limits_give_the_node_schema_its_bounds():
     assert LIMITS["smoothing"].schema() == {"min": 1, "max": 15, "step": 2}
     assert set(LIMITS) >= {*ROUTING_FLOATS, "smoothing", "step", "opacity", "reference_size"}
+
+
+# ---- the primitives (musar/checks.py) and the settings of the LoRA and training nodes ----------
+def test_a_limit_says_its_range_and_normalises_the_number():
+    assert Limit(0.0, 2.0).span() == "from 0.0 to 2.0" and Limit(1, math.inf).span() == ">= 1"
+    assert Limit(0.0, 10.0, above=True).span() == "> 0.0 and <= 10.0"
+    assert number(MusarError, "n", 3.0, Limit(1, 15, integer=True)) == 3
+    assert isinstance(number(MusarError, "n", 1, Limit(0.0, 2.0)), float)
+    with pytest.raises(MusarError, match=r"^n: expected a number > 0\.0 and <= 10\.0, got 0"):
+        number(MusarError, "n", 0, Limit(0.0, 10.0, above=True))
+
+
+@pytest.mark.parametrize("cls,error", [(RoutingSettings, RoutingError), (SubjectSettings, LayoutError),
+                                       (LoRASettings, MusarError), (TrainingSettings, TrainingError)])
+def test_a_value_that_arrived_empty_is_refused_when_the_node_runs(cls, error):
+    name = "lora_name" if cls is LoRASettings else [f.name for f in dataclasses.fields(cls)][0]
+    with pytest.raises(error, match=f"^{name} arrived empty"):
+        cls(**{**({"lora_name": "a.safetensors"} if cls is LoRASettings else {}), name: None})
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"strength_noisy": math.nan}, "strength_noisy: expected a finite number from -2.0 to 2.0"),
+    ({"strength_subject": 2.5}, "strength_subject: expected a number from -2.0 to 2.0, got 2.5"),
+    ({"lora_name": 3}, "lora_name: expected text"),
+])
+def test_bad_lora_settings_name_the_input(values, match):
+    with pytest.raises(MusarError, match=match):
+        LoRASettings(**{"lora_name": "a.safetensors", **values})
+    assert match in verdict(check_lora_settings, values)
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"layout": "webdataset"}, "layout: unknown option 'webdataset', expected one of 'auto'"),
+    ({"min_quality": 11}, "min_quality: expected a whole number from 0 to 10, got 11"),
+    ({"target_width": 136}, "target_width must be multiples of 16"),
+    ({"prompt_dropout": math.nan}, "prompt_dropout: expected a finite number"),
+    ({"prompt_template": "{desc_c}"}, "unknown placeholder"),
+])
+def test_bad_dataset_settings_are_dataset_errors(values, match):
+    with pytest.raises(DatasetError, match=re.escape(match)):
+        DatasetSettings(**{"path": "pairs", **values})
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"steps": 0}, "steps: expected a whole number from 1 to 1000000, got 0"),
+    ({"subject_rank": 5000}, "subject_rank: expected a whole number from 0 to 3072"),
+    ({"optimizer": "sgd"}, "optimizer: unknown option 'sgd', expected one of 'adamw', 'prodigy'"),
+    ({"resume": "/etc/passwd"}, "resume: unknown option '/etc/passwd', expected one of 'none', 'latest'"),
+    ({"gradient_checkpointing": "yes"}, "gradient_checkpointing: expected true or false"),
+])
+def test_bad_training_settings_are_training_errors(values, match):
+    with pytest.raises(TrainingError, match=re.escape(match)):
+        TrainingSettings(**values)
+
+
+def test_training_settings_build_the_trainers_config_under_its_names():
+    config = TrainingSettings(grad_accumulation=4, validation_every=7, learning_rate=1).config()
+    assert (config.grad_accum, config.validate_every, config.learning_rate) == (4, 7, 1.0)
+    assert TrainConfig(steps=3.0).steps == 3 and type(TrainConfig(steps=3.0).steps) is int
+    with pytest.raises(TrainingError, match="nothing would be trained"):  # the trainer's own rule
+        TrainingSettings(noisy_rank=0, subject_rank=0).config()
+
+
+def test_every_limit_is_a_rule_of_some_node():
+    used = {id(rule) for table in (ROUTING_RULES, PREVIEW_RULES, SUBJECT_RULES, REGION_RULES, LABEL_RULES,
+                                   LORA_RULES, DATASET_RULES, TRAINING_RULES) for rule in table.values()}
+    assert [name for name, limit in LIMITS.items() if id(limit) not in used] == []
+
+
+def test_validate_inputs_answer_runs_the_node_lookups_on_known_values_only():
+    def lookup(name):
+        raise MusarError(f"{name} is not in the folder")
+
+    assert verdict(check_lora_settings, {"lora_name": None}, lora_name=lookup) is True
+    assert verdict(check_lora_settings, {"lora_name": "x"}, lora_name=lookup) == "x is not in the folder"
+    assert verdict(None, {"image": "y"}, image=lookup) == "y is not in the folder"

@@ -70,5 +70,5 @@ def test_attention_is_a_trajectory_setting_and_older_checkpoints_resume():
 
 
 def test_unknown_attention_plan_lists_the_valid_ones():
-    with pytest.raises(TrainingError, match="static, dense"):
+    with pytest.raises(TrainingError, match="expected one of 'static', 'dense'"):
         TrainConfig(attention="routed")

@@ -136,12 +136,12 @@ def test_loss_curve_renders():
 
 # ---- bad input ------------------------------------------------------------------------------
 @pytest.mark.parametrize("settings, words", [
-    (dict(optimizer="sgd"), "expected one of adamw, prodigy"),
-    (dict(steps=0), "steps must be an integer >= 1"),
+    (dict(optimizer="sgd"), "expected one of 'adamw', 'prodigy'"),
+    (dict(steps=0), "steps: expected a whole number >= 1, got 0"),
     (dict(noisy_rank=0, subject_rank=0), "nothing would be trained"),
-    (dict(precision="fp8"), "expected one of fp32, bf16"),
-    (dict(learning_rate=0.0), "learning_rate must be a number > 0"),
-    (dict(batch_size=True), "batch_size must be an integer"),
+    (dict(precision="fp8"), "expected one of 'fp32', 'bf16'"),
+    (dict(learning_rate=0.0), r"learning_rate: expected a number > 0\.0 and <= 10\.0, got 0\.0"),
+    (dict(batch_size=True), "batch_size: expected a whole number >= 1, got True"),
 ])
 def test_bad_settings_are_training_errors(settings, words):
     with pytest.raises(TrainingError, match=words):
