@@ -2,12 +2,12 @@
 # idempotent: minutes the first time, well under a second afterwards).
 PY := .venv/bin/python
 
-.PHONY: setup test test-core test-comfy serve demo bench toy-base toy-lora eval-toy lint clean
+.PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy lint clean
 
 setup:            ## .venv with CPU torch 2.13.0 + a real ComfyUI (COMFYUI_PATH or 0.3.75), pack linked
 	scripts/setup.sh
 
-test:             ## all three test tiers (the README's test command and what CI runs)
+test:             ## every test stage: tier 1, tier 2, the adversarial tier, tier 3 (the README's test command and what CI runs)
 	scripts/test.sh
 
 test-core: setup  ## tier 1 only (pure torch)
@@ -15,6 +15,9 @@ test-core: setup  ## tier 1 only (pure torch)
 
 test-comfy: setup ## tier 2 only (real ComfyUI)
 	$(PY) -m pytest tests/comfy
+
+test-adversarial: setup ## the adversarial tier only: bad prompts, path escapes, bad CLI input, /interrupt against a real ComfyUI server (SECURITY.md)
+	$(PY) -m pytest tests/adversarial
 
 serve:            ## ComfyUI server + frontend on http://127.0.0.1:8188 with the pack loaded
 	scripts/serve.sh

@@ -5,11 +5,14 @@ For every N the cases run side by side (shuffled order per round, warm-up first,
 CPU time with one torch thread; see docs/PERFORMANCE.md for why):
 
 * ``dense``        one SDPA call over all L tokens (what ReferenceLatent does: full attention)
-* ``routed``       musar.attention.routed_attention, static plan, same SDPA kernel
+* ``routed``       musar.attention.routed_attention, static plan, same SDPA kernel (which
+                   declares its log-sum-exp twin: the log-sum-exp executor runs)
 * ``routed_dyn``   the same with static + dynamic routing under a realistic route (the canvas
                    split into N contiguous regions, one per subject)
 * ``routed_dyn_s`` routed_dyn + the route scores (subject_attention_mass: what a routing
                    block runs)
+* ``routed_gather`` / ``routed_dyn_gather``  routed / routed_dyn with the gather executor (the
+                   kernel without its twin: what other kernels get, and the executor before)
 * ``naive``        dense_reference: full boolean L x L mask + explicit softmax (static plan)
 * ``naive_dyn_s``  dense_reference under the dynamic plan + route scores the naive way
                    (unchunked softmax over every key, summed per subject)
@@ -23,7 +26,6 @@ Usage: python bench/attention_bench.py [--quick] [--threads 1] [--max-rounds 9] 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -69,7 +71,8 @@ def naive_route_scores(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayout) 
 
 def kernels():
     """(sdpa, sub-quadratic) in the ``attn(q, k, v)`` convention: ComfyUI's own kernels when a
-    ComfyUI runtime is present (as the pack gets them), else PyTorch SDPA only."""
+    ComfyUI runtime is present (as the pack gets them), else PyTorch SDPA only. The SDPA kernel
+    declares its log-sum-exp twin, as nodes/patcher.py does for ComfyUI's ``attention_pytorch``."""
     try:
         from musar_run import runtime
 
@@ -78,10 +81,19 @@ def kernels():
     except Exception:  # noqa: BLE001 - the attention bench also runs without ComfyUI
         return attention.sdpa, None
 
-    def wrap(f):
-        return lambda q, k, v: f(q, k, v, q.shape[1], skip_reshape=True)
+    def wrap(f, lse=None):
+        fn = lambda q, k, v: f(q, k, v, q.shape[1], skip_reshape=True)  # noqa: E731
+        fn.lse = lse
+        return fn
 
-    return wrap(comfy_attention.attention_pytorch), wrap(comfy_attention.attention_sub_quad)
+    return (wrap(comfy_attention.attention_pytorch, attention.SDPA_LSE),
+            wrap(comfy_attention.attention_sub_quad))
+
+
+def without_lse(attn):
+    """The same kernel without its log-sum-exp twin: routed attention runs the gather executor
+    (what every kernel but SDPA gets; the only executor before the log-sum-exp one)."""
+    return lambda q, k, v: attn(q, k, v)
 
 
 def cases_for(layout, q, k, v, route, sdpa, subquad) -> dict:
@@ -97,10 +109,13 @@ def cases_for(layout, q, k, v, route, sdpa, subquad) -> dict:
         naive_route_scores(q_x, k, layout)
         return attention.dense_reference(q, k, v, layout, dyn)
 
+    gather = without_lse(sdpa)
     cases = {
         "dense": lambda: sdpa(q, k, v),
         "routed": lambda: attention.routed_attention(q, k, v, layout, static, sdpa),
         "routed_dyn": lambda: attention.routed_attention(q, k, v, layout, dyn, sdpa),
+        "routed_gather": lambda: attention.routed_attention(q, k, v, layout, static, gather),
+        "routed_dyn_gather": lambda: attention.routed_attention(q, k, v, layout, dyn, gather),
         "routed_dyn_s": routed_dyn_s,
         "naive": lambda: attention.dense_reference(q, k, v, layout, static),
         "naive_dyn_s": naive_dyn_s,
@@ -114,14 +129,16 @@ def cases_for(layout, q, k, v, route, sdpa, subquad) -> dict:
 def check_equal(cases: dict, layout, q, k, v, plans) -> float:
     """Largest deviation of the routed cases from the dense reference (sanity, not timing)."""
     worst = 0.0
-    for name, plan in (("routed", "static"), ("routed_dyn", "dyn"), ("routed_sq", "static")):
+    for name, plan in (("routed", "static"), ("routed_dyn", "dyn"), ("routed_gather", "static"),
+                       ("routed_dyn_gather", "dyn"), ("routed_sq", "static")):
         if name in cases:
             want = attention.dense_reference(q, k, v, layout, plans[plan])
             worst = max(worst, (cases[name]() - want).abs().max().item())
     return worst
 
 
-FAST = ("dense", "routed", "routed_dyn", "routed_dyn_s", "routed_sq", "dense_sq")
+FAST = ("dense", "routed", "routed_dyn", "routed_dyn_s", "routed_gather", "routed_dyn_gather",
+        "routed_sq", "dense_sq")
 SLOW = ("dense", "routed", "routed_dyn_s", "naive", "naive_dyn_s")
 
 
@@ -152,6 +169,8 @@ def run_n(n: int, shapes: dict, sdpa, subquad, max_rounds: int) -> dict:
     ratios.update({f"{a}/{b}": common.median([x / y for x, y in zip(slow_cpu[a], slow_cpu[b])])
                    for a, b in (("naive", "dense"), ("naive", "routed"),
                                 ("naive_dyn_s", "routed_dyn_s"), ("naive_dyn_s", "dense"))})
+    ratios.update({f"{a}/{b}": common.median([x / y for x, y in zip(cpu[a], cpu[b])])
+                   for a, b in (("routed", "routed_gather"), ("routed_dyn", "routed_dyn_gather"))})
     if "dense_sq" in cpu:
         ratios["routed_sq/dense_sq"] = common.median(
             [x / y for x, y in zip(cpu["routed_sq"], cpu["dense_sq"])])
@@ -186,10 +205,7 @@ def main(argv=None) -> dict:
               + " ".join(f"{k}={v * 1000:.0f}ms" for k, v in r["median_s"].items())
               + " | " + " ".join(f"{k}={v:.2f}" for k, v in r["ratios"].items()), flush=True)
         results["per_n"].append(r)
-    results["loadavg_at_end"] = common.loadavg()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
-    return results
+    return common.save(results, args.json)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import random
 import statistics
@@ -92,6 +93,14 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": _cores(), "torch_threads": torch.get_num_threads(),
             "mem_gib": mem_gib, "torch": torch.__version__, "python": platform.python_version(),
             "loadavg_at_start": loadavg()}
+
+
+def save(results: dict, path: Path) -> dict:
+    """Stamp the load average at the end and write the results as JSON."""
+    results["loadavg_at_end"] = loadavg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    return results
 
 
 def loadavg() -> list[str]:

@@ -42,7 +42,7 @@ def _setup(kernel: str):
 
 
 def _configs(pack, model, subjects, plain, kontext, clock):
-    """Every configuration with its attention timed: MUSAR through musar.session, the unpatched
+    """Every configuration with its attention timed: MUSAR through musar.attention.block_attention, the unpatched
     model through an attention override that only times ComfyUI's kernel."""
     timed = model.clone()
 
@@ -63,9 +63,8 @@ def _configs(pack, model, subjects, plain, kontext, clock):
 
 
 def _instrument(pack, clock):
-    session = importlib.import_module(f"{pack.__name__}.musar.session")
     attention = importlib.import_module(f"{pack.__name__}.musar.attention")
-    block, mass = session.block_attention, attention.subject_attention_mass
+    block, mass = attention.block_attention, attention.subject_attention_mass
 
     def timed_block(*args):
         t = time.process_time()
@@ -79,7 +78,7 @@ def _instrument(pack, clock):
         clock["scores"] += time.process_time() - t
         return out
 
-    session.block_attention, attention.subject_attention_mass = timed_block, timed_mass
+    attention.block_attention, attention.subject_attention_mass = timed_block, timed_mass
 
 
 def breakdown(args) -> None:

@@ -1,6 +1,7 @@
-"""``make bench``: the attention bench and the sampling bench (each in its own process), then
-one report with tables and PASS/MISS per target. Always exits 0: a missed target is a finding
-to read in the report (bench/results/report.md), not a build failure.
+"""``make bench``: the attention bench, the reference-routing bench and the sampling bench (each
+in its own process, two at a time), then one report with tables and PASS/MISS per target.
+Always exits 0: a missed target is a finding to read in the report (bench/results/report.md),
+not a build failure.
 
 Usage: python bench/run.py [--quick] [--sampling-kernels sdpa[,default]]
 """
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     quick = ["--quick"] if args.quick else []
     kernels = [k.strip() for k in args.sampling_kernels.split(",") if k.strip()]
-    specs = [("attention_bench.py", quick, common.RESULTS / "attention.json")]
+    specs = [("attention_bench.py", quick, common.RESULTS / "attention.json"),
+             ("reference_bench.py", quick, common.RESULTS / "references.json")]
     specs += [("sampling_bench.py", [*quick, "--kernel", k], common.RESULTS / f"sampling_{k}.json")
               for k in kernels]
     # Each bench times one torch thread (CPU time, see docs/PERFORMANCE.md), so two run side by
@@ -79,10 +81,11 @@ def main(argv=None) -> int:
             running.append((i, _start(*spec)))
         i, job = running.pop(0)
         results[i] = _finish(job)
-    att, sampling = results[0], {k: results[i + 1] for i, k in enumerate(kernels)}
+    att, refs = results[0], results[1]
+    sampling = {k: results[i + 2] for i, k in enumerate(kernels)}
     given = sys.argv[1:] if argv is None else argv
     command = os.environ.get("MUSAR_BENCH_COMMAND") or " ".join(["python bench/run.py", *given])
-    text = report.render(att, sampling, command, time.perf_counter() - t0)
+    text = report.render(att, sampling, command, time.perf_counter() - t0, refs)
     (common.RESULTS / "report.md").write_text(text)
     print(text)
     print(f"[bench] report: {common.RESULTS / 'report.md'}")

@@ -1,20 +1,31 @@
-"""Routed attention without an L x L tensor, its dense reference, and dynamic-route scores.
+"""Routed attention without an L x L tensor, its dense reference, dynamic-route scores, and
+one FLUX block's attention under MUSAR (``block_attention``).
 
 ``attn`` arguments are the model's own attention kernel (ComfyUI passes its active backend):
 ``attn(q, k, v) -> (B, Lq, heads * head_dim)`` for q, k, v shaped (B, heads, L*, head_dim).
-Routed attention calls it once per query group of the plan over only the keys that group may
-see (gathered), so the work is the sum of allowed query-key blocks and the largest temporary is
-one group's scores inside the kernel, never L x L.
+Routed attention runs each query group of the plan over only the keys that group may see, so
+the work is the sum of allowed query-key blocks and nothing L x L is ever built. Two executors,
+chosen per call:
+
+* **log-sum-exp**, when ``attn`` declares an ``lse`` twin (``attention_lse.SdpaLse``: the same
+  SDPA kernel, also returning its log-sum-exp) that runs on the tensors' device: one kernel call
+  per contiguous key run, on views, merged by the log-sum-exp (``attention_lse``). No key is
+  copied; query pieces go in chunks so that the temporaries stay under 3/4 of the output. ``sdpa``
+  below declares it, and the ComfyUI patcher does for ComfyUI's PyTorch kernel.
+* **gather**, for every other kernel (sub-quadratic, xformers, sage ...), which returns only its
+  output: one call per group over the group's keys copied into one buffer (``_Keys``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
+from .attention_lse import SDPA_LSE, lse_twin, needs_grad, segment_attention
 from .layout import TokenLayout
-from .routing import Group, RoutePlan, allowed_mask, dynamic_groups, static_groups
+from .routing import Group, RoutePlan, allowed_mask, dynamic_groups, runs, static_groups
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,10 +40,61 @@ def _take(t: torch.Tensor, idx) -> torch.Tensor:
 
 def _merged(parts: tuple[slice, ...]) -> slice | None:
     """The segments as one slice when they are adjacent (in any order), else None."""
-    parts = sorted(parts, key=lambda p: p.start)
-    if all(a.stop == b.start for a, b in zip(parts, parts[1:])):
-        return slice(parts[0].start, parts[-1].stop)
-    return None
+    joined = runs(parts)
+    return joined[0] if len(joined) == 1 else None
+
+
+# ---- log-sum-exp executor ----------------------------------------------------------------------
+def _key_segments(g: Group, k, v, chunk: int) -> tuple[list, int]:
+    """The group's keys as (k, v) views of contiguous runs, and the rows its gathers hold: an
+    arbitrary index set (symmetric routing's routed canvas keys) is gathered ``chunk`` keys at
+    a time, each chunk a segment of its own (gathered when its kernel call runs)."""
+    if g.k is None:
+        return [(k, v)], 0
+    if isinstance(g.k, slice):
+        return [(k[:, :, g.k], v[:, :, g.k])], 0
+    if g.k_parts:
+        return [(k[:, :, p], v[:, :, p]) for p in runs(g.k_parts)], 0
+    idx = g.k.to(k.device)
+    return [functools.partial(_gather, k, v, i) for i in idx.split(chunk)], 2 * min(chunk, len(idx))
+
+
+def _gather(k, v, idx):
+    return _take(k, idx), _take(v, idx)
+
+
+def _run_groups_lse(q, k, v, groups: list[Group], kernel, out: torch.Tensor) -> None:
+    """Every group's query pieces in chunks whose temporaries (gathered queries and keys, result,
+    second partial) hold at most 3/4 of the output's rows: with the output that stays under the
+    dense call's two L-row tensors whatever the route."""
+    b, length = out.shape[:2]
+    out4 = out.view(b, length, q.shape[1], q.shape[3])
+    budget, grad = max(length * 3 // 4, 8), needs_grad(q, k, v)
+    for g in groups:
+        keys, held = _key_segments(g, k, v, budget // 8)
+        for rows in _query_pieces(g):
+            rows = _as_slice(rows)
+            temporaries = (1 if isinstance(rows, slice) else 2) + (len(keys) > 1)
+            for part in _chunks(rows, max(1, (budget - held) // temporaries)):
+                res = segment_attention(_take(q, part), keys, kernel, grad)
+                out4[:, part if isinstance(part, slice) else part.to(out.device)] = res.transpose(1, 2)
+                del res
+
+
+def _as_slice(rows):
+    """An index tensor of consecutive positions as a slice (a view instead of a gather)."""
+    if isinstance(rows, slice) or rows.numel() == 0:
+        return rows
+    first, last = int(rows[0]), int(rows[-1])
+    if last - first + 1 == rows.numel() and bool((rows[1:] > rows[:-1]).all()):
+        return slice(first, last + 1)
+    return rows
+
+
+def _chunks(rows, size: int):
+    if isinstance(rows, slice):
+        return [slice(i, min(i + size, rows.stop)) for i in range(rows.start, rows.stop, size)]
+    return list(rows.split(size))
 
 
 class _Keys:
@@ -110,6 +172,9 @@ def _query_pieces(g: Group):
 
 def _run_groups(q, k, v, groups: list[Group], attn: AttnFn, out: torch.Tensor,
                 canvas: slice) -> None:
+    lse = lse_twin(attn, q, k, v)
+    if lse is not None:
+        return _run_groups_lse(q, k, v, groups, lse, out)
     keys = _Keys(k, v, canvas, groups)
     for g in sorted(groups, key=keys.order):
         kk, vv = keys.get(g)
@@ -126,11 +191,11 @@ def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
                      plan: RoutePlan, attn: AttnFn) -> torch.Tensor:
     """Attention of the joint sequence under ``plan``; equals masked dense attention."""
     b, heads, length, dim = q.shape
-    if plan.is_dense or layout.n_subjects == 0:
+    if plan.is_dense or layout.n_routed == 0:
         return attn(q, k, v)
     out = q.new_empty(b, length, heads * dim)
     if plan.route is None:
-        _run_groups(q, k, v, static_groups(layout, plan.static, q.device), attn, out, layout.canvas)
+        _run_groups(q, k, v, static_groups(layout, plan, q.device), attn, out, layout.canvas)
         return out
     for rows, route in _same_route_batches(plan.route):
         sub = out[rows] if isinstance(rows, slice) else out.new_empty(len(rows), length, heads * dim)
@@ -151,24 +216,26 @@ def routed_attention_cached(q: torch.Tensor, k_full: torch.Tensor, v_full: torch
 
     def local(g: Group) -> Group:
         if g.kind == "prompt":
-            return Group(g.q, g.k, g.kind)
+            return Group(g.q, g.k, g.kind, k_parts=g.k_parts)
         qs = slice(g.q.start - shift, g.q.stop - shift) if isinstance(g.q, slice) else g.q - shift
-        return Group(qs, g.k, g.kind)
+        return Group(qs, g.k, g.kind, k_parts=g.k_parts)
 
     def run(rows, groups):
         qq = q if rows is None else q[rows]
         kk, vv = (k_full, v_full) if rows is None else (k_full[rows], v_full[rows])
         sub = out if rows is None else out.new_empty(qq.shape[0], length, heads * dim)
-        for g in groups:
-            g = local(g)
-            res = attn(qq[:, :, g.q] if isinstance(g.q, slice) else qq.index_select(2, g.q),
-                       _take(kk, g.k), _take(vv, g.k))
-            sub[:, g.q] = res
+        groups = [local(g) for g in groups]
+        lse = lse_twin(attn, q, kk, vv)
+        if lse is not None:
+            _run_groups_lse(qq, kk, vv, groups, lse, sub)
+        else:
+            for g in groups:
+                sub[:, g.q] = attn(_take(qq, g.q), _take(kk, g.k), _take(vv, g.k))
         if rows is not None:
             out[rows] = sub
 
     if plan.route is None:
-        run(None, [g for g in static_groups(layout, plan.static, q.device) if g.kind != "condition"])
+        run(None, [g for g in static_groups(layout, plan, q.device) if g.kind != "condition"])
         return out
     for rows, route in _same_route_batches(plan.route):
         groups = dynamic_groups(layout, plan, route.to(q.device), q.device)
@@ -197,6 +264,9 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return o.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
+sdpa.lse = SDPA_LSE  # the same fused kernel, also returning its log-sum-exp
+
+
 def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout,
                     plan: RoutePlan) -> torch.Tensor:
     """Slow reference: full boolean mask and an explicit softmax (tests and the naive bench)."""
@@ -210,17 +280,17 @@ def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: T
 def subject_attention_mass(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayout,
                            budget: int = 1 << 24) -> torch.Tensor:
     """Route scores: for every X query (``q_x`` is (B, heads, x_len, dim)), the head-averaged
-    softmax mass on each subject's image keys, with the softmax over every key of the joint
+    softmax mass on each routed condition's image keys (``layout.route_keys``), with the softmax over every key of the joint
     sequence ``k`` (the static view, so a route can change between steps). Returns
-    (B, x_len, N) float32. Computed as attention whose values are one-hot subject indicators
+    (B, x_len, n_routed) float32. Computed as attention whose values are one-hot subject indicators
     (softmax @ indicator = mass per subject), i.e. one fused SDPA call: no score matrix is
     materialised; queries go in chunks whose output holds at most ``budget`` numbers."""
     b, heads, n_x, dim = q_x.shape
-    n = layout.n_subjects
+    n = layout.n_routed
     width = max(dim, n)  # equal q/k/v widths keep SDPA on its fused kernels
     ind = torch.zeros(1, 1, k.shape[2], width, dtype=torch.float32, device=k.device)
     for i in range(n):
-        ind[0, 0, layout.image(i), i] = 1.0
+        ind[0, 0, layout.route_keys(i), i] = 1.0
     ind = ind.expand(b, heads, -1, -1)
     qf, kf = q_x.float(), k.float()
     rows = max(1, budget // max(1, b * heads * width))
@@ -230,3 +300,50 @@ def subject_attention_mass(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayo
         mass = torch.nn.functional.scaled_dot_product_attention(qf[:, :, start:stop], kf, ind)
         out[:, start:stop] = mass[..., :n].mean(dim=1)
     return out
+
+
+def block_attention(call, block: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask,
+                    kernel: Callable) -> torch.Tensor:
+    """One FLUX block's joint attention under MUSAR: condition-cache bookkeeping, route scores
+    in routing blocks, routed attention, and the strength blend of the canvas output. ``call``
+    is the ``session.MusarCall`` of this model call, ``block`` ("double" | "single", index);
+    ``kernel(q, k, v, mask=None)`` is the model's attention function."""
+    if mask is not None:  # the diffusion-model wrapper drops conditioning masks before FLUX
+        raise RuntimeError("MUSAR: an attention mask reached routed attention; another patch "
+                           "adds one, which MUSAR's routing cannot combine with")
+    lay, settings, run = call.layout, call.routing.settings, call.run
+    P, C = lay.prompt_len, lay.canvas_len
+    if call.cached:
+        kt, vt, ki, vi = run.kv[block]
+        k = torch.cat([k[:, :, :P], kt, k[:, :, P:], ki], 2)
+        v = torch.cat([v[:, :, :P], vt, v[:, :, P:], vi], 2)
+        q_x = q[:, :, P:P + lay.x_len]
+    else:
+        q_x = q[:, :, lay.x]
+        if settings.condition_cache:
+            cond_txt, cond_img = slice(P, lay.txt_len), slice(lay.txt_len + C, lay.total)
+            run.kv[block] = (k[:, :, cond_txt], v[:, :, cond_txt], k[:, :, cond_img], v[:, :, cond_img])
+    if call.collect and block in call.routing.blocks:
+        call.add_scores(subject_attention_mass(q_x, k, lay))
+    if call.cached:
+        out = routed_attention_cached(q, k, v, lay, call.plan, kernel)
+        canvas = slice(P, P + C)
+    else:
+        out = routed_attention(q, k, v, lay, call.plan, kernel)
+        canvas = lay.canvas
+    if settings.strength != 1.0:
+        _blend(out, q, k, v, lay, canvas, settings.strength, kernel)
+    return out
+
+
+def _blend(out, q, k, v, lay: TokenLayout, canvas: slice, strength: float, kernel) -> None:
+    """``strength`` < 1 mixes routed attention with the attention the unpatched model computes
+    (keys: every token but MUSAR subjects' condition tokens): for the canvas rows (the canvas
+    without the subjects), and, when references are routed, also for the prompt and reference
+    rows (their stock, unrouted view), so strength 0 is the unpatched model."""
+    P, C = lay.prompt_len, lay.canvas_len
+    keys = torch.cat([torch.arange(P), torch.arange(lay.txt_len, lay.txt_len + C
+                                                    + sum(lay.reference_lens))]).to(q.device)
+    rows = keys if lay.n_references else canvas
+    base = kernel(q[:, :, rows], k.index_select(2, keys), v.index_select(2, keys))
+    out[:, rows] = base + strength * (out[:, rows] - base)

@@ -28,11 +28,3 @@ class DatasetError(MusarError):
 class TrainingError(MusarError):
     """Training settings that cannot work (ranks, optimizer, output folder ...)."""
 
-
-def choose(options: dict, key, what: str):
-    """Look ``key`` up in ``options``; on a miss raise a MusarError listing the valid keys."""
-    try:
-        return options[key]
-    except (KeyError, TypeError):
-        valid = ", ".join(repr(k) for k in options)
-        raise MusarError(f"unknown {what} {key!r}: expected one of {valid}") from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -126,11 +126,28 @@ def single_block(blk, i, x, vec_rows, pe, layout, plan, attn, adapted):
     return x + _gate(out, m, dims, 2)
 
 
-def _vec(dm, t, guidance, y):
-    vec = dm.time_in(timestep_embedding(t, 256).to(y.dtype))
+def modulation_vector(dm, t: torch.Tensor, guidance: torch.Tensor | None, y: torch.Tensor | None,
+                      dtype: torch.dtype, embed: Callable = timestep_embedding) -> torch.Tensor:
+    """FLUX's modulation vector: time_in(t) [+ guidance_in(guidance)] [+ vector_in(y)], as
+    ComfyUI's forward_orig builds it. ``embed`` is the sinusoidal embedding (ComfyUI passes its
+    own ``timestep_embedding``; this module's equals it). Handles models without ``vector_in``
+    and calls without pooled text (``y`` None: zeros)."""
+    vec = dm.time_in(embed(t, 256).to(dtype))
     if dm.params.guidance_embed and guidance is not None:
-        vec = vec + dm.guidance_in(timestep_embedding(guidance, 256).to(y.dtype))
-    return vec + dm.vector_in(y[:, :dm.params.vec_in_dim])
+        vec = vec + dm.guidance_in(embed(guidance, 256).to(dtype))
+    if getattr(dm, "vector_in", None) is not None:
+        if y is None:
+            y = torch.zeros(t.shape[0], dm.params.vec_in_dim, device=t.device, dtype=dtype)
+        vec = vec + dm.vector_in(y[:, :dm.params.vec_in_dim].to(device=t.device, dtype=dtype))
+    return vec
+
+
+def clean_vector(dm, y: torch.Tensor | None, with_guidance: bool, batch: int, device,
+                 dtype: torch.dtype, embed: Callable = timestep_embedding) -> torch.Tensor:
+    """The condition tokens' modulation vector, (batch, hidden): timestep 0 and guidance 1
+    [chosen, as OminiControl]. Used by the inference patch and the training forward alike."""
+    zero = torch.zeros(batch, device=device, dtype=dtype)
+    return modulation_vector(dm, zero, zero + 1 if with_guidance else None, y, dtype, embed)
 
 
 def musar_forward(dm, inp: ForwardInputs, layout: TokenLayout, plan: RoutePlan | None = None,
@@ -143,9 +160,8 @@ def musar_forward(dm, inp: ForwardInputs, layout: TokenLayout, plan: RoutePlan |
     img = adapted(dm.img_in, "img_in", inp.x, None)
     ic = adapted(dm.img_in, "img_in", inp.subjects.expand(b, -1, -1), _all_subject(inp.subjects))
     img = torch.cat([img, ic], 1)
-    vec_t = _vec(dm, inp.timesteps, inp.guidance, inp.y)
-    zero = torch.zeros_like(inp.timesteps)
-    vec_0 = _vec(dm, zero, None if inp.guidance is None else zero + 1, inp.y)
+    vec_t = modulation_vector(dm, inp.timesteps, inp.guidance, inp.y, inp.y.dtype)
+    vec_0 = clean_vector(dm, inp.y, inp.guidance is not None, b, inp.y.device, inp.y.dtype)
     vec_rows = torch.stack([vec_t, vec_0], 1)
     txt = dm.txt_in(torch.cat([inp.context] + [c.expand(b, -1, -1) for c in inp.captions], 1))
     ids = torch.cat([torch.zeros(b, txt.shape[1], 3, dtype=inp.x_ids.dtype, device=inp.x.device),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import LayoutError
+from .errors import LayoutError, RoutingError
 from .subjects import PALETTE
 
 CROP_MODES = ("center crop", "pad", "stretch", "keep aspect")
@@ -57,9 +57,8 @@ def _geometry(height: int, width: int, size: int, mode: str) -> tuple[int, int, 
 def prepare_reference(image: torch.Tensor, size: int, mode: str, mask: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Bring a reference (and its optional mask) to the reference size: returns IMAGE (1,h,w,3)
-    with h, w multiples of 16, and the mask (h, w) transformed identically."""
-    if size % 16:
-        raise LayoutError(f"reference size must be a multiple of 16, got {size}")
+    with h, w multiples of 16, and the mask (h, w) transformed identically. ``size`` and ``mode``
+    are checked by ``settings.check_subject``."""
     image = check_image(image)
     _, height, width, _ = image.shape
     if mask is not None:
@@ -85,14 +84,65 @@ def route_masks(route: torch.Tensor, grid: tuple[int, int], n_subjects: int, hei
     """(x_len,) route -> (N, H, W) binary masks at image resolution (nearest upsampling)."""
     r = route.reshape(1, 1, *grid).float()
     up = F.interpolate(r, size=(height, width), mode="nearest")[0, 0]
-    return torch.stack([(up == i).float() for i in range(n_subjects)])
+    return torch.stack([(up == i).float() for i in range(n_subjects)] or [up[:0]])
 
 
-def overlay(image: torch.Tensor, masks: torch.Tensor, opacity: float = 0.5) -> torch.Tensor:
-    """Colour each subject's region (PALETTE order) over the image: IMAGE in, IMAGE out."""
+def overlay(image: torch.Tensor, masks: torch.Tensor, opacity: float = 0.5, colors=None
+            ) -> torch.Tensor:
+    """Colour each condition's region (``colors``, default PALETTE order) over the image: IMAGE
+    in, IMAGE out."""
     out = image[..., :3].clone()
     for i, m in enumerate(masks):
-        colour = torch.tensor(PALETTE[i % len(PALETTE)], dtype=out.dtype, device=out.device)
+        colour = torch.tensor(_color(colors, i), dtype=out.dtype, device=out.device)
         a = (m.to(out) * opacity)[None, ..., None]
         out = out * (1 - a) + colour * a
     return out
+
+
+def _color(colors, i: int):
+    return colors[i] if colors is not None and i < len(colors) else PALETTE[i % len(PALETTE)]
+
+
+def region_outlines(inside: torch.Tensor, grid: tuple[int, int], height: int, width: int,
+                    dashed: torch.Tensor | None = None, thickness: int = 2) -> torch.Tensor:
+    """(N, x_len) bool token regions -> (N, H, W) bool outlines at image resolution, ``thickness``
+    px inside each region's border; rows where ``dashed`` (N,) is true get a dashed outline."""
+    up = F.interpolate(inside.float().reshape(-1, 1, *grid), size=(height, width), mode="nearest")
+    k = 2 * thickness + 1
+    eroded = -F.max_pool2d(-up, k, stride=1, padding=thickness)
+    lines = (up - eroded)[:, 0] > 0.5
+    if dashed is not None and bool(dashed.any()):
+        yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        gaps = ((yy + xx) // (4 * thickness)) % 2 == 1
+        lines = lines & ~(dashed[:, None, None] & gaps)
+    return lines
+
+
+def route_overlay(images: torch.Tensor, routes: torch.Tensor | None, grid: tuple[int, int],
+                  n_subjects: int, opacity: float = 0.5, colors=None, outlines=None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image with its own route drawn over it (``routes`` (B, x_len), one route per image,
+    or (1, x_len) for every image, or None: no route) and the layout regions' ``outlines``
+    ((N, x_len) bool, dashed (N,) bool) on top, in each condition's colour. Returns the overlay
+    IMAGE (B, H, W, 3) and the masks (B * N, H, W): image 0's N condition masks, then image 1's
+    ..."""
+    batch, height, width, _ = images.shape
+    if routes is not None and routes.shape[0] not in (1, batch):
+        raise RoutingError(f"{batch} images arrived but the sampling run routed {routes.shape[0]}: "
+                           "connect the images decoded from that sampler's LATENT")
+    thickness = max(2, min(height, width) // 256)
+    lines = None if outlines is None else region_outlines(outlines[0], grid, height, width,
+                                                          outlines[1], thickness)
+    overlays, masks = [], []
+    for i in range(batch):
+        if routes is None:
+            m = torch.zeros(n_subjects, height, width)
+        else:
+            m = route_masks(routes[i if routes.shape[0] == batch else 0], grid, n_subjects, height, width)
+        out = overlay(images[i:i + 1], m, opacity, colors)
+        for j in range(0 if lines is None else lines.shape[0]):
+            colour = torch.tensor(_color(colors, j), dtype=out.dtype)
+            out[0][lines[j]] = colour
+        overlays.append(out)
+        masks.append(m)
+    return torch.cat(overlays), torch.cat(masks)

@@ -2,14 +2,18 @@
 
 FLUX's joint attention runs over ``[txt stream | img stream]``. MUSAR appends, per subject i,
 its caption tokens Tc_i to the text stream and its reference image tokens Ic_i to the image
-stream, so the joint sequence is::
+stream; ComfyUI itself appends the ``ReferenceLatent`` references (FLUX.1 Kontext, FLUX.2) after
+the canvas. The joint sequence is::
 
-    [ P | Tc_1 ... Tc_N | X | R | Ic_1 ... Ic_N ]
+    [ P | Tc_1 ... Tc_N | X | E | R_1 ... R_M | Ic_1 ... Ic_N ]
 
-P = main prompt, X = noisy canvas, R = foreign reference tokens that ComfyUI itself appended
-after X (``ReferenceLatent`` / Kontext conditioning; treated exactly like X, see README), and
-the condition of subject i is C_i = Tc_i + Ic_i. All offsets below index that joint sequence;
-``*_stream`` helpers index one stream.
+P = main prompt, X = noisy canvas, E = references that are not routed (treated exactly like X),
+R_j = routed reference j (MUSAR Route References), Ic_i = subject i's image tokens. A layout has
+either E or R_1..R_M, never both (the references of one conditioning are routed or not).
+
+Routed entities ("conditions"), in route index order: the N MUSAR subjects (condition C_i =
+Tc_i + Ic_i), then the M routed references (condition = R_j). All offsets below index the joint
+sequence; ``*_stream`` helpers index one stream.
 """
 
 from __future__ import annotations
@@ -23,6 +27,21 @@ from .errors import LayoutError
 
 NONE, NOISY, SUBJECT = 0, 1, 2  # token classes for the dual-branch LoRA
 MAX_SUBJECTS = 16
+MAX_REFERENCES = 16
+
+
+def check_subject_count(n: int) -> None:
+    """The one rule on how many subjects fit (one routing, one layout)."""
+    if n > MAX_SUBJECTS:
+        raise LayoutError(f"at most {MAX_SUBJECTS} subjects fit one MUSAR Apply Routing; this "
+                          f"would be subject {n}: remove some MUSAR Subject nodes")
+
+
+def check_reference_count(n: int) -> None:
+    """The one rule on how many routed references fit one layout."""
+    if n > MAX_REFERENCES:
+        raise LayoutError(f"at most {MAX_REFERENCES} references can be routed; the conditioning "
+                          f"holds {n}: remove some ReferenceLatent nodes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,24 +50,39 @@ class TokenLayout:
     x_len: int
     caption_lens: tuple[int, ...] = ()
     image_lens: tuple[int, ...] = ()
-    extra_len: int = 0  # R: foreign reference tokens after X
+    extra_len: int = 0  # E: references after X that are not routed (behave as canvas)
+    reference_lens: tuple[int, ...] = ()  # R_1..R_M: routed references
 
     def __post_init__(self):
         if len(self.caption_lens) != len(self.image_lens):
             raise LayoutError(f"{len(self.caption_lens)} captions but {len(self.image_lens)} "
                               "reference images: every subject needs exactly one of each")
-        if len(self.image_lens) > MAX_SUBJECTS:
-            raise LayoutError(f"at most {MAX_SUBJECTS} subjects fit one layout, got "
-                              f"{len(self.image_lens)}")
+        check_subject_count(len(self.image_lens))
+        check_reference_count(len(self.reference_lens))
         if min((self.prompt_len, self.x_len, self.extra_len, *self.caption_lens,
-                *self.image_lens), default=0) < 0 or self.x_len == 0:
+                *self.image_lens, *self.reference_lens), default=0) < 0 or self.x_len == 0:
             raise LayoutError(f"segment lengths must be >= 0 and the canvas non-empty: {self}")
         if any(n == 0 for n in self.image_lens):
             raise LayoutError("a subject has no image tokens left (is its mask empty?)")
+        if any(n == 0 for n in self.reference_lens):
+            raise LayoutError("a routed reference has no tokens")
+        if self.extra_len and self.reference_lens:
+            raise LayoutError("references are either routed or not: a layout cannot hold both")
 
     @property
     def n_subjects(self) -> int:
+        """MUSAR subjects (caption + image tokens)."""
         return len(self.image_lens)
+
+    @property
+    def n_references(self) -> int:
+        """Routed references (ReferenceLatent tokens, each its own segment)."""
+        return len(self.reference_lens)
+
+    @property
+    def n_routed(self) -> int:
+        """Routed entities: subjects first, then references (the route's index space)."""
+        return self.n_subjects + self.n_references
 
     @property
     def txt_len(self) -> int:
@@ -60,7 +94,7 @@ class TokenLayout:
 
     @property
     def img_len(self) -> int:
-        return self.canvas_len + sum(self.image_lens)
+        return self.canvas_len + sum(self.reference_lens) + sum(self.image_lens)
 
     @property
     def total(self) -> int:
@@ -76,8 +110,12 @@ class TokenLayout:
         return _starts(self.prompt_len, self.caption_lens)
 
     @cached_property
+    def _reference_starts(self) -> tuple[int, ...]:
+        return _starts(self.txt_len + self.canvas_len, self.reference_lens)
+
+    @cached_property
     def _image_starts(self) -> tuple[int, ...]:
-        return _starts(self.txt_len + self.canvas_len, self.image_lens)
+        return _starts(self.txt_len + self.canvas_len + sum(self.reference_lens), self.image_lens)
 
     def caption(self, i: int) -> slice:
         return slice(self._caption_starts[i], self._caption_starts[i] + self.caption_lens[i])
@@ -85,9 +123,12 @@ class TokenLayout:
     def image(self, i: int) -> slice:
         return slice(self._image_starts[i], self._image_starts[i] + self.image_lens[i])
 
+    def reference(self, j: int) -> slice:
+        return slice(self._reference_starts[j], self._reference_starts[j] + self.reference_lens[j])
+
     @property
     def canvas(self) -> slice:
-        """X and R together: the tokens that behave as the generated image."""
+        """X and E (unrouted references) together: the tokens that behave as the generated image."""
         return slice(self.txt_len, self.txt_len + self.canvas_len)
 
     @property
@@ -98,8 +139,18 @@ class TokenLayout:
     def extra(self) -> slice:
         return slice(self.txt_len + self.x_len, self.txt_len + self.canvas_len)
 
-    def condition(self, i: int) -> tuple[slice, slice]:
-        return self.caption(i), self.image(i)
+    def condition(self, i: int) -> tuple[slice, ...]:
+        """Segments of routed entity i: (caption, image) of a subject, (tokens,) of a reference."""
+        n = self.n_subjects
+        return (self.caption(i), self.image(i)) if i < n else (self.reference(i - n),)
+
+    def route_keys(self, i: int) -> slice:
+        """The keys whose attention mass scores routed entity i (its image tokens)."""
+        n = self.n_subjects
+        return self.image(i) if i < n else self.reference(i - n)
+
+    def is_reference(self, i: int) -> bool:
+        return i >= self.n_subjects
 
     # ---- per-stream helpers --------------------------------------------------------------------
     def image_in_img_stream(self, i: int) -> slice:
@@ -109,15 +160,17 @@ class TokenLayout:
     def modulation_dims(self, stream: str) -> list[tuple[int, int, int]]:
         """(start, end, row) ranges for ComfyUI's per-segment modulation: row 0 is the sampling
         timestep, row 1 the clean-condition vector (timestep 0, guidance 1)."""
-        P, T, C = self.prompt_len, self.txt_len, self.canvas_len
+        P, T = self.prompt_len, self.txt_len
+        C = self.canvas_len + sum(self.reference_lens)  # references: sampling modulation, as stock
         txt = [(0, P, 0), (P, T, 1)]
         img = [(0, C, 0), (C, self.img_len, 1)]
         table = {"txt": txt, "img": img, "joint": txt + [(T + a, T + b, r) for a, b, r in img]}
         return [d for d in table[stream] if d[1] > d[0]]
 
     def token_classes(self, stream: str) -> torch.Tensor:
-        """LoRA branch per token: NONE (prompt and captions), NOISY (canvas), SUBJECT (Ic)."""
-        img = [NOISY] * self.canvas_len + [SUBJECT] * sum(self.image_lens)
+        """LoRA branch per token: NONE (prompt and captions), NOISY (canvas and ReferenceLatent
+        references, routed or not, as before routing existed), SUBJECT (Ic)."""
+        img = [NOISY] * (self.canvas_len + sum(self.reference_lens)) + [SUBJECT] * sum(self.image_lens)
         if stream == "img":
             return torch.tensor(img, dtype=torch.int8)
         if stream == "joint":
@@ -125,7 +178,9 @@ class TokenLayout:
         raise LayoutError(f"unknown stream {stream!r}: expected 'img' or 'joint'")
 
     def without_conditions(self) -> TokenLayout:
-        return TokenLayout(self.prompt_len, self.x_len, extra_len=self.extra_len)
+        """The layout without MUSAR subjects (references are ComfyUI's and stay)."""
+        return TokenLayout(self.prompt_len, self.x_len, extra_len=self.extra_len,
+                           reference_lens=self.reference_lens)
 
 
 def _starts(offset: int, lengths: tuple[int, ...]) -> tuple[int, ...]:

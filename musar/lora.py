@@ -15,8 +15,17 @@ File format (version 1, safetensors)::
               musar.subject_alpha, musar.targets (JSON list), musar.hidden_size, musar.depth,
               musar.depth_single_blocks, musar.base_model, plus free-form musar.train.* keys
 
-The scale of a branch is alpha / rank. OminiControl's PEFT/diffusers subject LoRAs are read by
-``omini.py`` into the same in-memory form (as the subject branch).
+The scale of a branch is alpha / rank, both read from the metadata (``musar.<branch>_alpha``,
+``musar.<branch>_rank``); a file without an alpha has scale 1. This pack writes alpha = rank with
+any in-memory scale already multiplied into ``up``, so its own files load at scale 1; a file
+written elsewhere with another alpha is scaled as that convention says (PEFT / kohya do the same).
+OminiControl's PEFT/diffusers subject LoRAs are read by ``omini.py`` into the same in-memory form
+(as the subject branch).
+
+Every loaded file, whatever its layout, passes one structural check before it reaches a model:
+``check_tensor`` on each raw tensor (2-D, floating point, non-empty, finite) and ``check_lora`` on
+the result (known image-side Linear targets, ranks that agree, finite scales); ``omini.check_fits``
+then compares it with the model. Anything else is a LoRAFormatError naming the key.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 
 import torch
@@ -36,6 +46,10 @@ FORMAT_VERSION = 1
 BRANCHES = ("noisy", "subject")
 DOUBLE_TARGETS = ("img_mod.lin", "img_attn.qkv", "img_attn.proj", "img_mlp.2")
 SINGLE_TARGETS = ("modulation.lin", "linear1", "linear2")
+# Every module a LoRA file may adapt: the image-side Linear layers of FLUX.1 (img_mlp.0 is not
+# trained by this pack but OminiControl's ff.net.0.proj maps to it).
+_ADAPTABLE = re.compile(r"img_in|double_blocks\.\d+\.(?:img_mod\.lin|img_attn\.qkv|img_attn\.proj"
+                        r"|img_mlp\.0|img_mlp\.2)|single_blocks\.\d+\.(?:modulation\.lin|linear1|linear2)")
 
 
 def target_modules(depth: int, depth_single: int) -> list[str]:
@@ -49,15 +63,15 @@ def target_modules(depth: int, depth_single: int) -> list[str]:
 def module_role(name: str) -> str:
     """How a module's tokens are laid out: 'img_in', 'img' (image stream), 'joint' (single
     blocks) or 'mod' (modulation: input rows are [sampling vec, clean-condition vec])."""
+    if not isinstance(name, str) or not _ADAPTABLE.fullmatch(name):
+        raise LoRAFormatError(f"module {name!r} is not an image-side FLUX Linear module MUSAR can "
+                              f"adapt (expected img_in, double_blocks.N.{{{','.join(DOUBLE_TARGETS)}}}"
+                              f" or single_blocks.N.{{{','.join(SINGLE_TARGETS)}}})")
     if name == "img_in":
         return "img_in"
     if name.endswith("mod.lin") or name.endswith("modulation.lin"):
         return "mod"
-    if name.startswith("single_blocks."):
-        return "joint"
-    if name.startswith("double_blocks.") and ".img_" in name:
-        return "img"
-    raise LoRAFormatError(f"module {name!r} is not an image-side FLUX module MUSAR can adapt")
+    return "joint" if name.startswith("single_blocks.") else "img"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +159,10 @@ def save_dual_lora(path: str | os.PathLike, lora: DualLoRA, extra_metadata: Mapp
     meta = {**lora.metadata, **dict(extra_metadata), "musar.format_version": str(FORMAT_VERSION)}
     meta["musar.targets"] = json.dumps(sorted(lora.modules))
     meta.update({f"musar.{b}_rank": str(r) for b, r in zip(BRANCHES, lora.branch_ranks())})
-    meta.update({f"musar.{b}_alpha": str(r) for b, r in zip(BRANCHES, lora.branch_ranks())})
+    for b, r in zip(BRANCHES, lora.branch_ranks()):  # scale already in ``up``: alpha = rank
+        meta.pop(f"musar.{b}_alpha", None)
+        if r:
+            meta[f"musar.{b}_alpha"] = str(r)
     tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
     save_file(tensors, tmp, metadata={k: str(v) for k, v in meta.items()})
     os.replace(tmp, path)
@@ -168,7 +185,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
 
 
 def parse_musar_tensors(tensors: dict, meta: dict, name: str) -> DualLoRA:
-    version = int(meta.get("musar.format_version", "0") or 0)
+    version = _meta_number(meta, "musar.format_version", name, integer=True, default=0)
     if version > FORMAT_VERSION:
         raise LoRAFormatError(f"LoRA '{name}' uses MUSAR format {version}; this pack reads up to "
                               f"{FORMAT_VERSION} - update ComfyUI-MUSAR")
@@ -177,22 +194,105 @@ def parse_musar_tensors(tensors: dict, meta: dict, name: str) -> DualLoRA:
         parts = key.split(".")
         if parts[0] != "musar" or len(parts) < 4 or parts[-2] not in BRANCHES \
                 or parts[-1] not in ("down", "up"):
-            raise LoRAFormatError(f"LoRA '{name}': unexpected tensor {key!r} in a MUSAR file")
+            raise LoRAFormatError(f"LoRA '{name}': unexpected tensor {key!r} in a MUSAR file "
+                                  "(expected musar.<module>.noisy|subject.down|up)")
         module = ".".join(parts[1:-2])
-        module_role(module)
+        _role(module, key, name)
         found.setdefault(module, [{}, {}])[BRANCHES.index(parts[-2])][parts[-1]] = t
     modules = {}
     for module, branches in found.items():
         pairs = []
         for b, d in zip(BRANCHES, branches):
             if d and set(d) != {"down", "up"}:
-                raise LoRAFormatError(f"LoRA '{name}': {module} {b} branch lacks its down or up tensor")
-            if d and d["down"].shape[0] != d["up"].shape[1]:
-                raise LoRAFormatError(f"LoRA '{name}': {module} {b} ranks disagree "
-                                      f"(down {tuple(d['down'].shape)}, up {tuple(d['up'].shape)})")
+                missing = ({"down", "up"} - set(d)).pop()
+                raise LoRAFormatError(f"LoRA '{name}': musar.{module}.{b}.{missing} is missing "
+                                      f"(a branch needs both its down and up tensor)")
             pairs.append(LoRAPair(d["down"], d["up"]) if d else None)
         modules[module] = tuple(pairs)
-    return DualLoRA(modules, meta)
+    return _with_alpha(check_lora(DualLoRA(modules, meta), name), name)
+
+
+def _with_alpha(lora: DualLoRA, name: str) -> DualLoRA:
+    """Scale each branch by alpha / rank (metadata); rank metadata must match the tensors."""
+    ranks, scales = lora.branch_ranks(), []
+    for b, rank in zip(BRANCHES, ranks):
+        stated = _meta_number(lora.metadata, f"musar.{b}_rank", name, integer=True, default=None)
+        if stated is not None and rank and stated != rank:
+            raise LoRAFormatError(f"LoRA '{name}': metadata musar.{b}_rank says {stated} but its "
+                                  f"{b} tensors have rank {rank}; the file was edited or damaged")
+        alpha = _meta_number(lora.metadata, f"musar.{b}_alpha", name, default=None)
+        scales.append(1.0 if alpha is None or not rank else alpha / rank)
+    if scales == [1.0, 1.0]:
+        return lora
+    modules = {m: tuple(None if p is None else dataclasses.replace(p, scale=p.scale * s)
+                        for p, s in zip(pairs, scales)) for m, pairs in lora.modules.items()}
+    return DualLoRA(modules, lora.metadata)
+
+
+def _meta_number(meta: Mapping, key: str, name: str, *, integer: bool = False, default):
+    """A metadata number: an integer >= 0, or a finite float > 0 (alpha)."""
+    text = meta.get(key)
+    if text is None:
+        return default
+    try:
+        value = int(text) if integer else float(text)
+    except (TypeError, ValueError):
+        value = None
+    ok = value is not None and (value >= 0 if integer else (math.isfinite(value) and value > 0))
+    if not ok:
+        want = "an integer >= 0" if integer else "a finite number > 0"
+        raise LoRAFormatError(f"LoRA '{name}': metadata {key} is {text!r}; expected {want} - the "
+                              "file was edited or written by another tool")
+    return value
+
+
+def _role(module: str, key: str, name: str) -> str:
+    try:
+        return module_role(module)
+    except LoRAFormatError as e:
+        raise LoRAFormatError(f"LoRA '{name}': tensor {key!r} targets {e}") from None
+
+
+def check_tensor(t, key: str, name: str) -> torch.Tensor:
+    """One raw LoRA factor: a non-empty 2-D floating-point matrix of finite values (as float32)."""
+    if not isinstance(t, torch.Tensor) or t.ndim != 2 or 0 in t.shape or not t.is_floating_point():
+        what = f"shape {tuple(t.shape)} ({t.dtype})" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise LoRAFormatError(f"LoRA '{name}': tensor {key!r} has {what}; expected a non-empty 2-D "
+                              "floating-point matrix (down: rank x in, up: out x rank) - the file is "
+                              "damaged or not a LoRA")
+    t = t.float()
+    if not torch.isfinite(t).all():
+        raise LoRAFormatError(f"LoRA '{name}': tensor {key!r} holds NaN or infinite values; the file "
+                              "is damaged (e.g. saved from a diverged training run) - use another "
+                              "file or an earlier checkpoint")
+    return t
+
+
+def check_lora(lora: DualLoRA, name: str) -> DualLoRA:
+    """The structural check every loaded LoRA passes, whatever its file layout; returns it with
+    float32 factors."""
+    if not lora.modules:
+        raise LoRAFormatError(f"LoRA '{name}' holds no LoRA tensors; expected at least one module")
+    modules = {}
+    for module, pairs in lora.modules.items():
+        _role(module, f"musar.{module}", name)
+        if len(pairs) != 2 or all(p is None for p in pairs):
+            raise LoRAFormatError(f"LoRA '{name}': {module} has no noisy or subject factors")
+        modules[module] = tuple(None if p is None else _check_pair(p, f"musar.{module}.{b}", name)
+                                for b, p in zip(BRANCHES, pairs))
+    return DualLoRA(modules, lora.metadata)
+
+
+def _check_pair(pair: LoRAPair, key: str, name: str) -> LoRAPair:
+    down, up = check_tensor(pair.down, f"{key}.down", name), check_tensor(pair.up, f"{key}.up", name)
+    if down.shape[0] != up.shape[1]:
+        raise LoRAFormatError(f"LoRA '{name}': {key} ranks disagree (down {tuple(down.shape)}, up "
+                              f"{tuple(up.shape)}); expected down (rank, in) and up (out, rank)")
+    if isinstance(pair.scale, bool) or not isinstance(pair.scale, (int, float)) \
+            or not math.isfinite(pair.scale):
+        raise LoRAFormatError(f"LoRA '{name}': {key} has scale {pair.scale!r}; expected a finite "
+                              "number (alpha / rank)")
+    return LoRAPair(down, up, float(pair.scale))
 
 
 def init_trainable(shapes: Mapping[str, tuple[int, int]], noisy_rank: int, subject_rank: int,

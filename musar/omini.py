@@ -11,13 +11,22 @@ fused weight's rows. Loaded as the *subject* branch.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
 import torch
 
 from .errors import LoRAFormatError
-from .lora import DualLoRA, LoRAPair, module_role, parse_musar_tensors, read_safetensors
+from .lora import (
+    DualLoRA,
+    LoRAPair,
+    check_lora,
+    check_tensor,
+    module_role,
+    parse_musar_tensors,
+    read_safetensors,
+)
 
 # diffusers suffix -> (ComfyUI module suffix, part index) ; part index 0..3 = q, k, v, mlp rows
 _DOUBLE = {
@@ -91,40 +100,71 @@ def parse_omini_tensors(tensors: dict, name: str) -> DualLoRA:
             raise LoRAFormatError(f"LoRA '{name}': unexpected tensor {key!r} for a PEFT/diffusers LoRA")
         block, idx, suffix, kind = m.groups()
         module, part = _comfy_name(block, idx, suffix, name)
-        slot = parts.setdefault(module, {}).setdefault(part, {})
-        slot["down" if kind in ("lora_A", "lora_down") else "up"] = t.float()
-        alpha = tensors.get(key.rsplit(".", 2)[0] + ".alpha")
-        if alpha is not None:
-            slot["alpha"] = float(alpha)
+        slot = parts.setdefault(module, {}).setdefault(part, {"key": key.rsplit(".", 2)[0]})
+        slot["down" if kind in ("lora_A", "lora_down") else "up"] = check_tensor(t, key, name)
+        alpha_key = f"{slot['key']}.alpha"
+        if alpha_key in tensors:
+            slot["alpha"] = _alpha(tensors[alpha_key], alpha_key, name)
     modules = {m: (None, _fuse(m, p, name)) for m, p in parts.items()}
-    return DualLoRA(modules, {"musar.subject_source": "omini"})
+    return check_lora(DualLoRA(modules, {"musar.subject_source": "omini"}), name)
+
+
+def _alpha(t, key: str, name: str) -> float:
+    """A PEFT alpha: one finite number > 0 (a scalar tensor)."""
+    scalar = isinstance(t, torch.Tensor) and t.numel() == 1 and not t.dtype.is_complex
+    value = float(t.reshape(-1)[0]) if scalar else None
+    if value is None or not math.isfinite(value) or value <= 0:
+        what = f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) and t.numel() != 1 else repr(value)
+        raise LoRAFormatError(f"LoRA '{name}': {key!r} is {what}; expected one finite number > 0 "
+                              "(a scalar alpha)")
+    return value
+
+
+def _checked_parts(module: str, parts: dict, name: str) -> None:
+    """Each part has both factors with agreeing ranks; all parts read the same input width and
+    q / k / v write the same number of rows."""
+    for d in parts.values():
+        for factor, kind in (("down", "lora_A"), ("up", "lora_B")):
+            if factor not in d:
+                raise LoRAFormatError(f"LoRA '{name}': {d['key']}.{kind}.weight is missing "
+                                      f"(each adapted module of {module} needs lora_A and lora_B)")
+        if d["down"].shape[0] != d["up"].shape[1]:
+            raise LoRAFormatError(f"LoRA '{name}': {d['key']} ranks disagree (lora_A "
+                                  f"{tuple(d['down'].shape)}, lora_B {tuple(d['up'].shape)})")
+    widths = {d["key"]: d["down"].shape[1] for d in parts.values()}
+    rows = {d["key"]: d["up"].shape[0] for p, d in parts.items() if p in (0, 1, 2)}
+    for what, sizes in (("input widths", widths), ("q/k/v output sizes", rows)):
+        if len(set(sizes.values())) > 1:
+            raise LoRAFormatError(f"LoRA '{name}': the parts fused into {module} have different "
+                                  f"{what} ({sizes}); expected one size - the file mixes models")
 
 
 def _fuse(module: str, parts: dict, name: str) -> LoRAPair:
     """Stack part adapters into one pair for a fused module (see module docstring)."""
-    for part, d in parts.items():
-        if set(d) - {"alpha"} != {"down", "up"} or d["down"].shape[0] != d["up"].shape[1]:
-            raise LoRAFormatError(f"LoRA '{name}': {module} part {part} has mismatched or missing "
-                                  "lora_A / lora_B tensors")
+    _checked_parts(module, parts, name)
+
+    def scaled_up(d):
+        r = d["down"].shape[0]
+        return d["up"] * (d.get("alpha", r) / r)
+
     if None in parts:
-        d = parts[None]
-        return LoRAPair(d["down"], d["up"] * d.get("alpha", d["down"].shape[0]) / d["down"].shape[0])
-    hidden = next(iter(parts.values()))["up"].shape[0] if 0 not in parts else parts[0]["up"].shape[0]
+        if len(parts) > 1:
+            raise LoRAFormatError(f"LoRA '{name}': {module} is adapted both whole and by parts")
+        return LoRAPair(parts[None]["down"], scaled_up(parts[None]))
+    qkv = [parts[p]["up"].shape[0] for p in (0, 1, 2) if p in parts]
+    hidden = qkv[0] if qkv else parts[3]["up"].shape[0] // 4  # FLUX's MLP ratio is 4
     mlp = parts[3]["up"].shape[0] if 3 in parts else 4 * hidden
     offsets = [0, hidden, 2 * hidden, 3 * hidden]
     out_dim = 3 * hidden + (mlp if module.endswith("linear1") else 0)
-    downs, ups, col = [], [], 0
     total_rank = sum(d["down"].shape[0] for d in parts.values())
+    up, downs, col = torch.zeros(out_dim, total_rank), [], 0
     for part in sorted(parts):
         d = parts[part]
-        r = d["down"].shape[0]
-        up = torch.zeros(out_dim, total_rank)
-        rows = d["up"].shape[0]
-        up[offsets[part]:offsets[part] + rows, col:col + r] = d["up"] * d.get("alpha", r) / r
+        r, rows = d["down"].shape[0], d["up"].shape[0]
+        up[offsets[part]:offsets[part] + rows, col:col + r] = scaled_up(d)
         downs.append(d["down"])
-        ups.append(up)
         col += r
-    return LoRAPair(torch.cat(downs), torch.stack(ups).sum(0))
+    return LoRAPair(torch.cat(downs), up)
 
 
 def check_fits(lora: DualLoRA, shapes: dict[str, tuple[int, int]], hidden: int) -> None:

@@ -7,10 +7,21 @@ Static routing (the paper's mask; rows = queries, columns = keys)::
     P      |  no     |   no      | yes| yes
     X      |  yes    |   yes     | yes| yes
 
-Dynamic routing [chosen reconstruction]: every X token p is routed to one subject r(p) (argmax
-of its attention mass on each subject's image keys) and then sees only that subject's condition
-(plus P and the canvas); background tokens (no subject above the threshold) see no condition.
-With ``symmetric``, condition i's queries see only the X tokens routed to i.
+Routed references (ReferenceLatent tokens R_j, MUSAR Route References) are conditions too: no
+condition sees another. A reference and the prompt see each other unless the plan blocks
+prompt <-> reference attention (``block_prompt_references``, off by default [chosen])::
+
+    q \\ k | R_j     | other R_k | C_i | P       | X
+    R_j    | yes     | no        | no  | yes (1) | yes
+    P      | yes (1) | yes (1)   | no  | yes     | yes
+    (1) no when prompt <-> reference blocking is on
+
+Dynamic routing [chosen reconstruction]: every X token p is routed to one condition r(p)
+(argmax of its attention mass on each condition's image keys) and then sees only that
+condition (plus P and the canvas); background tokens (no condition above the threshold) see no
+condition; unrouted tokens (``UNROUTED``, outside every hard region when the route has no
+scores) see every condition, as under static routing. With ``symmetric``, condition i's
+queries see only the X tokens that see it.
 
 A plan is turned into *query groups*: a set of queries and the keys they may all see. Routed
 attention (``attention.py``) runs the model's own attention kernel once per group, so no
@@ -27,14 +38,16 @@ import torch
 from .errors import RoutingError
 from .layout import TokenLayout
 
-BACKGROUND = -1
+BACKGROUND = -1  # a canvas token that sees no condition
+UNROUTED = -2  # a canvas token that sees every condition, as under static routing alone
 
 
 @dataclasses.dataclass(frozen=True)
 class RoutePlan:
     static: bool = True
-    route: torch.Tensor | None = None  # (B, x_len) int64 subject index, BACKGROUND = -1
+    route: torch.Tensor | None = None  # (B, x_len) int64 routed-entity index, BACKGROUND, UNROUTED
     symmetric: bool = False
+    block_prompt_references: bool = False  # static routing also blocks prompt <-> routed references
 
     def __post_init__(self):
         if self.symmetric and self.route is None:
@@ -73,14 +86,19 @@ def _group(q, k, kind: str, device=None) -> Group:
     return Group(full(q), full(k), kind, segments(q), segments(k))
 
 
-def _cat(parts: list[slice], device=None) -> torch.Tensor | slice:
-    parts = [p for p in parts if p.stop > p.start]
+def runs(parts) -> list[slice]:
+    """The non-empty segments, adjacent ones joined, in sequence order."""
     merged: list[slice] = []
-    for p in sorted(parts, key=lambda s: s.start):
+    for p in sorted((p for p in parts if p.stop > p.start), key=lambda s: s.start):
         if merged and merged[-1].stop == p.start:
             merged[-1] = slice(merged[-1].start, p.stop)
         else:
             merged.append(p)
+    return merged
+
+
+def _cat(parts: list[slice], device=None) -> torch.Tensor | slice:
+    merged = runs(parts)
     if len(merged) == 1:
         return merged[0]
     return torch.cat([torch.arange(p.start, p.stop, device=device) for p in merged])
@@ -90,46 +108,79 @@ def _cond(layout: TokenLayout, i: int) -> list[slice]:
     return list(layout.condition(i))
 
 
-def static_groups(layout: TokenLayout, static: bool = True, device=None) -> list[Group]:
+def _sees_prompt(layout: TokenLayout, plan: RoutePlan, i: int) -> bool:
+    """Under static routing a subject's condition and the prompt never see each other (the
+    paper's mask); a routed reference and the prompt do unless the plan blocks them [chosen:
+    not blocked, the reference models were trained with the prompt seeing the references]."""
+    return layout.is_reference(i) and not plan.block_prompt_references
+
+
+def _prompt_keys(layout: TokenLayout, plan: RoutePlan) -> list[slice]:
+    refs = [layout.reference(j) for j in range(layout.n_references)
+            if _sees_prompt(layout, plan, layout.n_subjects + j)]
+    return [layout.prompt, layout.canvas, *refs]
+
+
+def _static_keys(layout: TokenLayout, plan: RoutePlan, i: int) -> list[slice]:
+    own = _cond(layout, i) + [layout.canvas]
+    return own + [layout.prompt] if _sees_prompt(layout, plan, i) else own
+
+
+def static_groups(layout: TokenLayout, plan: RoutePlan, device=None) -> list[Group]:
     """Query groups shared by every batch element (no dynamic route)."""
-    if not static or layout.n_subjects == 0:
+    n = layout.n_routed
+    if not plan.static or n == 0:
         groups = [_group([layout.prompt], None, "prompt", device)]
-        groups += [_group(_cond(layout, i), None, "condition", device)
-                   for i in range(layout.n_subjects)]
+        groups += [_group(_cond(layout, i), None, "condition", device) for i in range(n)]
         return [g for g in groups + [_group([layout.canvas], None, "canvas")] if _size(g.q) > 0]
-    groups = [_group([layout.prompt], [layout.prompt, layout.canvas], "prompt", device)]
-    for i in range(layout.n_subjects):
-        groups.append(_group(_cond(layout, i), _cond(layout, i) + [layout.canvas], "condition",
-                             device))
+    groups = [_group([layout.prompt], _prompt_keys(layout, plan), "prompt", device)]
+    for i in range(n):
+        groups.append(_group(_cond(layout, i), _static_keys(layout, plan, i), "condition", device))
     groups.append(_group([layout.canvas], None, "canvas"))
     return [g for g in groups if _size(g.q) > 0]
 
 
+def _symmetric_keys(layout: TokenLayout, plan: RoutePlan, i: int, route: torch.Tensor, device):
+    """Condition i under a symmetric route: itself, the unrouted references E and the canvas
+    tokens that see it (routed to i, or unrouted), plus the prompt where it may see it."""
+    seen = _index(_cat(_cond(layout, i) + [layout.extra], device), device)
+    routed_x = torch.nonzero((route == i) | (route == UNROUTED)).flatten() + layout.x.start
+    keys = torch.cat([seen, routed_x.to(seen.device)])
+    if not plan.static or _sees_prompt(layout, plan, i):
+        keys = torch.cat([_index(layout.prompt, device), keys])
+    return keys
+
+
 def dynamic_groups(layout: TokenLayout, plan: RoutePlan, route: torch.Tensor, device=None
                    ) -> list[Group]:
-    """Query groups of one batch element under a dynamic route (x_len,) of subject ids."""
-    n, x0 = layout.n_subjects, layout.x.start
+    """Query groups of one batch element under a dynamic route (x_len,) of routed-entity ids
+    (or BACKGROUND / UNROUTED)."""
+    n, x0 = layout.n_routed, layout.x.start
     everything = [layout.prompt, layout.canvas] + [s for i in range(n) for s in _cond(layout, i)]
-    groups = [_group([layout.prompt], [layout.prompt, layout.canvas] if plan.static else None,
+    groups = [_group([layout.prompt], _prompt_keys(layout, plan) if plan.static else None,
                      "prompt", device)]
     for i in range(n):
         if plan.symmetric:
-            seen = _index(_cat(_cond(layout, i) + [layout.extra], device), device)
-            routed_x = torch.nonzero(route == i).flatten() + x0
-            keys = torch.cat([seen, routed_x.to(seen.device)])
-            if not plan.static:
-                keys = torch.cat([_index(layout.prompt, device), keys])
+            keys = _symmetric_keys(layout, plan, i, route, device)
         else:
-            keys = _cond(layout, i) + [layout.canvas] if plan.static else None
+            keys = _static_keys(layout, plan, i) if plan.static else None
         groups.append(_group(_cond(layout, i), keys, "condition", device))
-    for i in [BACKGROUND, *range(n)]:
+    for i in [UNROUTED, BACKGROUND, *range(n)]:
         q = torch.nonzero(route == i).flatten() + x0
         if q.numel():
-            seen = [layout.prompt, layout.canvas] + (_cond(layout, i) if i >= 0 else [])
+            seen = None if i == UNROUTED else [layout.prompt, layout.canvas] + (
+                _cond(layout, i) if i >= 0 else [])
             groups.append(_group(q.to(device), seen, "canvas", device))
     if layout.extra_len:
         groups.append(_group([layout.extra], everything, "canvas", device))
     return [g for g in groups if _size(g.q) > 0]
+
+
+def plan_groups(layout: TokenLayout, plan: RoutePlan, b: int = 0, device=None) -> list[Group]:
+    """The query groups of batch element ``b`` under ``plan``."""
+    if plan.route is None:
+        return static_groups(layout, plan, device)
+    return dynamic_groups(layout, plan, plan.route[b], device)
 
 
 def _index(s: slice | torch.Tensor, device=None) -> torch.Tensor:
@@ -145,9 +196,7 @@ def allowed_mask(layout: TokenLayout, plan: RoutePlan, batch: int) -> torch.Tens
     L = layout.total
     mask = torch.zeros(batch, L, L, dtype=torch.bool)
     for b in range(batch):
-        groups = (static_groups(layout, plan.static) if plan.route is None
-                  else dynamic_groups(layout, plan, plan.route[b]))
-        for g in groups:
+        for g in plan_groups(layout, plan, b):
             q = _index(g.q)
             if g.k is None:
                 mask[b, q] = True
@@ -158,18 +207,15 @@ def allowed_mask(layout: TokenLayout, plan: RoutePlan, batch: int) -> torch.Tens
 
 def allowed_fraction(layout: TokenLayout, plan: RoutePlan) -> float:
     """Allowed query-key pairs / all pairs: the ideal cost ratio of routed vs dense attention."""
-    groups = (static_groups(layout, plan.static) if plan.route is None
-              else dynamic_groups(layout, plan, plan.route[0]))
+    groups = plan_groups(layout, plan)
     pairs = sum(_size(g.q) * (layout.total if g.k is None else _size(g.k)) for g in groups)
     return pairs / layout.total ** 2
 
 
 # ---- dynamic route --------------------------------------------------------------------------
-def route_from_scores(scores: torch.Tensor, grid: tuple[int, int], threshold: float = 0.0,
-                      smoothing: int = 1) -> torch.Tensor:
-    """(B, x_len, N) attention mass per subject -> (B, x_len) route (argmax; BACKGROUND where
-    the winning mass is below ``threshold``). ``smoothing`` k > 1 box-filters each subject's
-    score map on the (rows, cols) token grid before the argmax."""
+def smooth_scores(scores: torch.Tensor, grid: tuple[int, int], smoothing: int = 1) -> torch.Tensor:
+    """(B, x_len, N) route scores as float32, each condition's score map box-filtered with an
+    odd window ``smoothing`` on the (rows, cols) token grid (1 = unchanged)."""
     b, n_x, n = scores.shape
     if grid[0] * grid[1] != n_x:
         raise RoutingError(f"route scores cover {n_x} tokens but the canvas grid is {grid}")
@@ -179,10 +225,26 @@ def route_from_scores(scores: torch.Tensor, grid: tuple[int, int], threshold: fl
         maps = torch.nn.functional.avg_pool2d(maps, smoothing, stride=1, padding=smoothing // 2,
                                               count_include_pad=False)
         s = maps[..., :grid[0], :grid[1]].reshape(b, n, n_x).permute(0, 2, 1)
-    best, route = s.max(dim=-1)
+    return s
+
+
+def argmax_route(scores: torch.Tensor, threshold: float = 0.0, mass: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """(B, x_len, N) scores -> (B, x_len) argmax route; BACKGROUND where the winner's attention
+    mass (``mass``, default the scores themselves) is below ``threshold``."""
+    route = scores.argmax(dim=-1)
     if threshold > 0:
+        best = (scores if mass is None else mass).gather(-1, route[..., None])[..., 0]
         route = torch.where(best < threshold, torch.full_like(route, BACKGROUND), route)
     return route
+
+
+def route_from_scores(scores: torch.Tensor, grid: tuple[int, int], threshold: float = 0.0,
+                      smoothing: int = 1) -> torch.Tensor:
+    """(B, x_len, N) attention mass per condition -> (B, x_len) route (argmax; BACKGROUND where
+    the winning mass is below ``threshold``). ``smoothing`` k > 1 box-filters each condition's
+    score map on the (rows, cols) token grid before the argmax."""
+    return argmax_route(smooth_scores(scores, grid, smoothing), threshold)
 
 
 _BLOCK_ITEM = re.compile(r"^(d|s)(\d+)(?:-(\d+))?$")

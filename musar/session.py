@@ -1,13 +1,14 @@
-"""Per-run and per-call state of MUSAR inference (pure Python; the ComfyUI glue drives it).
+"""State of MUSAR inference, and nothing else (the decisions live in ``planning``, the block
+attention in ``attention``; the ComfyUI glue drives all three).
 
-* ``RoutingSettings`` - what the user chose (frozen).
-* ``Recorder``        - lives as long as the patched MODEL; remembers the latest sampling run so
-                        the preview node can draw its routes.
-* ``RunState``        - one sampling run: route scores of the last model call, the route used
-                        at every step, the condition cache.
-* ``MusarCall``       - one diffusion-model call: layout, routing plan, flags. Published in the
-                        ``ACTIVE`` context variable while the call runs, so the LoRA modules,
-                        block patches and the attention override all see the same call.
+* ``Recorder``  - lives as long as the patched MODEL; remembers its recent sampling runs (which
+                  sampler made them, a fingerprint of what they returned) so the preview node can
+                  find the route of the images it is given.
+* ``RunState``  - one sampling run: route scores of the last model call, the route used at every
+                  step, the condition cache.
+* ``MusarCall`` - one diffusion-model call: layout, routing plan, flags. Published in the
+                  ``ACTIVE`` context variable while the call runs, so the LoRA modules, block
+                  patches and the attention override all see the same call.
 """
 
 from __future__ import annotations
@@ -15,83 +16,99 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import hashlib
 
 import torch
 
-from . import attention
 from .errors import RoutingError
 from .layout import TokenLayout
-from .routing import RoutePlan, allowed_mask, route_from_scores
+from .regions import step_route
+from .routing import RoutePlan
 
 ACTIVE: contextvars.ContextVar[MusarCall | None] = contextvars.ContextVar("musar_call", default=None)
+KEPT_RUNS = 16  # routes of this many recent runs stay available to the preview
 
 
-@dataclasses.dataclass(frozen=True)
-class RoutingSettings:
-    static: bool = True
-    dynamic: bool = True
-    sigma_start: float = float("inf")  # dynamic routing runs while sigma_end <= sigma <= sigma_start
-    sigma_end: float = 0.0
-    routing_blocks: frozenset = frozenset()
-    threshold: float = 0.0
-    smoothing: int = 3
-    symmetric: bool = False
-    strength: float = 1.0
-    cache: bool = False
-    position_mode: str = "shared"
-
-    def __post_init__(self):
-        if self.symmetric and not self.dynamic:
-            raise RoutingError("symmetric routing restricts conditions to their routed region: "
-                               "it needs dynamic routing on")
-        if self.symmetric and self.cache:
-            raise RoutingError("symmetric routing and the condition cache conflict (cached "
-                               "conditions are not recomputed, so their routed view cannot "
-                               "change): turn one of them off")
-        if self.dynamic and not self.routing_blocks:
-            raise RoutingError("dynamic routing needs at least one routing block")
-        if self.smoothing < 1 or self.smoothing % 2 == 0:
-            raise RoutingError(f"smoothing must be an odd window size >= 1, got {self.smoothing}")
-
-    def dynamic_at(self, sigma: float) -> bool:
-        return self.dynamic and self.sigma_end <= sigma <= self.sigma_start
+def fingerprint(samples: torch.Tensor) -> str:
+    """Identity of a sampler's output latent (shape and exact values)."""
+    data = samples.detach().float().cpu().contiguous()
+    digest = hashlib.sha256(str(tuple(data.shape)).encode())
+    digest.update(data.numpy().tobytes())
+    return digest.hexdigest()
 
 
 class RunState:
-    def __init__(self):
+    def __init__(self, sampler: tuple | None = None):
+        self.sampler = sampler  # (prompt id, node id) of the sampler node that started the run
+        self.output: str | None = None  # fingerprint of the latent the run returned
         self.last_scores: dict[int, torch.Tensor] = {}  # cond_or_uncond kind -> (b, x_len, N)
-        self.routes: list[tuple[float, torch.Tensor]] = []  # (sigma, (b, x_len) route) per call
+        self.routes: list[tuple[float, torch.Tensor]] = []  # (sigma, (b, x_len) int16) per step
         self.grid: tuple[int, int] | None = None
         self.kv: dict = {}  # condition cache: block key -> (k, v) of condition tokens
         self.kv_batch: tuple | None = None
+        self.conditions = None  # references.Conditions: names, colours, regions of the run
         self._route_sigma: float | None = None
         self._route: torch.Tensor | None = None
 
-    def route_for(self, sigma: float, kinds: list[int], grid, settings: RoutingSettings
-                  ) -> torch.Tensor | None:
-        """Route of this step from the previous step's scores. It is computed once per step
-        (sigma) and the conditional pass's scores decide for cond and uncond alike, so CFG's
-        two passes use one spatially consistent route even when ComfyUI runs them apart."""
+    def route_for(self, sigma: float, kinds: list[int], grid, threshold: float, smoothing: int,
+                  regions=None, batch: int = 1) -> torch.Tensor | None:
+        """Route of this step from the previous step's scores and the layout regions
+        (``regions.step_route``; ``batch`` images when no scores exist yet). It is computed once
+        per step (sigma) and the conditional pass's scores decide for cond and uncond alike, so
+        CFG's two passes use one spatially consistent route even when ComfyUI runs them apart.
+        Every image of the batch keeps its own route (recorded per image for the preview)."""
         if self._route_sigma != sigma:
             scores = self.last_scores.get(0, self.last_scores.get(1))
             self._route_sigma = sigma
-            self._route = None if scores is None else route_from_scores(
-                scores, grid, settings.threshold, settings.smoothing)
+            self._route = step_route(scores, grid, threshold, smoothing, regions, batch)
             if self._route is not None:
-                self.routes.append((sigma, self._route[:1].to(torch.int16).cpu()))
+                self.routes.append((sigma, self._route.to(torch.int16).cpu()))
         return None if self._route is None else self._route.repeat(len(kinds), 1)
+
+    def release(self) -> None:
+        """Drop what only the running sampler needs (cache, scores); keep the routes."""
+        self.kv, self.kv_batch, self.last_scores, self._route = {}, None, {}, None
 
 
 class Recorder:
-    """Shared by a patched MODEL and the preview handle."""
+    """Shared by a patched MODEL and the preview handle: its recent sampling runs."""
 
     def __init__(self, captions: tuple[str, ...]):
         self.captions = captions
-        self.latest: RunState | None = None
+        self.runs: list[RunState] = []
 
-    def begin(self) -> RunState:
-        self.latest = RunState()
-        return self.latest
+    @property
+    def latest(self) -> RunState | None:
+        return self.runs[-1] if self.runs else None
+
+    def begin(self, sampler: tuple | None = None) -> RunState:
+        for old in self.runs:
+            old.release()
+        self.runs = [*self.runs[-(KEPT_RUNS - 1):], RunState(sampler)]
+        return self.runs[-1]
+
+    def find(self, output: str | None = None, prompt_id: str | None = None) -> RunState | None:
+        """The run whose route belongs to the images the caller is given: with ``output`` (the
+        fingerprint of the sampler's LATENT) the run that returned it; without it the latest run
+        of this prompt (else of the latest prompt) - refused when several samplers made those."""
+        if output is not None:
+            for run in reversed(self.runs):
+                if run.output == output:
+                    return run
+            raise RoutingError("the LATENT connected to 'samples' was not made by a sampler with "
+                               "this MUSAR Apply Routing's MODEL (or was changed after sampling): "
+                               "connect the LATENT output of the sampler whose images you preview")
+        if not self.runs:
+            return None
+        prompt = prompt_id if any(r.sampler and r.sampler[0] == prompt_id for r in self.runs) \
+            else (self.latest.sampler or (None,))[0]
+        runs = [r for r in self.runs if (r.sampler or (None,))[0] == prompt]
+        samplers = sorted({str(r.sampler[1]) for r in runs if r.sampler and r.sampler[1] is not None})
+        if len(samplers) > 1:
+            raise RoutingError(f"this MUSAR Apply Routing fed {len(samplers)} samplers (nodes "
+                               f"{', '.join(samplers)}), so the route of these images is ambiguous: "
+                               "connect the sampler's LATENT output to the preview's 'samples'")
+        return runs[-1] if runs else self.latest
 
     def __deepcopy__(self, memo):
         return self
@@ -101,11 +118,11 @@ class Recorder:
 class MusarCall:
     layout: TokenLayout
     plan: RoutePlan = dataclasses.field(default_factory=RoutePlan)
-    settings: RoutingSettings | None = None
+    routing: object = None  # planning.Routing: the settings resolved for the model
     run: RunState | None = None
     kinds: list[int] = dataclasses.field(default_factory=lambda: [0])
-    collect: bool = False
-    cached: bool = False
+    collect: bool = False  # compute route scores in the routing blocks (the next step uses them)
+    cached: bool = False  # condition-cache step: conditions' keys/values come from run.kv
     img_in_mode: str = "noisy"
     model: object = None  # the diffusion model (ComfyUI's Flux module) running this call
     source: object = None  # what the routing node attached (subjects, device caches)
@@ -155,45 +172,3 @@ def activate(call: MusarCall):
         yield call
     finally:
         ACTIVE.reset(token)
-
-
-def block_attention(call: MusarCall, block, q, k, v, mask, kernel) -> torch.Tensor:
-    """One FLUX block's joint attention under MUSAR: condition-cache bookkeeping, route scores
-    in routing blocks, routed attention, and the strength blend of the canvas output.
-    ``kernel(q, k, v, mask=None)`` is the model's attention function."""
-    lay, settings, run = call.layout, call.settings, call.run
-    P, C = lay.prompt_len, lay.canvas_len
-    if call.cached:
-        kt, vt, ki, vi = run.kv[block]
-        k = torch.cat([k[:, :, :P], kt, k[:, :, P:], ki], 2)
-        v = torch.cat([v[:, :, :P], vt, v[:, :, P:], vi], 2)
-        q_x = q[:, :, P:P + lay.x_len]
-    else:
-        q_x = q[:, :, lay.x]
-        if settings.cache:
-            cond_txt, cond_img = slice(P, lay.txt_len), slice(lay.txt_len + C, lay.total)
-            run.kv[block] = (k[:, :, cond_txt], v[:, :, cond_txt], k[:, :, cond_img], v[:, :, cond_img])
-    if call.collect and block in settings.routing_blocks:
-        call.add_scores(attention.subject_attention_mass(q_x, k, lay))
-    if mask is not None:
-        return _masked_fallback(call, q, k, v, mask, kernel)
-    if call.cached:
-        out = attention.routed_attention_cached(q, k, v, lay, call.plan, kernel)
-        canvas = slice(P, P + C)
-    else:
-        out = attention.routed_attention(q, k, v, lay, call.plan, kernel)
-        canvas = lay.canvas
-    if settings.strength != 1.0:  # blend canvas output with its no-subject attention
-        keys = torch.cat([torch.arange(P), torch.arange(lay.txt_len, lay.txt_len + C)]).to(q.device)
-        base = kernel(q[:, :, canvas], k.index_select(2, keys), v.index_select(2, keys))
-        out[:, canvas] = base + settings.strength * (out[:, canvas] - base)
-    return out
-
-
-def _masked_fallback(call, q, k, v, mask, kernel):
-    """A caller-supplied attention mask (rare) is combined with the routing as a dense mask."""
-    if call.cached:
-        raise RuntimeError("MUSAR: attention masks cannot be combined with the condition cache")
-    allowed = allowed_mask(call.layout, call.plan, q.shape[0]).to(q.device)[:, None]
-    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
-    return kernel(q, k, v, bias + mask)

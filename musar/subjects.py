@@ -11,7 +11,8 @@ import dataclasses
 import torch
 
 from .errors import LayoutError
-from .layout import MAX_SUBJECTS, mask_to_tokens, pack_latent
+from .layout import check_subject_count, mask_to_tokens, pack_latent
+from .regions import Region
 
 # Overlay colours (RGB 0..1) per subject index; the web extension uses the same table.
 PALETTE = (
@@ -29,6 +30,7 @@ class Subject:
     caption_tokens: torch.Tensor  # (1, n, context_dim) text-encoder features, padding removed
     keep: torch.Tensor | None = None  # (tokens,) bool: which reference tokens are used
     preview: torch.Tensor | None = None  # (1, H, W, 3) the reference image, for the UI
+    region: Region | None = None  # where in the generated image it should go (optional)
 
     def __post_init__(self):
         if self.latent.ndim != 4 or self.latent.shape[0] != 1:
@@ -80,10 +82,12 @@ class SubjectSet:
         return len(self.subjects)
 
     def add(self, subject: Subject) -> SubjectSet:
-        if len(self.subjects) >= MAX_SUBJECTS:
-            raise LayoutError(f"at most {MAX_SUBJECTS} subjects can be chained; this would be "
-                              f"subject {len(self.subjects) + 1} - remove some MUSAR Subject nodes")
+        check_subject_count(len(self.subjects) + 1)
         return SubjectSet(self.subjects + (subject,))
+
+    @property
+    def has_hard_region(self) -> bool:
+        return any(s.region is not None and s.region.mode == "hard" for s in self.subjects)
 
     def check_model(self, latent_channels: int, context_dim: int) -> None:
         for i, s in enumerate(self.subjects, 1):

@@ -34,7 +34,9 @@ class StandIn:
     more than they give: 10x slower on a busy 2-core machine), unless OMP_NUM_THREADS is set.
     ``prepare`` ("module:function") edits the prompt before ``--set``: ``f(prompt, input_dir) ->
     prompt`` (e.g. model files, subjects and a prompt the stand-in model knows, reference images
-    written to input_dir).
+    written to input_dir). ``variants`` pick other replacement inputs for graphs of another
+    model family: ``(class_type, input, value)`` -> inputs, used when a node of that type has
+    that input value (e.g. a CLIPLoader of type "flux2": the FLUX.2 stand-ins).
     """
 
     node: str
@@ -47,6 +49,15 @@ class StandIn:
     caps: dict = dataclasses.field(default_factory=dict)
     threads: int | None = 1
     prepare: str | None = None
+    variants: dict = dataclasses.field(default_factory=dict)
+
+    def inputs_for(self, prompt: dict) -> dict:
+        """The replacement node's inputs for this graph (a matching variant, else ``inputs``)."""
+        for (kind, name, value), inputs in self.variants.items():
+            if any(n["class_type"] == kind and (name is None or n["inputs"].get(name) == value)
+                   for n in prompt.values()):
+                return dict(inputs)
+        return dict(self.inputs)
 
 
 STANDINS = {
@@ -56,7 +67,14 @@ STANDINS = {
                     "are noise: it shows the pipeline runs, not image quality)",
         caps={("EmptySD3LatentImage", "width"): 256, ("EmptySD3LatentImage", "height"): 256,
               ("EmptyLatentImage", "width"): 256, ("EmptyLatentImage", "height"): 256,
-              ("MUSAR_Subject", "reference_size"): 128}),
+              ("EmptyFlux2LatentImage", "width"): 256, ("EmptyFlux2LatentImage", "height"): 256,
+              ("Flux2Scheduler", "width"): 256, ("Flux2Scheduler", "height"): 256,
+              ("ImageScaleToTotalPixels", "megapixels"): 0.04,
+              ("MUSAR_Subject", "reference_size"): 128},
+        variants={("CLIPLoader", "type", "flux2"): {"size": "FLUX.2 tiny (128 wide, 2+2 blocks)",
+                                                    "seed": 0},
+                  ("EmptyFlux2LatentImage", None, None): {"size": "FLUX.2 tiny (128 wide, 2+2 blocks)",
+                                                          "seed": 0}}),
     "toy": StandIn(
         node="MUSAR_ToyWorldLoader", inputs={"model_file": "toy_flux.safetensors"},
         description="the trained toy-world FLUX, codec, text encoder and MUSAR LoRA "
@@ -110,6 +128,7 @@ def _free_id(prompt: dict) -> str:
 def substitute_standins(prompt: dict, object_info: dict, standin: StandIn) -> dict:
     """The same graph with its model loaders replaced by ``standin.node`` (see :class:`StandIn`)."""
     prompt = copy.deepcopy(prompt)
+    inputs = standin.inputs_for(prompt)  # before the loaders (which may name the family) go
     loaders = [k for k, n in prompt.items() if n["class_type"] in standin.loaders]
     if not loaders:
         raise UsageError(f"the workflow has no model loader to replace ({', '.join(sorted(standin.loaders))})")
@@ -140,7 +159,7 @@ def substitute_standins(prompt: dict, object_info: dict, standin: StandIn) -> di
             while (link[0], link[1]) in remap and seen <= len(remap):
                 link, seen = remap[(link[0], link[1])], seen + 1
             node["inputs"][name] = list(link)
-    prompt[new_id] = {"inputs": dict(standin.inputs), "class_type": standin.node,
+    prompt[new_id] = {"inputs": inputs, "class_type": standin.node,
                       "_meta": {"title": object_info[standin.node].get("display_name") or standin.node}}
     for node in prompt.values():
         for name, value in node["inputs"].items():

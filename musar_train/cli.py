@@ -19,6 +19,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -61,7 +62,9 @@ def load_models(cfg: RunConfig, pack):
     if cfg.model.get("kind") == "tiny":
         standins = _pack_module(pack, "nodes.standins")
         testing = _pack_module(pack, "nodes.testing")
-        spec, seed = testing.SIZES[cfg.model["size"]], int(cfg.model.get("seed", 0))
+        if cfg.model["size"] not in testing.SIZES:
+            raise ConfigError(f"model.size {cfg.model['size']!r}: expected one of {list(testing.SIZES)}")
+        spec, seed = testing.SIZES[cfg.model["size"]], cfg.model["seed"]
         model = standins.build_flux(standins.flux_unet_config(**spec), seed=seed)
         return model, standins.build_clip(seed), standins.build_vae(seed), f"tiny:{cfg.model['size']}"
     options = {}
@@ -96,6 +99,13 @@ def train(cfg: RunConfig) -> int:
 
         torch.set_num_threads(cfg.threads)
     base = Path(tempfile.mkdtemp(prefix=f"musar-train-{rank}-"))
+    try:
+        return _train(cfg, rank, world, cuda, base)
+    finally:  # ComfyUI's scratch base folder (its models/, input/, temp/); outputs live elsewhere
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _train(cfg: RunConfig, rank: int, world: int, cuda: bool, base: Path) -> int:
     root = logging.getLogger()
     level = root.level
     if level > logging.INFO:  # ComfyUI's start-up log (missing optional extras ...) unless -v
@@ -168,11 +178,10 @@ def main(argv=None) -> int:
     logger.setLevel(logging.INFO)
     try:
         cfg = load_config(args.config, args.overrides)
+        return train(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        return train(cfg)
     except ValueError as e:  # MusarError (a ValueError) from the pack: a clear message, no trace
         if type(e).__name__.endswith("Error") and "musar" in type(e).__module__:
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -71,6 +71,10 @@ def _model(data: dict, root: Path) -> dict:
     model = {"kind": kind, **_section({"model": raw}, "model", MODEL_KEYS[kind], required)}
     if kind == "tiny":
         model.setdefault("size", TINY_SIZE)
+        model["seed"] = _integer(model.get("seed", 0), "model.seed")
+        if not isinstance(model["size"], str):
+            raise ConfigError(f"model.size: expected the name of a tiny size such as {TINY_SIZE!r}, "
+                              f"got {model['size']!r}")
         return model
     model.setdefault("weight_dtype", "default")
     if model["weight_dtype"] not in WEIGHT_DTYPES:
@@ -81,6 +85,21 @@ def _model(data: dict, root: Path) -> dict:
             raise ConfigError(f"model.{key}: no such file '{path}'")
         model[key] = path
     return model
+
+
+def _integer(value, key: str, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key}: expected an integer >= {low}, got {value!r}")
+    return value
+
+
+def _target_size(value) -> tuple[int, int]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    if not ok:
+        raise ConfigError(f"dataset.target_size: expected [height, width], two positive integers "
+                          f"(e.g. [512, 1024]), got {value!r}")
+    return tuple(value)
 
 
 def _path(value, root: Path) -> str:
@@ -127,7 +146,7 @@ def load_config(path, overrides=()) -> RunConfig:
     dataset = _section(data, "dataset", DATASET_KEYS, ("path",))
     dataset["path"] = _path(dataset["path"], root)
     if "target_size" in dataset:
-        dataset["target_size"] = tuple(dataset["target_size"])
+        dataset["target_size"] = _target_size(dataset["target_size"])
     output = _section(data, "output", ("dir", "name"))
     if data.get("device", "auto") not in DEVICES:
         raise ConfigError(f"device {data.get('device')!r}: expected one of {DEVICES}")
@@ -139,5 +158,5 @@ def load_config(path, overrides=()) -> RunConfig:
         output_dir=_path(output.get("dir", "musar_training"), root),
         name=str(output.get("name", "musar_dual_lora")), resume=resume,
         cache_dir=_path(data["cache_dir"], root) if data.get("cache_dir") else None,
-        device=data.get("device", "auto"), threads=int(data.get("threads") or 0))
+        device=data.get("device", "auto"), threads=_integer(data.get("threads") or 0, "threads"))
 

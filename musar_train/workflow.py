@@ -34,6 +34,8 @@ load it with MUSAR Load Dual LoRA in musar_two_subjects.json.
 DATA (MUSAR Load Diptych Dataset: path)
 Subjects200K exported to parquet (single-subject pairs -> two-subject diptychs), MUSAR-Gen
 parquet (ready two-subject samples) or your own folder (docs/DATASETS.md). Nothing is downloaded.
+The path is relative to models/musar_datasets (or input/); data elsewhere needs a
+musar_datasets entry in extra_model_paths.yaml (SECURITY.md).
 
 RUN
 Checkpoints: output/musar_training/<output_name>/ every checkpoint_every steps (last 3 kept);
@@ -59,7 +61,7 @@ def build(info) -> dict:
     b.add(3, "DualCLIPLoader", (0, 130), {"clip_name1": "clip_l.safetensors",
                                           "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"})
     b.add(4, "VAELoader", (0, 300), {"vae_name": "ae.safetensors"})
-    b.add(5, "MUSAR_LoadDiptychDataset", (0, 420), {"path": "/data/Subjects200K/data", "prompt_dropout": 0.1, "condition_dropout": 0.1},
+    b.add(5, "MUSAR_LoadDiptychDataset", (0, 420), {"path": "Subjects200K/data", "prompt_dropout": 0.1, "condition_dropout": 0.1},
           size=(340, 420))
     b.add(6, "MUSAR_TrainDualLoRA", (400, 0),
           {"steps": 3000, "learning_rate": 1e-4, "checkpoint_every": 250, "validation_every": 250,

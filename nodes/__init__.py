@@ -2,10 +2,10 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import examples, lora, routing, subject, testing, toy, training
+from . import examples, lora, references, routing, subject, testing, toy, training
 
 
 class MusarExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*subject.NODES, *lora.NODES, *routing.NODES, *testing.NODES, *toy.NODES, *training.NODES,
-                *examples.NODES]
+        return [*subject.NODES, *lora.NODES, *routing.NODES, *references.NODES, *testing.NODES,
+                *toy.NODES, *training.NODES, *examples.NODES]

@@ -3,7 +3,7 @@
 The pictures live in the pack's own ``workflows/assets`` folder; nothing is copied into the
 user's ``input/`` folder. The choice is confined to that folder on the server: ComfyUI 0.3.75
 does not check V3 combo values, so any string can arrive, and only a plain file name listed
-there is read.
+there is read (musar.paths.folder_file: a plain name of that folder, symlinks resolved).
 """
 
 from __future__ import annotations
@@ -15,27 +15,27 @@ import torch
 from comfy_api.latest import io, ui
 from PIL import Image, ImageOps
 
+from ..musar.checks import verdict
 from ..musar.errors import LayoutError
+from ..musar.paths import folder_file, folder_files
 
 ASSETS = Path(__file__).resolve().parent.parent / "workflows" / "assets"
-SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.webp")
 
 
 def example_names() -> list[str]:
     """The bundled pictures (file names in workflows/assets), sorted."""
-    if not ASSETS.is_dir():
-        return []
-    return sorted(p.name for p in ASSETS.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    return folder_files(ASSETS, PATTERNS)
 
 
 def example_path(name) -> Path:
     """The file of a bundled picture; anything that is not one of them is a LayoutError."""
-    names = example_names()
-    if not isinstance(name, str) or name not in names:
+    path = folder_file(ASSETS, name, PATTERNS)
+    if path is None:
         raise LayoutError(f"example image {name!r} is not one of the pack's bundled pictures "
-                          f"({', '.join(names) or 'none found'}); pick one of them, or use Load "
-                          "Image for your own pictures")
-    return ASSETS / name
+                          f"({', '.join(example_names()) or 'none found'}); pick one of them, or "
+                          "use Load Image for your own pictures")
+    return Path(path)
 
 
 def load_example(name) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,13 +79,7 @@ class MusarExampleImage(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, image):
-        if image is None:  # linked from another node: checked when it runs
-            return True
-        try:
-            example_path(image)
-        except LayoutError as e:
-            return str(e)
-        return True
+        return verdict(None, dict(image=image), image=example_path)
 
     @classmethod
     def execute(cls, image) -> io.NodeOutput:

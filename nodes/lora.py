@@ -7,19 +7,29 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
+from ..musar.checks import verdict
 from ..musar.errors import LoRAFormatError
 from ..musar.lora import target_modules
 from ..musar.omini import check_fits, load_lora_file
+from ..musar.settings import LoRASettings, check_lora_settings
 from . import patcher
+from .inputs import number
 
 _CACHE: dict = {}
 
 
-def read_lora(name: str):
-    path = folder_paths.get_full_path("loras", name)
+def lora_path(name) -> str:
+    """The file of a LoRA name, found only inside ComfyUI's ``loras`` folders (ComfyUI's own
+    lookup: ``..`` and absolute names stay inside them); the error names no other place."""
+    path = folder_paths.get_full_path("loras", name) if isinstance(name, str) and name else None
     if path is None:
-        raise LoRAFormatError(f"LoRA '{name}' is not in models/loras; put the file there and "
-                              "refresh (R) the node")
+        raise LoRAFormatError(f"LoRA {name!r} is not in models/loras; put the file there and "
+                              "refresh (R) the node, or pick another file")
+    return path
+
+
+def read_lora(name: str):
+    path = lora_path(name)
     key = (path, os.path.getmtime(path))
     if key not in _CACHE:
         _CACHE.clear()
@@ -50,28 +60,29 @@ class MusarLoadDualLoRA(io.ComfyNode):
                 io.Model.Input("model", tooltip="The FLUX.1 model to adapt."),
                 io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
                                tooltip="A .safetensors file in models/loras."),
-                io.Float.Input("strength_noisy", default=1.0, min=-2.0, max=2.0, step=0.05,
-                               tooltip="Strength of the noisy-image branch (generated image tokens)."),
-                io.Float.Input("strength_subject", default=1.0, min=-2.0, max=2.0, step=0.05,
-                               tooltip="Strength of the subject branch (reference image tokens)."),
+                number("strength_noisy", 1.0,
+                       "Strength of the noisy-image branch (generated image tokens)."),
+                number("strength_subject", 1.0,
+                       "Strength of the subject branch (reference image tokens)."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def validate_inputs(cls, lora_name):
-        if folder_paths.get_full_path("loras", lora_name) is None:
-            return (f"LoRA '{lora_name}' is not in models/loras; put the file there and refresh "
-                    "(R), or pick another file")
-        return True
+    def validate_inputs(cls, lora_name, strength_noisy, strength_subject):
+        return verdict(check_lora_settings, dict(lora_name=lora_name, strength_noisy=strength_noisy,
+                                                 strength_subject=strength_subject), lora_name=lora_path)
 
     @classmethod
     def execute(cls, model, lora_name, strength_noisy, strength_subject) -> io.NodeOutput:
         patcher.flux_model(model)
-        if strength_noisy == 0 and strength_subject == 0:
+        settings = LoRASettings(lora_name=lora_name, strength_noisy=strength_noisy,
+                                strength_subject=strength_subject)
+        lora_path(settings.lora_name)  # a missing file is an error even at strength 0
+        if settings.strength_noisy == 0 and settings.strength_subject == 0:
             return io.NodeOutput(model)
-        return io.NodeOutput(apply_dual_lora(model, read_lora(lora_name), strength_noisy,
-                                             strength_subject))
+        return io.NodeOutput(apply_dual_lora(model, read_lora(settings.lora_name), settings.strength_noisy,
+                                             settings.strength_subject))
 
 
 NODES = [MusarLoadDualLoRA]

@@ -1,8 +1,10 @@
 """The one place that knows ModelPatcher and transformer_options: MUSAR enters ComfyUI's FLUX
 only through official hooks, always on a ``clone()``:
 
-* ``WrappersMP.OUTER_SAMPLE``    - starts a fresh RunState per sampling run (per-run routes/cache).
-* ``WrappersMP.DIFFUSION_MODEL`` - per model call: builds the token layout and routing plan,
+* ``WrappersMP.OUTER_SAMPLE``    - starts a fresh RunState per sampling run (per-run routes/cache),
+                                   tagged with the sampler node and its output's fingerprint.
+* ``WrappersMP.DIFFUSION_MODEL`` - per model call: translates ComfyUI's call into
+                                   ``musar.planning.plan_call`` (layout, route, cache, scores),
                                    appends subject captions to the context, publishes the call.
 * ``post_input`` patch           - appends subject image tokens (through img_in) and their ids.
 * ``patches_replace`` dit blocks - runs the stock block with per-segment modulation
@@ -18,16 +20,19 @@ import logging
 import math
 
 import comfy.ldm.flux.model
+import comfy.ldm.modules.attention
 import comfy.model_base
 import comfy.patcher_extension
 import torch
 from comfy.ldm.flux.layers import timestep_embedding
+from comfy_execution.utils import get_executing_context
 
-from ..musar import session
+from ..musar import attention, flux_forward, planning, references, session
 from ..musar.errors import ModelError
-from ..musar.layout import TokenLayout, subject_ids
-from ..musar.routing import RoutePlan
-from . import lora_modules
+from ..musar.layout import TokenLayout
+from ..musar.references import ReferenceLabels
+from ..musar.settings import RoutingSettings
+from . import lora_modules, routed
 
 logger = logging.getLogger(__name__)
 KEY = "musar"
@@ -36,16 +41,24 @@ RUN = "musar_run"
 WRAPPERS = comfy.patcher_extension.WrappersMP
 
 
-def flux_model(model):
-    """The FLUX.1 diffusion model inside a ModelPatcher, or a ModelError saying what it is."""
+def flux_model(model, flux2: bool = False):
+    """The FLUX diffusion model inside a ModelPatcher, or a ModelError saying what it is. FLUX.1
+    always; FLUX.2 [dev] (global modulation) only where ``flux2`` (reference routing)."""
     base = getattr(model, "model", None)
     dm = getattr(base, "diffusion_model", None)
     if not isinstance(base, comfy.model_base.Flux) or not isinstance(dm, comfy.ldm.flux.model.Flux):
-        raise ModelError(f"MUSAR works with FLUX.1 models; this MODEL is {type(base).__name__} / "
-                         f"{type(dm).__name__}. Load FLUX.1 dev/schnell with UNETLoader.")
+        raise ModelError(f"MUSAR works with FLUX.1 and FLUX.2 models; this MODEL is "
+                         f"{type(base).__name__} / {type(dm).__name__}. Load FLUX with UNETLoader.")
+    if isinstance(base, comfy.model_base.Flux2) and flux2:
+        return dm
+    if isinstance(base, comfy.model_base.Flux2):
+        raise ModelError("this is a FLUX.2 model: MUSAR subjects and the dual LoRA need FLUX.1's "
+                         "per-block modulation (MUSAR Subject / Apply Routing / Load Dual LoRA "
+                         "are FLUX.1 only). FLUX.2's own ReferenceLatent references can be "
+                         "routed with MUSAR Route References")
     if dm.params.global_modulation:
-        raise ModelError("this FLUX variant (Flux 2 / Chroma: global modulation) is not the "
-                         "FLUX.1 architecture MUSAR adapts")
+        raise ModelError("this FLUX variant (Chroma: global modulation) is not the FLUX.1 "
+                         "architecture MUSAR adapts")
     return dm
 
 
@@ -71,53 +84,55 @@ def apply_lora(model, lora, s_noisy: float, s_subject: float):
     return m
 
 
-def apply_routing(model, subjects, settings: session.RoutingSettings, recorder: session.Recorder):
+def apply_routing(model, subjects, settings: RoutingSettings):
+    """A clone of ``model`` with ``subjects`` routed under ``settings`` (joining the references
+    a MUSAR Route References already routes); returns it with the Recorder of its runs."""
     dm = flux_model(model)
-    m = model.clone()
-    to = m.model_options["transformer_options"]
-    replaced = {k for k in to.get("patches_replace", {}).get("dit", {})
-                if not getattr(to["patches_replace"]["dit"][k], "musar", False)}
-    if replaced:
+    previous = model.model_options["transformer_options"].get(ROUTING)
+    return _install(model, dm, *routed.join(previous, settings, subjects=subjects))
+
+
+def route_references(model, labels: ReferenceLabels, settings: RoutingSettings):
+    """A clone of ``model`` whose ReferenceLatent references are routed under ``settings``
+    (FLUX.1 Kontext and FLUX.2 [dev]), joining the MUSAR subjects it may already route."""
+    dm = flux_model(model, flux2=True)
+    previous = model.model_options["transformer_options"].get(ROUTING)
+    return _install(model, dm, *routed.join(previous, settings, references=labels))
+
+
+def _install(model, dm, subjects, references, settings: RoutingSettings):
+    """Patch a clone for one routing of ``subjects`` (block patches and reference tokens only
+    when there are subjects) and/or the conditioning's references."""
+    to = model.model_options["transformer_options"]
+    replaced = {k for k, p in to.get("patches_replace", {}).get("dit", {}).items()
+                if not getattr(p, "musar", False)}
+    if replaced and len(subjects):
         raise ModelError(f"another node already replaced FLUX blocks {sorted(replaced)[:3]}...; "
                          "apply MUSAR routing before it (MUSAR must run the blocks itself)")
-    to[ROUTING] = _Routing(subjects, settings, recorder, model.model.process_latent_in)
-    for kind, count in (("double_block", len(dm.double_blocks)), ("single_block", len(dm.single_blocks))):
-        for i in range(count):
-            m.set_model_patch_replace(_BlockPatch(kind, i), "dit", kind, i)
-    if not any(getattr(p, "musar", False) for p in to.get("patches", {}).get("post_input", [])):
+    routed.check_regions(subjects, references, settings)
+    hard = subjects.has_hard_region or (references is not None and references.has_hard_region)
+    sampling = model.get_model_object("model_sampling")
+    routing = planning.resolve(settings, sampling.percent_to_sigma, len(dm.double_blocks),
+                               len(dm.single_blocks), hard_regions=hard)
+    recorder = session.Recorder(tuple(s.caption for s in subjects.subjects))
+    m = model.clone()
+    to = m.model_options["transformer_options"]
+    to[ROUTING] = routed.Routed(subjects, references, routing, recorder, model.model.process_latent_in)
+    if len(subjects):
+        for kind, count in (("double_block", len(dm.double_blocks)),
+                            ("single_block", len(dm.single_blocks))):
+            for i in range(count):
+                m.set_model_patch_replace(_BlockPatch(kind, i), "dit", kind, i)
+    if len(subjects) and not any(getattr(p, "musar", False)
+                                 for p in to.get("patches", {}).get("post_input", [])):
         m.set_model_post_input_patch(_post_input)
     previous = to.get("optimized_attention_override")
-    if not getattr(previous, "musar", False):
+    if not getattr(previous, "musar", False):  # the setters above replace the options dict
         m.model_options["transformer_options"]["optimized_attention_override"] = _AttentionOverride(previous)
     m.remove_wrappers_with_key(WRAPPERS.OUTER_SAMPLE, KEY)
     m.add_wrapper_with_key(WRAPPERS.OUTER_SAMPLE, KEY, _outer_sample)
     _ensure_call_wrapper(m)
-    return m
-
-
-class _Routing:
-    """What ApplyRouting put on the MODEL (immutable; shared by clones)."""
-
-    def __init__(self, subjects, settings, recorder, process_latent_in):
-        self.subjects, self.settings, self.recorder = subjects, settings, recorder
-        self.process_latent_in = process_latent_in  # VAE latent -> model latent space
-        grids = [s.grid for s in subjects.subjects]
-        ids = subject_ids(grids, settings.position_mode)
-        self.ids = torch.cat([torch.zeros(0, 3)] + [i if s.keep is None else i[s.keep]
-                                                    for i, s in zip(ids, subjects.subjects)])
-        self._device_cache: dict = {}
-
-    def tokens(self, device, dtype):
-        """(packed reference tokens (1, n, C*4), caption features list) on device/dtype."""
-        key = (str(device), dtype)
-        if key not in self._device_cache:
-            packed = torch.cat([s.packed(self.process_latent_in) for s in self.subjects.subjects], 1)
-            caps = [s.caption_tokens.to(device=device, dtype=dtype) for s in self.subjects.subjects]
-            self._device_cache = {key: (packed.to(device=device, dtype=dtype), caps)}
-        return self._device_cache[key]
-
-    def __deepcopy__(self, memo):
-        return self
+    return m, recorder
 
 
 def _ensure_call_wrapper(m):
@@ -126,11 +141,30 @@ def _ensure_call_wrapper(m):
 
 
 def _outer_sample(executor, *args, **kwargs):
+    """A fresh RunState per sampling run, tagged with the sampler node that runs it and, when
+    done, with the fingerprint of the latent it returns (how the preview finds its route).
+    Before the first step: the references the conditioning holds and the regions on this
+    canvas are checked (``references.run_conditions``)."""
     guider = executor.class_obj
     routing = guider.model_options["transformer_options"].get(ROUTING)
-    if routing is not None:  # guider.model_options is a per-sample copy, not the MODEL's
-        guider.model_options["transformer_options"][RUN] = routing.recorder.begin()
-    return executor(*args, **kwargs)
+    if routing is None:
+        return executor(*args, **kwargs)
+    noise = args[0] if args else kwargs["noise"]
+    n_refs = 0
+    if routing.routes_references:
+        n_refs = references.reference_count(
+            [len(c.get("reference_latents") or ()) for conds in guider.conds.values()
+             for c in conds], routing.references)
+    patch = guider.model_patcher.model.diffusion_model.patch_size
+    conditions = references.run_conditions(routing.subjects.subjects, routing.references, n_refs,
+                                           _grid(noise.shape[-2], noise.shape[-1], patch))
+    context = get_executing_context()
+    run = routing.recorder.begin(None if context is None else (context.prompt_id, context.node_id))
+    run.conditions = conditions
+    guider.model_options["transformer_options"][RUN] = run  # a per-sample copy, not the MODEL's
+    out = executor(*args, **kwargs)
+    run.output = session.fingerprint(out)
+    return out
 
 
 def _grid(h: int, w: int, patch: int) -> tuple[int, int]:
@@ -141,19 +175,32 @@ def _diffusion_model_wrapper(executor, x, timestep, context, y, guidance, ref_la
                              transformer_options, **kwargs):
     dm = executor.class_obj
     grid = _grid(x.shape[-2], x.shape[-1], dm.patch_size)
-    extra = sum(math.prod(_grid(r.shape[-2], r.shape[-1], dm.patch_size)) for r in ref_latents or ())
+    refs = tuple(math.prod(_grid(r.shape[-2], r.shape[-1], dm.patch_size)) for r in ref_latents or ())
     routing = transformer_options.get(ROUTING)
-    base = TokenLayout(context.shape[1], grid[0] * grid[1], extra_len=extra)
-    if routing is None or len(routing.subjects) == 0:
+    if routing is None or not routing.active:
+        base = TokenLayout(context.shape[1], grid[0] * grid[1], extra_len=sum(refs))
         with session.activate(session.MusarCall(base, model=dm)):
             return executor(x, timestep, context, y, guidance, ref_latents, control,
                             transformer_options, **kwargs)
-    call = _build_call(dm, routing, base, grid, x, timestep, y, guidance, transformer_options)
+    schedule = transformer_options.get("sample_sigmas")
+    routed = routing.routes_references
+    shape = planning.CallShape(
+        prompt_len=context.shape[1], grid=grid, extra_len=0 if routed else sum(refs),
+        reference_lens=refs if routed else (), batch=x.shape[0],
+        kinds=tuple(transformer_options.get("cond_or_uncond", [0])),
+        sigma=float(transformer_options["sigmas"].max()), device=x.device,
+        schedule=None if schedule is None else tuple(schedule.tolist()))
+    run = transformer_options.get(RUN) or routing.recorder.latest or routing.recorder.begin()
+    regions = getattr(getattr(run, "conditions", None), "regions", None)
+    call = planning.plan_call(routing.routing, run, shape, routing.caption_lens,
+                              routing.image_lens, regions)
+    call.model, call.source = dm, routing
+    call.vec0 = functools.partial(_clean_vec, dm, y, guidance is not None, x.shape[0])
     if kwargs.get("attention_mask") is not None:
-        logger.warning("MUSAR: a conditioning attention_mask cannot be combined with subject "
+        logger.warning("MUSAR: a conditioning attention_mask cannot be combined with routed "
                        "tokens and is not applied")
         kwargs = {**kwargs, "attention_mask": None}
-    if not call.cached:
+    if not call.cached and routing.has_subjects:
         _, caps = routing.tokens(x.device, x.dtype)
         context = torch.cat([context] + [c.to(context).expand(context.shape[0], -1, -1) for c in caps], 1)
     with session.activate(call):
@@ -163,51 +210,9 @@ def _diffusion_model_wrapper(executor, x, timestep, context, y, guidance, ref_la
     return out
 
 
-def _build_call(dm, routing, base, grid, x, timestep, y, guidance, transformer_options):
-    settings: session.RoutingSettings = routing.settings
-    subjects = routing.subjects.subjects
-    layout = TokenLayout(base.prompt_len, base.x_len,
-                         tuple(s.caption_tokens.shape[1] for s in subjects),
-                         tuple(s.n_tokens for s in subjects), base.extra_len)
-    run = transformer_options.get(RUN) or routing.recorder.latest or routing.recorder.begin()
-    run.grid = grid
-    kinds = list(transformer_options.get("cond_or_uncond", [0]))
-    sigma = float(transformer_options["sigmas"].max())
-    route = run.route_for(sigma, kinds, grid, settings) if settings.dynamic_at(sigma) else None
-    if route is not None and route.shape[0] != x.shape[0]:
-        route = None  # batch changed shape mid-run (e.g. another sampler call): stay static
-    plan = RoutePlan(settings.static, None if route is None else route.to(x.device), settings.symmetric and route is not None)
-    batch_key = (tuple(kinds), x.shape[0])
-    cached = settings.cache and bool(run.kv) and run.kv_batch == batch_key
-    if settings.cache and not cached:
-        run.kv, run.kv_batch = {}, batch_key
-    vec0 = functools.partial(_clean_vec, dm, y, guidance, x.shape[0])
-    return session.MusarCall(layout, plan, settings, run, kinds,
-                             collect=_next_step_routes(settings, sigma, transformer_options),
-                             cached=cached, model=dm, source=routing, vec0=vec0)
-
-
-def _next_step_routes(settings, sigma: float, transformer_options) -> bool:
-    """Route scores are only worth computing when the next step will use a route."""
-    if not settings.dynamic:
-        return False
-    schedule = transformer_options.get("sample_sigmas")
-    if schedule is None:  # not called by a ComfyUI sampler: keep scores for any later call
-        return sigma >= settings.sigma_end
-    later = [float(s) for s in schedule if 0 < float(s) < sigma]
-    return bool(later) and settings.dynamic_at(max(later))
-
-
-def _clean_vec(dm, y, guidance, batch, like: torch.Tensor) -> torch.Tensor:
-    """FLUX's modulation vector at timestep 0 and guidance 1 (the clean-condition vector)."""
-    zeros = torch.zeros(batch, device=like.device, dtype=like.dtype)
-    vec = dm.time_in(timestep_embedding(zeros, 256).to(like.dtype))
-    if dm.params.guidance_embed and guidance is not None:
-        vec = vec + dm.guidance_in(timestep_embedding(zeros + 1, 256).to(like.dtype))
-    if dm.vector_in is not None:
-        yy = y if y is not None else torch.zeros(batch, dm.params.vec_in_dim)
-        vec = vec + dm.vector_in(yy[:, :dm.params.vec_in_dim].to(like))
-    return vec
+def _clean_vec(dm, y, with_guidance: bool, batch: int, like: torch.Tensor) -> torch.Tensor:
+    return flux_forward.clean_vector(dm, y, with_guidance, batch, like.device, like.dtype,
+                                     embed=timestep_embedding)
 
 
 def _post_input(args):
@@ -256,6 +261,12 @@ class _BlockPatch:
         return self
 
 
+# ComfyUI's PyTorch kernel is plain SDPA (the override receives it unwrapped): routed attention
+# may run it as the same op that also returns its log-sum-exp; other kernels get key gathers.
+_SDPA = comfy.ldm.modules.attention.attention_pytorch
+_SDPA_KERNELS = (_SDPA, getattr(_SDPA, "__wrapped__", _SDPA))
+
+
 class _AttentionOverride:
     """Routed attention through ComfyUI's active kernel (or an override already installed)."""
 
@@ -274,6 +285,7 @@ class _AttentionOverride:
                 return self.previous(func, q_, k_, v_, heads, *args, **kw)
             return func(q_, k_, v_, heads, *args, **kw)
 
+        kernel.lse = attention.SDPA_LSE if self.previous is None and func in _SDPA_KERNELS else None
         call = session.ACTIVE.get()
         if call is None or call.source is None:
             return kernel(q, k, v, mask)
@@ -281,4 +293,4 @@ class _AttentionOverride:
         if q.shape[2] != (lay.prompt_len + lay.canvas_len if call.cached else lay.total):
             raise RuntimeError(f"MUSAR: attention over {q.shape[2]} tokens, layout expects {lay.total}")
         block = (transformer_options.get("block_type"), transformer_options.get("block_index"))
-        return session.block_attention(call, block, q, k, v, mask, kernel)
+        return attention.block_attention(call, block, q, k, v, mask, kernel)

@@ -3,6 +3,14 @@
 Used by the ``MUSAR/testing`` loader node (so ``make demo`` runs on a CPU with no downloads), by
 the tier-2 tests and by the benchmarks. Weights are seeded, so every build is reproducible.
 Real FLUX.1 is the same code with hidden 3072, 24 heads, 19 double + 38 single blocks.
+
+FLUX.2 [dev] stand-ins go through ComfyUI's own ``supported_models.Flux2`` / ``model_base.Flux2``
+with the architecture switches ComfyUI's model detection sets for a FLUX.2 file (global
+modulation, SiLU-gated MLPs, no biases, 4 RoPE axes, patch size 1, 128 latent channels,
+reference method "index" x 10), so their state dicts carry FLUX.2's detection keys
+(``double_stream_modulation_img.lin.weight`` ...). Real FLUX.2 [dev] is the same code with
+hidden 6144, 48 heads, 8 double + 48 single blocks and a Mistral 3 text encoder; the stand-in
+text encoder is the tiny FLUX.1 one (Mistral's tokenizer data is not available offline).
 """
 
 from __future__ import annotations
@@ -44,14 +52,33 @@ def flux_unet_config(hidden: int = 128, heads: int = 4, depth: int = 2, single_d
                 theta=10000, patch_size=2, qkv_bias=True, guidance_embed=guidance)
 
 
+def flux2_unet_config(hidden: int = 128, heads: int = 4, depth: int = 2, single_depth: int = 2,
+                      context_dim: int = 64) -> dict:
+    """A FLUX.2 [dev]-architecture config (what ComfyUI's detection sets for a FLUX.2 file) at a
+    tiny width: 4 RoPE axes of equal width, as FLUX.2's [32, 32, 32, 32] at head width 128."""
+    head = hidden // heads if hidden % heads == 0 else 0
+    if head == 0 or head % 8:
+        raise ModelError(f"hidden size {hidden} must split into {heads} heads of a width "
+                         "divisible by 8 (four even RoPE axes)")
+    return dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None,
+                context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=3.0, num_heads=heads,
+                depth=depth, depth_single_blocks=single_depth, axes_dim=[head // 4] * 4,
+                theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True,
+                global_modulation=True, mlp_silu_act=True, ops_bias=False,
+                default_ref_method="index", ref_index_scale=10.0)
+
+
 def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> dict:
-    """Deterministic weights: N(0, std) matrices, zero biases, unit norm scales."""
+    """Deterministic weights: N(0, std) matrices, zero biases, unit norm scales (batch-norm
+    statistics: zero mean, unit variance)."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for key, value in sorted(module.state_dict().items()):
-        if key.endswith(".scale") or key.endswith("norm.weight"):
+        if key.endswith("num_batches_tracked"):
+            out[key] = value.clone()
+        elif key.endswith(".scale") or key.endswith("norm.weight") or key.endswith("running_var"):
             out[key] = torch.ones(value.shape, dtype=torch.float32)
-        elif key.endswith("bias"):
+        elif key.endswith("bias") or key.endswith("running_mean"):
             out[key] = torch.zeros(value.shape, dtype=torch.float32)
         else:
             out[key] = torch.randn(value.shape, generator=gen, dtype=torch.float32) * std
@@ -61,10 +88,12 @@ def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> 
 def build_flux(unet_config: dict, state_dict: dict | None = None, seed: int = 0,
                dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype | None = None
                ) -> comfy.model_patcher.ModelPatcher:
-    """A FLUX ModelPatcher through ComfyUI's own model config / model_base classes. With a
-    ``compute_dtype`` the weights stay in ``dtype`` (e.g. fp8) and ComfyUI's manual-cast ops
-    compute in ``compute_dtype``, as UNETLoader's fp8 weight_dtype does."""
-    cfg = comfy.supported_models.Flux(dict(unet_config))
+    """A FLUX (or FLUX.2: ``image_model`` "flux2") ModelPatcher through ComfyUI's own model
+    config / model_base classes. With a ``compute_dtype`` the weights stay in ``dtype`` (e.g. fp8)
+    and ComfyUI's manual-cast ops compute in ``compute_dtype``, as UNETLoader's fp8 weight_dtype
+    does."""
+    family = {"flux": comfy.supported_models.Flux, "flux2": comfy.supported_models.Flux2}
+    cfg = family[unet_config["image_model"]](dict(unet_config))
     cfg.set_inference_dtype(dtype, compute_dtype)
     model = cfg.get_model({})
     sd = state_dict if state_dict is not None else seeded_state_dict(model.diffusion_model, seed)
@@ -125,4 +154,18 @@ def build_vae(seed: int = 0, width: int = 32) -> comfy.sd.VAE:
     sd = seeded_state_dict(AutoencoderKL(**params), seed, 0.05)
     vae = comfy.sd.VAE(sd=sd, config={"params": params}, dtype=torch.float32)
     vae.latent_channels = 16
+    return vae
+
+
+def build_flux2_vae(seed: int = 0, width: int = 32) -> comfy.sd.VAE:
+    """FLUX.2's latent shape: a 32-channel, 8x-downscaling AutoencoderKL whose latents are
+    patchified 2x2 and batch-normalised (ComfyUI's ``batch_norm_latent``) into 128 channels at
+    1/16 of the image size, as the FLUX.2 VAE; tiny width."""
+    ddconfig = {"double_z": True, "z_channels": 32, "resolution": 256, "in_channels": 3,
+                "out_ch": 3, "ch": width, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1,
+                "attn_resolutions": [], "dropout": 0.0, "batch_norm_latent": True}
+    params = {"ddconfig": ddconfig, "embed_dim": 32}
+    sd = seeded_state_dict(AutoencoderKL(**params), seed, 0.05)
+    vae = comfy.sd.VAE(sd=sd, config={"params": params}, dtype=torch.float32)
+    vae.latent_channels, vae.downscale_ratio, vae.upscale_ratio = 128, 16, 16
     return vae

@@ -5,21 +5,22 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..musar.checks import verdict
 from ..musar.errors import LayoutError
 from ..musar.images import CROP_MODES, prepare_reference
-from ..musar.layout import MAX_SUBJECTS
+from ..musar.layout import MAX_SUBJECTS, check_subject_count
+from ..musar.settings import SubjectSettings, check_subject
 from ..musar.subjects import Subject, SubjectSet
-from .types import SUBJECTS
+from .inputs import number
+from .types import REGION, SUBJECTS
 
 MAX_CAPTION_TOKENS = 77
 
 
 def encode_caption(clip, caption: str) -> torch.Tensor:
     """Caption features from the main text encoder with the padding removed: (1, n, dim)."""
+    check_subject({"caption": caption})
     text = caption.strip()
-    if not text:
-        raise LayoutError("the subject caption is empty: describe the subject in a few words "
-                          "(e.g. 'a red ceramic mug')")
     tokens = clip.tokenize(text)
     main = tokens.get("t5xxl") or next(iter(tokens.values()))
     ids = [t[0] for chunk in main for t in chunk]
@@ -41,7 +42,7 @@ class MusarSubject(io.ComfyNode):
             description=(
                 "One reference subject for MUSAR: its image (encoded by the VAE into condition "
                 "image tokens) and a short caption (encoded by the text encoder into condition "
-                "caption tokens). Chain up to 16 Subject nodes through 'subjects'; the order "
+                f"caption tokens). Chain up to {MAX_SUBJECTS} Subject nodes through 'subjects'; the order "
                 "sets each subject's colour in the routing preview."),
             inputs=[
                 io.Image.Input("image", tooltip="The reference picture of this subject (one image)."),
@@ -52,29 +53,35 @@ class MusarSubject(io.ComfyNode):
                 io.Combo.Input("crop", options=list(CROP_MODES), default="center crop",
                                tooltip="How the image becomes a reference: center crop to a "
                                        "square, pad to a square, stretch, or keep its aspect ratio."),
-                io.Int.Input("reference_size", default=512, min=64, max=2048, step=16,
-                             tooltip="Reference side in pixels (longest side for 'keep aspect'). "
-                                     "512 adds 1024 tokens per subject to FLUX attention."),
+                number("reference_size", 512, "Reference side in pixels (longest side for 'keep aspect'). "
+                       "512 adds 1024 tokens per subject to FLUX attention."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: only reference tokens mostly inside the mask "
                                       "(white) are used; the mask must match the image size."),
                 SUBJECTS.Input("subjects", optional=True,
                                tooltip="Subjects from an earlier MUSAR Subject node to append to."),
+                REGION.Input("region", optional=True,
+                             tooltip="Optional MUSAR Layout Region: where in the generated image "
+                                     "this subject should go."),
             ],
             outputs=[SUBJECTS.Output(display_name="subjects")],
         )
 
     @classmethod
-    def execute(cls, image, vae, clip, caption, crop, reference_size, mask=None, subjects=None
-                ) -> io.NodeOutput:
+    def validate_inputs(cls, caption=None, crop=None, reference_size=None):
+        return verdict(check_subject, dict(caption=caption, crop=crop, reference_size=reference_size))
+
+    @classmethod
+    def execute(cls, image, vae, clip, caption, crop, reference_size, mask=None, subjects=None,
+                region=None) -> io.NodeOutput:
+        settings = SubjectSettings(caption=caption, crop=crop, reference_size=reference_size)
         chain = subjects if subjects is not None else SubjectSet()
-        if len(chain) >= MAX_SUBJECTS:
-            raise LayoutError(f"this would be subject {len(chain) + 1}; at most {MAX_SUBJECTS} fit")
-        pixels, small_mask = prepare_reference(image, reference_size, crop, mask)
+        check_subject_count(len(chain) + 1)  # before the (slow) encoding
+        pixels, small_mask = prepare_reference(image, settings.reference_size, settings.crop, mask)
         latent = vae.encode(pixels).float().cpu()
         keep = None if small_mask is None else Subject.keep_from_mask(small_mask, latent)
-        subject = Subject(latent, caption.strip(), encode_caption(clip, caption), keep,
-                          preview=pixels.cpu())
+        subject = Subject(latent, settings.caption.strip(), encode_caption(clip, settings.caption),
+                          keep, preview=pixels.cpu(), region=region)
         return io.NodeOutput(chain.add(subject))
 
 

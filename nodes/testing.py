@@ -4,11 +4,23 @@ from comfy_api.latest import io
 
 from . import standins
 
-SIZES = {
+SIZES = {  # FLUX.1 stand-ins (also what the training CLI's tiny models are)
     "tiny (128 wide, 2+2 blocks)": dict(hidden=128, heads=4, depth=2, single_depth=2),
     "small (256 wide, 2+4 blocks)": dict(hidden=256, heads=4, depth=2, single_depth=4),
     "bench (1024 wide, 2+2 blocks)": dict(hidden=1024, heads=8, depth=2, single_depth=2),
 }
+FLUX2_SIZES = {
+    "FLUX.2 tiny (128 wide, 2+2 blocks)": dict(hidden=128, heads=4, depth=2, single_depth=2),
+}
+
+
+def build_standins(size: str, seed: int):
+    """(MODEL, CLIP, VAE) stand-ins of the named size (FLUX.1, or FLUX.2 with its VAE shape)."""
+    if size in FLUX2_SIZES:
+        model = standins.build_flux(standins.flux2_unet_config(**FLUX2_SIZES[size]), seed=seed)
+        return model, standins.build_clip(seed), standins.build_flux2_vae(seed)
+    model = standins.build_flux(standins.flux_unet_config(**SIZES[size]), seed=seed)
+    return model, standins.build_clip(seed), standins.build_vae(seed)
 
 
 class TinyFluxLoader(io.ComfyNode):
@@ -19,15 +31,16 @@ class TinyFluxLoader(io.ComfyNode):
             display_name="MUSAR Tiny FLUX Stand-ins (testing)",
             category="MUSAR/testing",
             description=(
-                "Builds a FLUX-architecture MODEL, a FLUX dual text encoder (CLIP-L + T5) and a "
-                "16-channel VAE from real ComfyUI classes with tiny widths and seeded random "
+                "Builds a FLUX-architecture MODEL (FLUX.1, or FLUX.2 [dev] with its global "
+                "modulation), a FLUX dual text encoder (CLIP-L + T5) and a VAE of the model's "
+                "latent shape from real ComfyUI classes with tiny widths and seeded random "
                 "weights. It exercises the whole MUSAR pipeline on a CPU in seconds; the images "
-                "it makes are noise, not art. Use UNETLoader / DualCLIPLoader / VAELoader for "
-                "real FLUX."),
+                "it makes are noise, not art. Use UNETLoader / DualCLIPLoader / CLIPLoader / "
+                "VAELoader for real FLUX."),
             is_experimental=True,
             inputs=[
-                io.Combo.Input("size", options=list(SIZES), default=next(iter(SIZES)),
-                               tooltip="Width and depth of the stand-in FLUX transformer."),
+                io.Combo.Input("size", options=[*SIZES, *FLUX2_SIZES], default=next(iter(SIZES)),
+                               tooltip="Architecture, width and depth of the stand-in transformer."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, step=1,
                              control_after_generate=False,
                              tooltip="Seed of the random weights (same seed, same models)."),
@@ -36,11 +49,14 @@ class TinyFluxLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, size=None):
+        if size is not None and size not in SIZES and size not in FLUX2_SIZES:
+            return f"size: unknown option {size!r}, expected one of {', '.join(map(repr, [*SIZES, *FLUX2_SIZES]))}"
+        return True
+
+    @classmethod
     def execute(cls, size, seed) -> io.NodeOutput:
-        spec = SIZES[size]
-        config = standins.flux_unet_config(**spec)
-        model = standins.build_flux(config, seed=seed)
-        return io.NodeOutput(model, standins.build_clip(seed), standins.build_vae(seed))
+        return io.NodeOutput(*build_standins(size, seed))
 
 
 NODES = [TinyFluxLoader]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..musar.errors import TrainingError
-from ..musar.session import Recorder, RoutingSettings
+from ..musar.settings import RoutingSettings
 from ..musar.subjects import Subject, SubjectSet
 from ..musar.train import Callbacks, Encoders, Trainer, placeholder_image, render_loss_curve
 from . import patcher
@@ -117,14 +117,14 @@ class Validator:
     def __call__(self, lora, step: int) -> torch.Tensor:
         m = apply_dual_lora(self.model, lora, 1.0, 1.0)
         if len(self.subjects):
-            settings = RoutingSettings(static=True, dynamic=False)
-            m = patcher.apply_routing(m, self.subjects, settings,
-                                      Recorder(tuple(s.caption for s in self.subjects.subjects)))
+            m, _ = patcher.apply_routing(m, self.subjects, RoutingSettings(dynamic_routing=False))
         noise = torch.randn(self.latent.shape, generator=torch.Generator().manual_seed(self.seed))
-        out = comfy.sample.sample(m, noise, self.steps, 1.0, "euler", "simple", self.positive,
-                                  self.positive, self.latent, seed=self.seed, disable_pbar=True)
-        image = self.vae.decode(out).float().cpu()
-        load_plain(self.model)
+        try:  # a Cancel can interrupt sampling: the plain model is put back either way
+            out = comfy.sample.sample(m, noise, self.steps, 1.0, "euler", "simple", self.positive,
+                                      self.positive, self.latent, seed=self.seed, disable_pbar=True)
+            image = self.vae.decode(out).float().cpu()
+        finally:
+            load_plain(self.model)
         logger.info("validation image at step %d", step)
         return image.reshape(-1, *image.shape[-3:])[:1]
 
@@ -172,7 +172,8 @@ class Progress:
 def run_training(model, clip, vae, training_set, config, store, *, cache_dir, resume=None,
                  node_id=None, validate=True, dist=None, base_model=""):
     """Train; returns (TrainResult, loss curve IMAGE, validation IMAGE). Raises ComfyUI's
-    InterruptProcessingException after a cancel (the last completed step is checkpointed)."""
+    InterruptProcessingException after a cancel - ComfyUI raises it inside any op's forward, the
+    trainer catches it there (Callbacks.interrupts) and checkpoints the last finished step."""
     check_model(model)
     device = mm.get_torch_device()
     dtype = model.model.manual_cast_dtype or model.model.get_dtype()
@@ -186,8 +187,8 @@ def run_training(model, clip, vae, training_set, config, store, *, cache_dir, re
         validator = Validator(model, clip, vae, training_set, config.seed) \
             if validate and config.validate_every else None
         callbacks = Callbacks(should_stop=progress.should_stop, on_step=progress.on_step,
-                              validate=validator,
-                              before_training=lambda: load_plain(model))
+                              validate=validator, before_training=lambda: load_plain(model),
+                              interrupts=(mm.InterruptProcessingException,))
         result = trainer.run(callbacks, resume=resume)
     checkpoint = str(result.checkpoint) if result.checkpoint else None
     progress.send("musar.train.done", {"step": result.step, "checkpoint": checkpoint})

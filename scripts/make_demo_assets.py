@@ -356,16 +356,21 @@ def dump(data) -> bytes:
 
 def generated_files() -> dict[Path, bytes]:
     sys.path.append(str(ROOT))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from musar_run import convert, runtime
 
     runtime.bootstrap(base_dir=Path(tempfile.mkdtemp(prefix="musar-assets-")))
     runtime.load_pack(ROOT)
     info = convert.object_info_in_process()
+    import reference_workflows  # the MUSAR Route References workflows (same Builder)
+
     files = {ASSETS / name: png_bytes(draw()) for name, (draw, _) in IMAGES.items()}
-    built = workflows(info)
-    for name, workflow in built.items():
+    files[ASSETS / reference_workflows.LAYOUT] = png_bytes(reference_workflows.draw_layout())
+    built = {name: (workflow, SUBJECTS[name]) for name, workflow in workflows(info).items()}
+    built.update(reference_workflows.workflows(sys.modules[__name__], info))
+    for name, (workflow, pictures) in built.items():
         files[WORKFLOWS / f"{name}.json"] = dump(workflow)
-        files[WORKFLOWS / f"{name}.jpg"] = thumbnail(SUBJECTS[name])
+        files[WORKFLOWS / f"{name}.jpg"] = thumbnail(pictures)
         files[API / f"{name}.json"] = dump(convert.ui_to_api(workflow, info))
     for path in sorted(WORKFLOWS.glob("*.json")):  # other shipped UI workflows: their API copies
         if path.stem not in built:

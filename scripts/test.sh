@@ -2,8 +2,10 @@
 # The README's test command (`make test`): set up the runtime if needed, then run
 #   tier 1 (tests/core)  - pure torch, no ComfyUI on sys.path
 #   tier 2 (tests/comfy) - the real ComfyUI runtime: ModelPatcher, samplers, PromptExecutor, server
+#   adversarial (tests/adversarial) - bad prompts, path escapes, bad CLI input and /interrupt
+#                                     against a real ComfyUI server (SECURITY.md)
 #   tier 3 (tests/browser) - the real frontend in headless Debian Chromium (installed if missing)
-# All tiers always run; the exit code is non-zero if any fails. Extra args go to pytest.
+# All stages always run; the exit code is non-zero if any fails. Extra args go to pytest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECONDS=0
@@ -21,9 +23,14 @@ echo "== tier 2: tests/comfy (real ComfyUI $(cat "${MUSAR_VENV:-$ROOT/.venv}/.mu
 "$PY" -m pytest tests/comfy "$@"
 tier2=$?
 echo "== tier 2 done at ${SECONDS}s =="
+echo "== adversarial: tests/adversarial (a real ComfyUI server under bad input) =="
+start=$SECONDS
+"$PY" -m pytest tests/adversarial "$@"
+adversarial=$?
+echo "== adversarial done at ${SECONDS}s ($((SECONDS - start))s) =="
 echo "== tier 3: tests/browser (real frontend, headless Chromium) =="
 "$ROOT/scripts/setup_browser.sh" && "$PY" -m pytest tests/browser "$@"
 tier3=$?
 echo "== tier 3 done at ${SECONDS}s =="
-echo "== summary: tier 1 exit $tier1, tier 2 exit $tier2, tier 3 exit $tier3 =="
-[ "$tier1" = 0 ] && [ "$tier2" = 0 ] && [ "$tier3" = 0 ]
+echo "== summary: tier 1 exit $tier1, tier 2 exit $tier2, adversarial exit $adversarial, tier 3 exit $tier3 =="
+[ "$tier1" = 0 ] && [ "$tier2" = 0 ] && [ "$adversarial" = 0 ] && [ "$tier3" = 0 ]

@@ -64,18 +64,28 @@ def _check_settings(target_size, cond_size, prompt_dropout, cond_dropout) -> Non
     if not isinstance(cond_size, int) or cond_size <= 0:
         raise DatasetError(f"cond_size should be a positive int, got {cond_size!r}")
     for name, p in (("prompt_dropout", prompt_dropout), ("cond_dropout", cond_dropout)):
-        if not 0.0 <= float(p) <= 1.0:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise DatasetError(f"{name} should be a probability in [0, 1], got {p!r}")
 
 
-def _check_template(template: str) -> None:
+def check_template(template: str) -> None:
+    """A prompt template: plain ``{placeholder}`` fields only (no format spec, conversion,
+    attribute or index), every name one of PLACEHOLDERS; DatasetError otherwise."""
     if not isinstance(template, str):
         raise DatasetError(f"prompt_template should be a string, got {type(template).__name__}")
     try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template)
+                  if f is not None]
     except ValueError as exc:
-        raise DatasetError(f"prompt_template {template!r} is not a valid format string: {exc}") from None
-    unknown = sorted(n for n in names if n not in PLACEHOLDERS)
+        raise DatasetError(f"prompt_template {template!r} is not a valid format string ({exc}); "
+                           "write placeholders as {desc_a} and a literal brace as {{ or }}") from None
+    for name, spec, conv in fields:
+        if spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise DatasetError(f"prompt_template placeholder {shown} has a conversion or format "
+                               f"spec; expected a plain placeholder such as {{{name}}} (the values "
+                               "are text)")
+    unknown = sorted({n for n, _, _ in fields} - set(PLACEHOLDERS))
     if unknown:
         raise DatasetError(f"prompt_template uses unknown placeholder(s) {unknown}: "
                            f"expected some of {list(PLACEHOLDERS)}")
@@ -117,7 +127,7 @@ class DiptychBuilder:
         _check_settings(target_size, cond_size, prompt_dropout, cond_dropout)
         if target_size[1] < 2:
             raise DatasetError(f"target_size width must be >= 2, got {target_size!r}")
-        _check_template(prompt_template)
+        check_template(prompt_template)
         self.pairs, self.seed = pairs, int(seed)
         self.target_size, self.cond_size = tuple(target_size), cond_size
         self.prompt_template = prompt_template

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..paths import is_inside
 from .datasets import MultiSubjectDataset, PairDataset
 from .images import BadRow, decode_image
 from .records import MultiSubjectSample, ReadOptions, ReadReport, SubjectPair
@@ -39,7 +40,7 @@ def open_folder(root: Path, options: ReadOptions) -> PairDataset | MultiSubjectD
     problems: list[tuple[str, str]] = []
     for folder in folders:
         try:
-            kind, entry = _read_sample_folder(folder)
+            kind, entry = _read_sample_folder(folder, root)
             entries[kind].append(entry)
         except BadRow as bad:
             problems.append((bad.reason, folder.name))
@@ -95,10 +96,18 @@ def _looks_like_a_sample(folder: Path) -> bool:
     return bool(names & {"target", "panel_0", "sample", "meta"})
 
 
-def _images_by_stem(folder: Path) -> dict[str, Path]:
+def _inside(path: Path, root: Path) -> Path:
+    """``path`` when it (symlinks resolved) lies inside the dataset ``root``; else the sample
+    is skipped - nothing outside the dataset's folder is read."""
+    if not is_inside(path, root):
+        raise BadRow("outside_dataset", f"{path.name} leads outside the dataset folder")
+    return path
+
+
+def _images_by_stem(folder: Path, root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+    for path in sorted(_inside(folder, root).iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and _inside(path, root):
             stem = path.stem.lower()
             if stem in found:
                 raise BadRow("ambiguous_folder", f"two images named {stem}.*")
@@ -106,7 +115,9 @@ def _images_by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, root: Path) -> dict:
+    if path.exists():
+        _inside(path, root)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -118,16 +129,16 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _read_sample_folder(folder: Path) -> tuple[str, dict]:
-    images = _images_by_stem(folder)
+def _read_sample_folder(folder: Path, root: Path) -> tuple[str, dict]:
+    images = _images_by_stem(folder, root)
     multi = "target" in images or (folder / "sample.json").exists()
     pair = "panel_0" in images or "panel_1" in images or (folder / "meta.json").exists()
     if multi and pair:
         raise BadRow("ambiguous_folder", "holds files of both a sample and a pair")
     if multi:
-        return "multi", _multi_entry(folder, images)
+        return "multi", _multi_entry(folder, images, root)
     if pair:
-        return "pairs", _pair_entry(folder, images)
+        return "pairs", _pair_entry(folder, images, root)
     raise BadRow("unrecognised_folder", "no target.*, sample.json, panel_*.* or meta.json")
 
 
@@ -139,14 +150,16 @@ def _string(data: dict, key: str, required: bool) -> str:
     return value.strip() if required else value
 
 
-def _multi_entry(folder: Path, images: dict[str, Path]) -> dict:
-    meta = _read_json(folder / "sample.json")
+def _multi_entry(folder: Path, images: dict[str, Path], root: Path) -> dict:
+    meta = _read_json(folder / "sample.json", root)
     prompt = _string(meta, "prompt", required=False)
     captions = meta.get("cond_captions")
     if not isinstance(captions, list) or not captions or \
             not all(isinstance(c, str) for c in captions):
         raise BadRow("bad_metadata", f"cond_captions should be a non-empty list of strings, "
                                      f"got {captions!r}")
+    if any(not c.strip() for c in captions):
+        raise BadRow("empty_caption", f"cond_captions {captions!r} has an empty caption")
     cond_files = sorted(s for s in images if s.startswith("cond_"))
     expected = [f"cond_{i}" for i in range(len(captions))]
     if any(s not in expected for s in cond_files):
@@ -158,8 +171,8 @@ def _multi_entry(folder: Path, images: dict[str, Path]) -> dict:
             "conds": [images[s] for s in expected], "captions": tuple(captions)}
 
 
-def _pair_entry(folder: Path, images: dict[str, Path]) -> dict:
-    meta = _read_json(folder / "meta.json")
+def _pair_entry(folder: Path, images: dict[str, Path], root: Path) -> dict:
+    meta = _read_json(folder / "meta.json", root)
     entry = {"name": folder.name, "item": _string(meta, "item", required=True)}
     for key in ("description_0", "description_1", "category"):
         entry[key] = _string(meta, key, required=False)

@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ..paths import resolve_inside
 
 logger = logging.getLogger(__name__)
 
@@ -44,20 +47,23 @@ class BadRow(Exception):
         self.reason = reason
 
 
-def decode_image(cell, base_dir: Path | None = None, min_side: int = 0) -> Image.Image:
-    """Decode a parquet image cell (HF struct{bytes, path}, raw bytes) or a file path to RGB."""
+def decode_image(cell, base_dir: Path | None = None, min_side: int = 0,
+                 limit: Path | None = None) -> Image.Image:
+    """Decode a parquet image cell (HF struct{bytes, path}, raw bytes, a path string) or a file
+    ``Path`` the reader listed itself, to RGB. A path written in the data is taken relative to
+    ``base_dir`` and read only when it resolves inside ``limit`` (default ``base_dir``: the
+    dataset's own folder); otherwise the row is skipped as ``outside_dataset``."""
     if isinstance(cell, dict):
         data, path = cell.get("bytes"), cell.get("path")
-        if not data and path:
-            cell = Path(path) if Path(path).is_absolute() or base_dir is None else base_dir / path
-        else:
-            cell = data
-    if cell is None or cell == b"":
+        cell = path if not data and path else data
+    if cell is None or cell == b"" or cell == "":
         raise BadRow("missing_image", "empty cell")
-    if isinstance(cell, (str, Path)):
-        if not Path(cell).is_file():
-            raise BadRow("missing_image", f"file not found: {cell}")
-        source = Path(cell)
+    if isinstance(cell, str):
+        cell = _data_path(cell, base_dir, limit or base_dir)
+    if isinstance(cell, Path):
+        if not cell.is_file():
+            raise BadRow("missing_image", f"file not found: {cell.name}")
+        source = cell
     else:
         source = io.BytesIO(cell)
     try:
@@ -69,6 +75,16 @@ def decode_image(cell, base_dir: Path | None = None, min_side: int = 0) -> Image
     if min(rgb.size) < max(1, min_side):
         raise BadRow("wrong_size", f"{rgb.width}x{rgb.height} is below min_side {min_side}")
     return rgb
+
+
+def _data_path(text: str, base_dir: Path | None, limit: Path | None) -> Path:
+    """A path read from the data, confined to ``limit`` (symlinks and '..' resolved)."""
+    candidate = text if os.path.isabs(text) or base_dir is None else os.path.join(base_dir, text)
+    found = resolve_inside(candidate, [limit]) if limit is not None and os.path.isabs(candidate) \
+        else None
+    if found is None:
+        raise BadRow("outside_dataset", "an image path in the data leads outside the dataset's folder")
+    return Path(found)
 
 
 def split_diptych(image: Image.Image, padding: int | None = None, tolerance: int = 24,

@@ -17,25 +17,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DatasetError
+from ..paths import is_inside
 
 logger = logging.getLogger(__name__)
 
 
 def parquet_files(path: Path) -> list[Path]:
-    """The parquet file itself, or every ``*.parquet`` under a directory, sorted by path."""
+    """The parquet file itself, or every ``*.parquet`` under a directory (none reached through a
+    symlink leading out of it), sorted by path."""
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*.parquet") if p.is_file())
+    return sorted(p for p in path.rglob("*.parquet") if p.is_file() and is_inside(p, path))
 
 
 class ParquetSource:
     """Rows of one or more parquet shards addressed by a global row index."""
 
-    def __init__(self, files: list[Path], row_group_cache: int = 2):
+    def __init__(self, files: list[Path], row_group_cache: int = 2, limit: Path | None = None):
         if not files:
             raise DatasetError("expected at least one .parquet file, found none")
         self.files = list(files)
         self.root = files[0].parent if len(files) == 1 else _common_parent(files)
+        self.limit = limit or self.root  # image paths in cells must stay inside this folder
         self._groups: list[tuple[int, int]] = []  # (file index, row group index)
         self._starts: list[int] = []  # global row index where each group starts
         self._file_starts: list[int] = []

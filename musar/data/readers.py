@@ -56,7 +56,7 @@ def open_dataset(path, layout: str = "auto", options: ReadOptions | None = None,
             return open_folder(path, options)
         raise DatasetError(f"expected parquet data for layout {layout!r} at '{path}', found no "
                            f".parquet file; pass a .parquet file or a folder of shards")
-    source = ParquetSource(files, options.row_group_cache)
+    source = ParquetSource(files, options.row_group_cache, limit=path if path.is_dir() else path.parent)
     layout = _check_columns(source, layout, options, str(path))
     logger.info("opening %s as %s (%d rows in %d shard(s))", path, layout, source.num_rows,
                 len(files))
@@ -183,7 +183,8 @@ class _Subjects200KRows:
 
     def load(self, index: int) -> SubjectPair:
         row, opts = int(self.rows[index]), self.options
-        image = decode_image(self.source.cells(row, ("image",))["image"], self.source.root)
+        image = decode_image(self.source.cells(row, ("image",))["image"], self.source.root,
+                             limit=self.source.limit)
         panels = split_diptych(image, opts.padding, opts.pad_tolerance, opts.min_side)
         return SubjectPair(item=self.items[index], category=self._text("category", row),
                            panels=panels, descriptions=(self._text("description_0", row),
@@ -211,6 +212,11 @@ def _open_musar_gen(source: ParquetSource, options: ReadOptions,
     for array in texts.values():
         null_text |= _null_mask(array)
     _drop(alive, null_text, "bad_metadata", report, source)
+    for array in (texts[c] for c in caption_columns):  # skipped and counted like broken images
+        empty = alive & np.array([not str(t or "").strip() for t in array.to_pylist()], dtype=bool)
+        for row in np.flatnonzero(empty):
+            report.add_skipped("empty_caption", source.row_key(int(row)))
+        alive &= ~empty
     rows = np.flatnonzero(alive)
     return MultiSubjectDataset(_MusarGenRows(source, options, rows, count, texts), report)
 
@@ -233,7 +239,7 @@ class _MusarGenRows:
     def load(self, index: int) -> MultiSubjectSample:
         row = int(self.rows[index])
         cells = self.source.cells(row, self.images)
-        images = [decode_image(cells[c], self.source.root, self.options.min_side)
+        images = [decode_image(cells[c], self.source.root, self.options.min_side, self.source.limit)
                   for c in self.images]
         return MultiSubjectSample(
             cond_images=tuple(images[:-1]),

@@ -31,6 +31,8 @@ REASONS = {
     "corrupt_image": "image bytes that cannot be decoded",
     "wrong_size": "image smaller than min_side, or a diptych whose shape is not about 2:1",
     "bad_layout": "no two-panel layout found in the diptych (padding not detected)",
+    "empty_caption": "a subject caption that is empty or only spaces",
+    "outside_dataset": "an image or file path leading outside the dataset's folder (refused)",
 }
 EXAMPLES_PER_REASON = 3
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TrainingError
+from ..paths import is_inside
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -145,7 +146,9 @@ class CheckpointStore:
         found = []
         for p in self.directory.glob(f"{glob_escape(self.name)}-step*.safetensors"):
             m = _STEP.search(p.name)
-            if m and p.name == f"{self.name}-step{m.group(1)}.safetensors":
+            # a symlink leading out of the run folder is not a checkpoint of this run
+            if m and p.name == f"{self.name}-step{m.group(1)}.safetensors" \
+                    and p.is_file() and is_inside(p, self.directory):
                 found.append((int(m.group(1)), p))
         return sorted(found)
 

@@ -1,8 +1,11 @@
-"""Training settings: one frozen dataclass, validated when it is made.
+"""Training settings: one frozen, keyword-only dataclass, checked when it is made.
 
 Every default is documented in docs/TRAINING.md; the ones marked [chosen] there are this pack's
 choices (the MUSAR authors published no training code). ``TrainConfig.from_mapping`` is how the
-CLI and the node build a config: unknown keys are an error that lists the valid ones.
+CLI builds a config (unknown keys are an error that lists the valid ones); MUSAR Train Dual
+LoRA builds it from its own settings (musar.settings.TrainingSettings, narrower widget ranges).
+The rules use the primitive checks of musar/checks.py; the ranges here are what the trainer
+accepts.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import importlib.util
 import math
 from collections.abc import Mapping
 
+from ..checks import FLAG, Limit, check_names, check_values, complete
 from ..errors import TrainingError
+from ..layout import POSITION_MODES
 
 OPTIMIZERS = ("adamw", "prodigy")
 PRECISIONS = ("fp32", "bf16")
@@ -22,9 +27,34 @@ TRAJECTORY_KEYS = ("noisy_rank", "subject_rank", "learning_rate", "optimizer", "
                    "grad_clip", "warmup_steps", "precision", "seed", "guidance", "t_mean", "t_std",
                    "position_mode", "attention")
 MAX_RANK = 4096
+COUNT, EVERY = Limit(1, math.inf, integer=True), Limit(0, math.inf, integer=True)
+RULES = {
+    "steps": COUNT, "learning_rate": Limit(0.0, 10.0, above=True),
+    "noisy_rank": Limit(0, MAX_RANK, integer=True), "subject_rank": Limit(0, MAX_RANK, integer=True),
+    "batch_size": COUNT, "grad_accum": COUNT, "optimizer": OPTIMIZERS,
+    "weight_decay": Limit(0.0, 1.0), "grad_clip": Limit(0.0, 1e6), "warmup_steps": EVERY,
+    "precision": PRECISIONS, "gradient_checkpointing": FLAG, "seed": EVERY,
+    "guidance": Limit(0.0, 100.0), "t_mean": Limit(-10.0, 10.0), "t_std": Limit(0.0, 10.0, above=True),
+    "position_mode": POSITION_MODES, "attention": ATTENTION_PLANS, "checkpoint_every": EVERY,
+    "keep_checkpoints": COUNT, "validate_every": EVERY, "smoothing": Limit(0.0, 0.9999),
+    "pre_encode": FLAG,
+}
 
 
-@dataclasses.dataclass(frozen=True)
+def check_config(values: Mapping) -> dict:
+    """Every rule of a training config (None: not known, skipped); the known values normalised
+    (whole numbers int, other numbers float). TrainingError naming the setting."""
+    v = check_values(TrainingError, values, RULES)
+    if v.get("noisy_rank") == 0 and v.get("subject_rank") == 0:
+        raise TrainingError("noisy_rank and subject_rank are both 0: nothing would be trained; "
+                            "expected at least one rank >= 1 (defaults: 4 and 64)")
+    if v.get("optimizer") == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
+        raise TrainingError("optimizer 'prodigy' needs the prodigyopt package, which is not "
+                            "installed: pip install prodigyopt, or use optimizer 'adamw'")
+    return v
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """What a training run does (docs/TRAINING.md lists every field)."""
 
@@ -53,38 +83,13 @@ class TrainConfig:
     pre_encode: bool = True  # encode every sample of the run before the first step
 
     def __post_init__(self):
-        _check_int(self, "steps", 1)
-        _check_int(self, "batch_size", 1)
-        _check_int(self, "grad_accum", 1)
-        _check_int(self, "noisy_rank", 0, MAX_RANK)
-        _check_int(self, "subject_rank", 0, MAX_RANK)
-        for name in ("warmup_steps", "checkpoint_every", "validate_every", "seed"):
-            _check_int(self, name, 0)
-        _check_int(self, "keep_checkpoints", 1)
-        if self.noisy_rank == 0 and self.subject_rank == 0:
-            raise TrainingError("noisy_rank and subject_rank are both 0: nothing would be trained; "
-                                "expected at least one rank >= 1 (defaults: 4 and 64)")
-        _check_float(self, "learning_rate", 0.0, 10.0, open_low=True)
-        _check_float(self, "weight_decay", 0.0, 1.0)
-        _check_float(self, "grad_clip", 0.0, 1e6)
-        _check_float(self, "guidance", 0.0, 100.0)
-        _check_float(self, "t_mean", -10.0, 10.0)
-        _check_float(self, "t_std", 0.0, 10.0, open_low=True)
-        _check_float(self, "smoothing", 0.0, 0.9999)
-        _check_choice(self, "optimizer", OPTIMIZERS)
-        _check_choice(self, "precision", PRECISIONS)
-        _check_choice(self, "position_mode", ("shared", "distinct", "kontext"))
-        _check_choice(self, "attention", ATTENTION_PLANS)
-        if self.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
-            raise TrainingError("optimizer 'prodigy' needs the prodigyopt package, which is not "
-                                "installed: pip install prodigyopt, or use optimizer 'adamw'")
+        for name, value in check_config(complete(self, TrainingError)).items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_mapping(cls, values: Mapping) -> TrainConfig:
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise TrainingError(f"unknown training setting(s) {unknown}: expected some of {valid}")
+        check_names(TrainingError, values, [f.name for f in dataclasses.fields(cls)],
+                    "training setting")
         return cls(**dict(values))
 
     def to_dict(self) -> dict:
@@ -99,29 +104,6 @@ class TrainConfig:
         if self.warmup_steps and step < self.warmup_steps:
             return self.learning_rate * (step + 1) / self.warmup_steps
         return self.learning_rate
-
-
-def _check_int(cfg, name: str, low: int, high: int | None = None) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
-            high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in {low}..{high}"
-        raise TrainingError(f"{name} must be an integer {bound}, got {value!r}")
-
-
-def _check_float(cfg, name: str, low: float, high: float, open_low: bool = False) -> None:
-    value = getattr(cfg, name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value > high or value < low or (open_low and value == low):
-        side = ">" if open_low else ">="
-        raise TrainingError(f"{name} must be a number {side} {low} and <= {high}, got {value!r}")
-    object.__setattr__(cfg, name, float(value))
-
-
-def _check_choice(cfg, name: str, options: tuple[str, ...]) -> None:
-    value = getattr(cfg, name)
-    if value not in options:
-        raise TrainingError(f"unknown {name} {value!r}: expected one of {', '.join(options)}")
 
 
 def trajectory_differences(saved: Mapping, current: TrainConfig, saved_world: int,

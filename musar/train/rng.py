@@ -68,6 +68,14 @@ class SampleOrder:
         self._rng.setstate((version, tuple(internal), gauss))
         self.epoch, self.pos, self._perm = data["epoch"], data["pos"], list(data["perm"])
 
+    def snapshot(self) -> tuple:
+        """A cheap in-memory copy of the state (``rewind`` returns to it)."""
+        return self._rng.getstate(), self.epoch, self.pos, self._perm  # _perm is never mutated
+
+    def rewind(self, snapshot: tuple) -> None:
+        state, self.epoch, self.pos, self._perm = snapshot
+        self._rng.setstate(state)
+
     def copy(self) -> SampleOrder:
         twin = SampleOrder(self.length, 0)
         twin.restore(self.state())

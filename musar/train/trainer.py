@@ -10,6 +10,13 @@ Only the LoRA factors are trainable; the base model runs frozen (``frozen_base``
 samples.py for how samples of different layouts are batched); gradients are averaged over
 processes (distributed.py). Every random choice comes from the run's own generators (rng.py),
 which a checkpoint stores, so a resumed run continues bit-identically on the same hardware.
+
+Cancel: ``Callbacks.should_stop`` is asked before every step; besides, the host may raise one of
+``Callbacks.interrupts`` from inside any forward (ComfyUI raises its InterruptProcessingException
+in every op). A step changes the run's state (LoRA, optimizer, generators, history) only after
+its last forward / backward, so an interrupt inside a step rewinds the two generators to the
+step's start and the run stops at the last finished step, which is checkpointed (atomically,
+checkpoint.py) like any other: resuming it continues bit-identically.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class Callbacks:
     validate: Callable[[DualLoRA, int], object] | None = None
     before_training: Callable[[], None] | None = None
     on_checkpoint: Callable[[Path, int], None] | None = None
+    interrupts: tuple[type[BaseException], ...] = ()  # raised by the host to cancel mid-step
 
 
 @dataclasses.dataclass
@@ -244,8 +252,12 @@ class Trainer:
         with torch.inference_mode(False), torch.enable_grad(), frozen_base(self.dm):
             self._fresh()
             resumed = self._resume(resume)
-            if self.config.pre_encode:
-                self._pre_encode()
+            self._t0 = time.perf_counter()
+            try:
+                if self.config.pre_encode:
+                    self._pre_encode()
+            except cb.interrupts:  # cancelled before the first step: nothing new to keep
+                return self._result(True, resumed, None)
             if cb.before_training is not None:
                 cb.before_training()
             self._t0 = time.perf_counter()
@@ -254,11 +266,18 @@ class Trainer:
     def _loop(self, cb: Callbacks, resumed: Path | None) -> TrainResult:
         cfg, stopped, last_ckpt, preview, shown = self.config, False, resumed, None, -1
         saved_at = self.step if resumed else -1
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not stopped:
             if self.dist.any(bool(cb.should_stop()), self.device):
                 stopped = True
                 break
-            loss, lr = self._train_step()
+            rewind = (self.order.snapshot(), self.noise.get_state())
+            try:
+                loss, lr = self._train_step()
+            except cb.interrupts:  # mid-step: the state is still the last finished step's
+                self.order.rewind(rewind[0])
+                self.noise.set_state(rewind[1])
+                stopped = True
+                break
             self.history.append(loss)
             if cb.on_step is not None and self.dist.is_main:
                 cb.on_step(StepInfo(self.step, cfg.steps, loss, self.history.smoothed()[-1], lr,
@@ -266,14 +285,25 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 last_ckpt, saved_at = self._save(cb) or last_ckpt, self.step
             if cfg.validate_every and self.step % cfg.validate_every == 0:
-                preview, shown = _newer(self._validate(cb), preview), self.step
+                preview, stopped = self._validate_or_stop(cb, preview)
+                shown = self.step
         if saved_at != self.step and self.step > 0:
             last_ckpt = self._save(cb) or last_ckpt
         if cfg.validate_every and shown != self.step and not stopped:
-            preview = _newer(self._validate(cb), preview)
+            preview, stopped = self._validate_or_stop(cb, preview)
         self.dist.barrier()
-        return TrainResult(self.snapshot(), self.history, self.step, stopped, last_ckpt, preview,
+        return self._result(stopped, last_ckpt, preview)
+
+    def _result(self, stopped: bool, checkpoint: Path | None, preview) -> TrainResult:
+        return TrainResult(self.snapshot(), self.history, self.step, stopped, checkpoint, preview,
                            self.elapsed)
+
+    def _validate_or_stop(self, cb: Callbacks, preview) -> tuple[object, bool]:
+        """(newest preview, stopped): a cancel during validation keeps the finished step."""
+        try:
+            return _newer(self._validate(cb), preview), False
+        except cb.interrupts:
+            return preview, True
 
     def _save(self, cb: Callbacks) -> Path | None:
         path = self._checkpoint()

@@ -1,8 +1,9 @@
 """Tier 2: the real ComfyUI runtime, in process, with the pack loaded by ComfyUI itself.
 
 ComfyUI is bootstrapped once per session (CPU, a temporary base directory for models / inputs
-/ outputs), then the pack is loaded through ``nodes.load_custom_node`` exactly as the server
-does. Tests reach pack internals through the loaded module (``pack.musar``, ``pack.nodes``)
+/ outputs) when pytest configures this tier - not at import, so a run that mixes tiers is stopped
+by tests/conftest.py before ComfyUI is on sys.path - then the pack is loaded through
+``nodes.load_custom_node`` exactly as the server does. Tests reach pack internals through the loaded module (``pack.musar``, ``pack.nodes``)
 so class identities match what ComfyUI executes.
 """
 
@@ -19,18 +20,25 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 from musar_run import runtime  # noqa: E402
 
-BASE_DIR = Path(tempfile.mkdtemp(prefix="musar-comfy-base-"))
-runtime.bootstrap(base_dir=BASE_DIR)
-PACK = runtime.load_pack(ROOT)
+_STATE: dict = {}
+
+
+def pytest_configure(config):
+    """Before this tier's modules are collected (they import ComfyUI at the top)."""
+    if "pack" not in _STATE:
+        _STATE["base_dir"] = Path(tempfile.mkdtemp(prefix="musar-comfy-base-"))
+        runtime.bootstrap(base_dir=_STATE["base_dir"])
+        _STATE["pack"] = runtime.load_pack(ROOT)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(BASE_DIR, ignore_errors=True)
+    if "base_dir" in _STATE:
+        shutil.rmtree(_STATE["base_dir"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def pack():
-    return PACK
+    return _STATE["pack"]
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +56,7 @@ def standins(pack):
 
 @pytest.fixture(scope="session")
 def base_dir():
-    return BASE_DIR
+    return _STATE["base_dir"]
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +83,17 @@ def tiny_vae(standins):
 @pytest.fixture
 def run_prompt():
     return runtime.run_prompt
+
+
+@pytest.fixture(scope="module")
+def module_executor():
+    """run_prompt with one PromptExecutor for the test module: nodes whose inputs did not change
+    (the stand-in loader, encoded subjects) come from its cache instead of running again."""
+    import execution
+
+    executor = execution.PromptExecutor(runtime._ServerStub(), cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0})
+    return lambda prompt: runtime.run_prompt(prompt, executor=executor)
 
 
 @pytest.fixture

@@ -1,9 +1,14 @@
-"""Shared helpers for tier-2 tests: subjects, conditioning and sampling on the tiny FLUX."""
+"""Shared helpers for tier-2 tests: subjects, conditioning and sampling on the tiny FLUX, random
+dual LoRAs, an attention spy, and API-prompt builders (ComfyUI is imported only inside the
+functions that run it, so the adversarial tier - no ComfyUI in its process - builds its prompts
+with the same helpers)."""
 
 import importlib
+import json
+from pathlib import Path
 
-import comfy.sample
 import torch
+from PIL import Image, ImageDraw
 
 
 def pack_module(pack, name):
@@ -30,6 +35,8 @@ def conds(seed=0, length=7, context_dim=64, pooled=32, guidance=3.5):
 
 
 def sample(model, steps=3, cfg=2.0, seed=0, size=16, cond_seed=0):
+    import comfy.sample
+
     pos, neg = conds(cond_seed)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(1, 16, size, size, generator=g)
@@ -38,20 +45,106 @@ def sample(model, steps=3, cfg=2.0, seed=0, size=16, cond_seed=0):
                                seed=seed, disable_pbar=True)
 
 
-def settings(pack, model_depth=(2, 2), **kw):
-    session = pack_module(pack, "musar.session")
-    routing = pack_module(pack, "musar.routing")
-    blocks = routing.parse_blocks(kw.pop("blocks", "double"), *model_depth)
-    defaults = dict(static=True, dynamic=True, sigma_start=float("inf"), sigma_end=0.0,
-                    routing_blocks=blocks)
-    defaults.update(kw)
-    if not defaults["dynamic"]:
-        defaults["routing_blocks"] = frozenset()
-    return session.RoutingSettings(**defaults)
+def settings(pack, **kw):
+    """RoutingSettings as the tests name them (dynamic, symmetric, cache, position_mode, blocks),
+    dynamic routing from the first step (start_percent 0)."""
+    names = {"static": "static_routing", "dynamic": "dynamic_routing", "cache": "condition_cache",
+             "position_mode": "positions", "blocks": "routing_blocks"}
+    values = {"start_percent": 0.0, "end_percent": 1.0}
+    values.update({names.get(k, k): v for k, v in kw.items()})
+    return pack_module(pack, "musar.settings").RoutingSettings(**values)
 
 
 def routed(pack, model, subjects, **kw):
-    session = pack_module(pack, "musar.session")
+    """A routed clone of ``model`` and the Recorder of its sampling runs."""
+    return pack_module(pack, "nodes.patcher").apply_routing(model, subjects, settings(pack, **kw))
+
+
+def random_dual_lora(pack, model, ranks=(2, 4), seed=0, scale=0.5):
+    """(trainable factors, DualLoRA) on every MUSAR target module of ``model`` with seeded random
+    ups times ``scale`` (``scale`` 0: the zero ups of a fresh LoRA, i.e. a no-op)."""
+    lora = pack_module(pack, "musar.lora")
     patcher = pack_module(pack, "nodes.patcher")
-    rec = session.Recorder(tuple(s.caption for s in subjects.subjects))
-    return patcher.apply_routing(model, subjects, settings(pack, **kw), rec), rec
+    dm = model.model.diffusion_model
+    names = lora.target_modules(len(dm.double_blocks), len(dm.single_blocks))
+    params = lora.init_trainable(patcher.model_shapes(model, names), *ranks, seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, value in params.items():
+            if key.endswith(".up") and scale:
+                value.copy_(torch.randn(value.shape, generator=g) * scale)
+    return params, lora.from_trainable(params)
+
+
+def spy_block_attention(pack, monkeypatch) -> list:
+    """Runs MUSAR's block attention unchanged and records every call's (layout, plan, q, k, v,
+    kernel), q / k / v cloned, in call order."""
+    attention = pack_module(pack, "musar.attention")
+    captured = []
+    original = attention.block_attention
+
+    def spy(call, block, q, k, v, mask, kernel):
+        captured.append((call.layout, call.plan, q.clone(), k.clone(), v.clone(), kernel))
+        return original(call, block, q, k, v, mask, kernel)
+
+    monkeypatch.setattr(attention, "block_attention", spy)
+    return captured
+
+
+def sampler_nodes(first: int, model: list, clip: list, vae: list, text: str, *, steps=1, cfg=1.0,
+                  seed=1, size=64) -> dict:
+    """API-prompt nodes ``first`` .. ``first + 4``: CLIPTextEncode(text) -> (both conds of) a
+    KSampler on ``model`` over an empty ``size`` px latent -> VAE Decode -> PreviewImage."""
+    ids = [str(first + i) for i in range(5)]
+    return {
+        ids[0]: {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": text}},
+        ids[1]: {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        ids[2]: {"class_type": "KSampler", "inputs": {
+            "model": model, "positive": [ids[0], 0], "negative": [ids[0], 0], "latent_image": [ids[1], 0],
+            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+            "denoise": 1.0}},
+        ids[3]: {"class_type": "VAEDecode", "inputs": {"samples": [ids[2], 0], "vae": vae}},
+        ids[4]: {"class_type": "PreviewImage", "inputs": {"images": [ids[3], 0]}},
+    }
+
+
+TINY = "tiny (128 wide, 2+2 blocks)"
+ROUTING = {"static_routing": True, "dynamic_routing": True, "start_percent": 0.2, "end_percent": 1.0,
+           "routing_blocks": "double", "threshold": 0.0, "smoothing": 3, "symmetric": False,
+           "strength": 1.0, "condition_cache": False, "positions": "shared"}
+
+
+def routing_graph(n_subjects=2, **routing):
+    """API prompt: tiny stand-ins -> N chained MUSAR Subjects ("100", "101" ...) -> MUSAR Apply
+    Routing ("20") -> KSampler ("4", 1 step) -> VAE Decode ("5") -> PreviewImage ("6")."""
+    g = {
+        "1": {"class_type": "MUSAR_TinyFluxLoader", "inputs": {"size": TINY, "seed": 0}},
+        **sampler_nodes(2, ["20", 0], ["1", 1], ["1", 2], "two things"),
+        "9": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x2040ff}},
+        "20": {"class_type": "MUSAR_ApplyRouting", "inputs": {"model": ["1", 0], "subjects": [str(100 + n_subjects - 1), 0], **{**ROUTING, **routing}}},
+    }
+    for i in range(n_subjects):
+        g[str(100 + i)] = {"class_type": "MUSAR_Subject", "inputs": {
+            "image": ["9", 0], "vae": ["1", 2], "clip": ["1", 1], "caption": f"thing {i}",
+            "crop": "center crop", "reference_size": 64, **({"subjects": [str(99 + i), 0]} if i else {})}}
+    return g
+
+
+COLOURS = [(200, 40, 40), (40, 160, 60), (40, 80, 200), (220, 180, 30), (150, 60, 170)]
+
+
+def make_pairs(root: Path, n_items: int = 4, size: int = 64) -> Path:
+    """A folder-layout dataset of single-subject pairs: one coloured shape per item, two scenes."""
+    for i in range(n_items):
+        folder = root / f"item_{i}"
+        folder.mkdir(parents=True)
+        for k, bg in enumerate(((235, 235, 230), (90, 110, 130))):
+            img = Image.new("RGB", (size, size), bg)
+            box = (size // 4 + 4 * k, size // 4, 3 * size // 4, 3 * size // 4 - 4 * k)
+            draw = ImageDraw.Draw(img)
+            (draw.ellipse if i % 2 else draw.rectangle)(box, fill=COLOURS[i % len(COLOURS)])
+            img.save(folder / f"panel_{k}.png")
+        (folder / "meta.json").write_text(json.dumps({
+            "item": f"object {i}", "description_0": f"object {i} on a light table",
+            "description_1": f"object {i} in a dark room"}))
+    return root

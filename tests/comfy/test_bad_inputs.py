@@ -9,32 +9,8 @@ import comfy.supported_models
 import folder_paths
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module
-
-TINY = "tiny (128 wide, 2+2 blocks)"
-ROUTING = {"static_routing": True, "dynamic_routing": True, "start_percent": 0.2, "end_percent": 1.0,
-           "routing_blocks": "double", "threshold": 0.0, "smoothing": 3, "symmetric": False,
-           "strength": 1.0, "condition_cache": False, "positions": "shared"}
-
-
-def graph(n_subjects=2, **routing):
-    g = {
-        "1": {"class_type": "MUSAR_TinyFluxLoader", "inputs": {"size": TINY, "seed": 0}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "two things"}},
-        "3": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "9": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x2040ff}},
-        "4": {"class_type": "KSampler", "inputs": {
-            "model": ["20", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0],
-            "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
-        "20": {"class_type": "MUSAR_ApplyRouting", "inputs": {"model": ["1", 0], "subjects": [str(100 + n_subjects - 1), 0], **{**ROUTING, **routing}}},
-    }
-    for i in range(n_subjects):
-        g[str(100 + i)] = {"class_type": "MUSAR_Subject", "inputs": {
-            "image": ["9", 0], "vae": ["1", 2], "clip": ["1", 1], "caption": f"thing {i}",
-            "crop": "center crop", "reference_size": 64, **({"subjects": [str(99 + i), 0]} if i else {})}}
-    return g
+from musar_helpers import ROUTING, make_subjects, pack_module
+from musar_helpers import routing_graph as graph
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ isolation, CFG batching, the condition cache and per-segment modulation."""
 
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module, routed, sample
+from musar_helpers import make_subjects, pack_module, routed, sample, spy_block_attention
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +36,15 @@ def test_patched_sampling_equals_dense_reference(pack, model, monkeypatch, n, dy
 
 
 def test_cond_and_uncond_run_batched_and_share_one_route(pack, model, monkeypatch):
-    session = pack_module(pack, "musar.session")
+    attention = pack_module(pack, "musar.attention")
     seen = []
-    original = session.block_attention
+    original = attention.block_attention
 
     def spy(call, block, q, *a):
         seen.append((q.shape[0], None if call.plan.route is None else call.plan.route.clone()))
         return original(call, block, q, *a)
 
-    monkeypatch.setattr(session, "block_attention", spy)
+    monkeypatch.setattr(attention, "block_attention", spy)
     patched, _ = routed(pack, model, make_subjects(pack))
     sample(patched, steps=3, cfg=3.0)
     assert {b for b, _ in seen} == {2}
@@ -138,16 +138,8 @@ def pack_module_from(obj, name):
 def test_blocked_pairs_carry_no_information_in_every_block(pack, model, monkeypatch):
     """In every block, replacing subject 1's keys/values by another run's leaves the attention
     output of the prompt and of subject 0 bit-for-bit unchanged."""
-    session = pack_module(pack, "musar.session")
     attention = pack_module(pack, "musar.attention")
-    captured = []
-    original = session.block_attention
-
-    def spy(call, block, q, k, v, mask, kernel):
-        captured.append((call.layout, call.plan, q.clone(), k.clone(), v.clone(), kernel))
-        return original(call, block, q, k, v, mask, kernel)
-
-    monkeypatch.setattr(session, "block_attention", spy)
+    captured = spy_block_attention(pack, monkeypatch)
     subjects = make_subjects(pack, SIZES[:3], (2, 3, 4))
     other = _with_image(pack, subjects, 1, 5)
     for s in (subjects, other):
@@ -264,10 +256,10 @@ def test_kontext_reference_latents_are_routed_with_the_canvas(pack, model, monke
         return comfy.sample.sample(patched, noise, 3, 2.0, "euler", "simple", pos, neg,
                                    torch.zeros_like(noise), seed=0, disable_pbar=True)
 
-    session = pack_module(pack, "musar.session")
+    attention = pack_module(pack, "musar.attention")
     extras = []
-    original = session.block_attention
-    monkeypatch.setattr(session, "block_attention",
+    original = attention.block_attention
+    monkeypatch.setattr(attention, "block_attention",
                         lambda call, *a: extras.append(call.layout.extra_len) or original(call, *a))
     fast = run()
     assert set(extras) == {16}

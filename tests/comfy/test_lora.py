@@ -1,10 +1,13 @@
 """Dual-branch LoRA as object patches inside ComfyUI: token ranges, files through the node,
 stacking, fp8 weights, clone safety."""
 
+import os
+import shutil
+
 import folder_paths
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module, routed, sample
+from musar_helpers import make_subjects, pack_module, random_dual_lora, routed, sample
 
 
 @pytest.fixture(scope="module")
@@ -12,19 +15,8 @@ def model(tiny_flux):
     return tiny_flux(seed=5)
 
 
-def _random_dual(pack, model, rank_n=2, rank_s=4, seed=0, zero_up=False):
-    lora = pack_module(pack, "musar.lora")
-    patcher = pack_module(pack, "nodes.patcher")
-    dm = model.model.diffusion_model
-    names = lora.target_modules(len(dm.double_blocks), len(dm.single_blocks))
-    params = lora.init_trainable(patcher.model_shapes(model, names), rank_n, rank_s, seed)
-    if not zero_up:
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for k, v in params.items():
-                if k.endswith(".up"):
-                    v.copy_(torch.randn(v.shape, generator=g) * 0.5)
-    return lora.from_trainable(params)
+def _random_dual(pack, model, seed=0, zero_up=False):
+    return random_dual_lora(pack, model, seed=seed, scale=0.0 if zero_up else 0.5)[1]
 
 
 def test_wrapped_module_applies_each_branch_to_its_tokens(pack, model):
@@ -127,3 +119,114 @@ def test_fp8_weights_with_lora_and_routing(pack, standins):
     assert torch.isfinite(outs[1]).all()
     assert (outs[0] - outs[1]).abs().max() < 0.25 * outs[0].abs().max()
     assert fp8.model.diffusion_model.img_in.weight.dtype == torch.float8_e4m3fn
+
+
+# ---- through the executor: bad values, malformed files, linked widgets ------------------------
+@pytest.fixture(scope="module")
+def run_prompt():
+    import execution
+
+    from musar_run import runtime
+
+    executor = execution.PromptExecutor(runtime._ServerStub(), cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0})
+    return lambda prompt: runtime.run_prompt(prompt, executor=executor)
+
+
+@pytest.fixture(scope="module")
+def tiny_lora(pack, standins):
+    """A random dual LoRA for the loader node's tiny FLUX (MUSAR_TinyFluxLoader, seed 0)."""
+    model = standins.build_flux(standins.flux_unet_config(), seed=0)
+    return _save(pack, _random_dual(pack, model, seed=7), "graph_dual.safetensors")
+
+
+def _graph(lora_name, noisy=1.0, subject=1.0):
+    from test_training import _generation
+
+    prompt = _generation(lora_name, 1.0)
+    prompt["2"]["inputs"].update(strength_noisy=noisy, strength_subject=subject)
+    return prompt
+
+
+def _executed(result):
+    return [d for e, d in result.messages if e == "execution_error"][0]["executed"]
+
+
+def test_strengths_fed_from_primitive_nodes_give_the_literal_image(run_prompt, tiny_lora):
+    literal = run_prompt(_graph(tiny_lora, 0.7, -0.4))
+    prompt = _graph(tiny_lora)
+    prompt["f1"] = {"class_type": "PrimitiveFloat", "inputs": {"value": 0.7}}
+    prompt["f2"] = {"class_type": "PrimitiveFloat", "inputs": {"value": -0.4}}
+    prompt["2"]["inputs"].update(strength_noisy=["f1", 0], strength_subject=["f2", 0])
+    linked = run_prompt(prompt)
+    literal.raise_for_error()
+    linked.raise_for_error()
+    assert torch.equal(literal.output("9")[0], linked.output("9")[0])
+
+
+@pytest.mark.parametrize("noisy, subject, bad", [
+    (float("nan"), 1.0, "strength_noisy"), (1.0, float("nan"), "strength_subject"),
+    (3.0, 1.0, "strength_noisy")])
+def test_nan_or_out_of_range_strength_is_refused(run_prompt, tiny_lora, noisy, subject, bad):
+    literal = run_prompt(_graph(tiny_lora, noisy, subject))  # refused at validation
+    assert not literal.ok and "2" in literal.node_errors and bad in str(literal.node_errors)
+    prompt = _graph(tiny_lora)  # the same value through a link: refused when the node runs
+    prompt["f"] = {"class_type": "PrimitiveFloat", "inputs": {"value": noisy if bad == "strength_noisy" else subject}}
+    prompt["2"]["inputs"][bad] = ["f", 0]
+    result = run_prompt(prompt)
+    assert result.error["node_id"] == "2" and result.error["exception_type"].endswith("MusarError")
+    assert bad in result.error["exception_message"] and "8" not in _executed(result)
+
+
+@pytest.mark.parametrize("name", ["../outside_dual.safetensors", "{abs}", "../../models/outside_dual.safetensors",
+                                  "../outside_dual.safetensors\x00", "", "/etc/passwd"])
+def test_lora_names_cannot_leave_the_loras_folder(run_prompt, tiny_lora, name):
+    loras = folder_paths.get_folder_paths("loras")[0]
+    outside = os.path.join(os.path.dirname(loras), "outside_dual.safetensors")  # a real LoRA
+    if not os.path.exists(outside):
+        shutil.copy(os.path.join(loras, tiny_lora), outside)
+    name = name.replace("{abs}", outside)
+    result = run_prompt(_graph(name))
+    assert not result.ok and "2" in result.node_errors, result
+    text = str(result.node_errors)
+    assert "is not in models/loras" in text and os.path.dirname(loras) not in text.replace(name, "")
+
+
+def _malformed(pack, kind):
+    """A LoRA file in models/loras that parses as safetensors but is malformed in one way."""
+    from safetensors.torch import save_file
+
+    lora = pack_module(pack, "musar.lora")
+    path = os.path.join(folder_paths.get_folder_paths("loras")[0], "musar_test", f"bad_{kind}.safetensors")
+    src = os.path.join(folder_paths.get_folder_paths("loras")[0], "graph_dual.safetensors")
+    tensors, meta = lora.read_safetensors(src)
+    key = "musar.double_blocks.0.img_attn.qkv.subject.up"
+    if kind == "nan":
+        tensors[key] = torch.full_like(tensors[key], float("nan"))
+    elif kind == "1d":
+        tensors[key] = tensors[key][:, 0].contiguous()
+    elif kind == "gelu":
+        tensors["musar.double_blocks.0.img_mlp.1.noisy.down"] = torch.ones(2, 512)
+        tensors["musar.double_blocks.0.img_mlp.1.noisy.up"] = torch.ones(512, 2)
+        key = "img_mlp.1"
+    elif kind == "version":
+        meta["musar.format_version"] = "1.0"
+        key = "musar.format_version"
+    elif kind == "deep":
+        tensors["musar.double_blocks.7.img_attn.qkv.subject.down"] = torch.ones(4, 128)
+        tensors["musar.double_blocks.7.img_attn.qkv.subject.up"] = torch.ones(384, 4)
+        key = "double_blocks.7"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file(tensors, path, metadata=meta)
+    return f"musar_test/bad_{kind}.safetensors", key
+
+
+@pytest.mark.parametrize("kind", ["nan", "1d", "gelu", "version", "deep"])
+def test_malformed_lora_file_is_a_format_error_before_sampling(pack, run_prompt, tiny_lora, kind):
+    name, key = _malformed(pack, kind)
+    result = run_prompt(_graph(name))
+    err = result.error
+    assert err["node_id"] == "2" and err["exception_type"].endswith("LoRAFormatError"), err
+    assert key in err["exception_message"], err["exception_message"]
+    assert "8" not in _executed(result)  # KSampler never ran
+    run_prompt(_graph(tiny_lora)).raise_for_error()  # the executor keeps working

@@ -17,13 +17,13 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import serverutil
 
 pytestmark = pytest.mark.timeout(240)
-USER_FOLDERS = ("custom_nodes", "models", "input", "output", "user", "temp", "tests", "tests-unit",
-                "__pycache__")
+USER_FOLDERS = ("custom_nodes", "models", "input", "output", "user", "temp", "tests", "tests-unit")
 
 
 def run(cmd, cwd=None, timeout=120, env=None):
@@ -71,7 +71,9 @@ def test_comfyui_manager_installs_the_pack_from_its_git_url_and_the_server_loads
     if not cm_cli.exists():
         pytest.fail(f"{cm_cli} not found: comfyui-manager is in requirements-dev.txt (scripts/setup.sh)")
     comfy = tmp_path / "ComfyUI"  # the user's ComfyUI: the runtime's code, empty user folders
-    shutil.copytree(serverutil.comfy_dir(), comfy, ignore=shutil.ignore_patterns(*USER_FOLDERS))
+    source = serverutil.comfy_dir()
+    shutil.copytree(source, comfy, ignore=lambda folder, names: [
+        n for n in names if n == "__pycache__" or (Path(folder) == source and n in USER_FOLDERS)])
     (comfy / "custom_nodes").mkdir()
     pack = comfy / "custom_nodes" / serverutil.PACK_NAME
 
@@ -106,3 +108,22 @@ def test_comfyui_manager_installs_the_pack_from_its_git_url_and_the_server_loads
         assert not server.pack_import_failures(), "\n".join(server.pack_import_failures())
         assert str(pack) in server.log(), "the server did not load the pack the Manager installed"
     print(f"cm-cli install (clone + requirements, offline): {seconds:.1f} s")
+
+
+def test_registry_metadata_is_complete_and_points_at_files_of_this_repository():
+    import tomllib
+
+    meta = tomllib.loads((serverutil.ROOT / "pyproject.toml").read_text())
+    comfy, project = meta["tool"]["comfy"], meta["project"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and project["name"] and project["version"]
+    repo = project["urls"]["Repository"].rstrip("/")
+    prefix = repo.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    assert comfy["Icon"].startswith(prefix), comfy["Icon"]
+    icon = serverutil.ROOT / comfy["Icon"][len(prefix):]
+    assert icon.is_file() and icon.read_text().lstrip().startswith("<svg"), icon
+    requirements = [line.split("#")[0].strip() for line in
+                    (serverutil.ROOT / "requirements.txt").read_text().splitlines()]
+    assert sorted(project["dependencies"]) == sorted(r for r in requirements if r)
+    workflow = (serverutil.ROOT / ".github" / "workflows" / "publish_action.yml").read_text()
+    assert "Comfy-Org/publish-node-action@v1" in workflow and "REGISTRY_ACCESS_TOKEN" in workflow
+    assert '- "pyproject.toml"' in workflow  # publishes when the version changes

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import torch
+from musar_helpers import TINY, sampler_nodes
 
 import nodes as comfy_nodes
 
@@ -36,20 +37,25 @@ def test_every_node_documents_every_input(pack):
     assert not missing, "\n".join(missing)
 
 
-def test_tiny_standins_run_a_stock_graph(run_prompt):
-    prompt = {
-        "1": {"class_type": "MUSAR_TinyFluxLoader", "inputs": {"size": "tiny (128 wide, 2+2 blocks)", "seed": 0}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red star"}},
-        "3": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "4": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0],
-            "seed": 1, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple",
-            "denoise": 1.0}},
-        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+def _stock_graph(loader_seed=0, text="a red star"):
+    return {
+        "1": {"class_type": "MUSAR_TinyFluxLoader", "inputs": {"size": TINY, "seed": loader_seed}},
+        **sampler_nodes(2, ["1", 0], ["1", 1], ["1", 2], text, steps=2, cfg=2.0),
     }
-    result = run_prompt(prompt)
-    result.raise_for_error()
-    image = result.output("5")[0]
+
+
+def test_tiny_standins_run_a_stock_graph(run_prompt):
+    """The stand-ins drive a stock graph end to end: reproducible for one seed, and the loader
+    seed (model, text encoder, VAE weights) and the prompt text both reach the image."""
+    images, latents = {}, {}
+    for key, graph in {"base": _stock_graph(), "again": _stock_graph(), "seed": _stock_graph(loader_seed=1),
+                       "text": _stock_graph(text="a blue moon")}.items():
+        result = run_prompt(graph)
+        result.raise_for_error()
+        images[key], latents[key] = result.output("5")[0], result.output("4")[0]["samples"]
+    image = images["base"]
     assert image.shape == (1, 64, 64, 3)
     assert torch.isfinite(image).all()
+    assert torch.equal(images["again"], image) and torch.equal(latents["again"], latents["base"])
+    assert (images["seed"] - image).abs().max() > 1e-3
+    assert not torch.equal(latents["text"], latents["base"])

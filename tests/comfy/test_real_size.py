@@ -1,7 +1,8 @@
 """The full-size code path: a FLUX.1-shaped model (3072 wide, 24 heads, 1 double + 1 single
 block, real key names) saved to disk, loaded by the stock UNETLoader with fp8 weights, an
-OminiControl-layout subject LoRA of real shapes through MUSAR_LoadDualLoRA, and one patched
-sampling step with one subject on CPU."""
+OminiControl-layout subject LoRA of real shapes through MUSAR_LoadDualLoRA, and two patched
+sampling steps with two subjects on CPU (the second one dynamically routed), compared with the
+same run through the dense masked reference attention."""
 
 import os
 
@@ -55,7 +56,7 @@ def _omini_real_size(name, rank=4):
     return name
 
 
-def test_real_flux_shapes_run_one_patched_step_with_fp8_weights(pack, real_size_file):
+def test_real_flux_shapes_with_fp8_weights_equal_the_dense_reference(pack, real_size_file, monkeypatch):
     model = comfy_nodes.UNETLoader().load_unet(real_size_file, "fp8_e4m3fn")[0]
     dm = model.model.diffusion_model
     assert (dm.hidden_size, dm.num_heads, dm.params.axes_dim) == (HIDDEN, 24, [16, 56, 56])
@@ -70,10 +71,18 @@ def test_real_flux_shapes_run_one_patched_step_with_fp8_weights(pack, real_size_
     g = torch.Generator().manual_seed(1)
     subjects = subj.SubjectSet().add(subj.Subject(torch.randn(1, 16, 8, 8, generator=g), "a mug",
                                                   torch.randn(1, 4, 4096, generator=g)))
-    patched = routing_nodes.MusarApplyRouting.execute(
-        model_l, subjects, True, True, 0.0, 1.0, "d0", 0.0, 3, False, 1.0, False, "shared").result[0]
+    subjects = subjects.add(subj.Subject(torch.randn(1, 16, 8, 12, generator=g), "a cat",
+                                         torch.randn(1, 3, 4096, generator=g)))
+    patched, handle = routing_nodes.MusarApplyRouting.execute(
+        model_l, subjects, True, True, 0.0, 1.0, "d0", 0.0, 3, False, 1.0, False, "shared").result
     out = sample_real(patched)
     assert out.shape == (1, 16, 16, 16) and torch.isfinite(out).all()
+    assert len(handle.recorder.latest.routes) == 1  # step 2 ran with the route of step 1
+    attention = pack_module(pack, "musar.attention")
+    monkeypatch.setattr(attention, "routed_attention",
+                        lambda q, k, v, layout, plan, kernel: attention.dense_reference(q, k, v, layout, plan))
+    dense = sample_real(patched)
+    torch.testing.assert_close(out, dense, rtol=1e-4, atol=1e-4)
     assert not model.object_patches and "musar_routing" not in model.model_options["transformer_options"]
 
 
@@ -83,7 +92,7 @@ def sample_real(model):
     g = torch.Generator().manual_seed(0)
     pos = [[torch.randn(1, 8, 4096, generator=g), {"pooled_output": torch.randn(1, 768, generator=g), "guidance": 3.5}]]
     noise = torch.randn(1, 16, 16, 16, generator=g)
-    return comfy.sample.sample(model, noise, 1, 1.0, "euler", "simple", pos, pos, torch.zeros_like(noise),
+    return comfy.sample.sample(model, noise, 2, 1.0, "euler", "simple", pos, pos, torch.zeros_like(noise),
                                seed=0, disable_pbar=True)
 
 

@@ -4,6 +4,7 @@ in MUSAR_LoadDualLoRA and changes a MUSAR generation), Cancel keeps the last ste
 a clear MusarError before training starts."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -11,40 +12,28 @@ import folder_paths
 import pytest
 import server
 import torch
-from musar_helpers import pack_module
-from PIL import Image, ImageDraw
+from musar_helpers import make_pairs, pack_module, sampler_nodes
 
 from musar_run import convert, edits
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "workflows" / "musar_train_dual_lora.json"
 TINY = "tiny (128 wide, 2+2 blocks)"
-COLOURS = [(200, 40, 40), (40, 160, 60), (40, 80, 200), (220, 180, 30), (150, 60, 170)]
 
 
-def make_pairs(root: Path, n_items: int = 4, size: int = 64) -> Path:
-    """A folder-layout dataset of single-subject pairs: one coloured shape per item, two scenes."""
-    for i in range(n_items):
-        folder = root / f"item_{i}"
-        folder.mkdir(parents=True)
-        for k, bg in enumerate(((235, 235, 230), (90, 110, 130))):
-            img = Image.new("RGB", (size, size), bg)
-            box = (size // 4 + 4 * k, size // 4, 3 * size // 4, 3 * size // 4 - 4 * k)
-            draw = ImageDraw.Draw(img)
-            (draw.ellipse if i % 2 else draw.rectangle)(box, fill=COLOURS[i % len(COLOURS)])
-            img.save(folder / f"panel_{k}.png")
-        (folder / "meta.json").write_text(json.dumps({
-            "item": f"object {i}", "description_0": f"object {i} on a light table",
-            "description_1": f"object {i} in a dark room"}))
-    return root
+def dataset_folder(name: str) -> Path:
+    """A fresh folder inside ComfyUI's models/musar_datasets, where the dataset node may read."""
+    root = Path(folder_paths.get_folder_paths("musar_datasets")[0])
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return make_pairs(tmp_path_factory.mktemp("train") / "pairs")
+def pairs():
+    return make_pairs(dataset_folder("train") / "pairs")
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +144,7 @@ def _generation(lora_name, strength):
             "start_percent": 0.0, "end_percent": 1.0, "routing_blocks": "double", "threshold": 0.0,
             "smoothing": 3, "symmetric": False, "strength": 1.0, "condition_cache": False,
             "positions": "shared"}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "object 0"}},
-        "7": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "8": {"class_type": "KSampler", "inputs": {
-            "model": ["5", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["7", 0],
-            "seed": 1, "steps": 3, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-            "denoise": 1.0}},
-        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
-        "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
+        **sampler_nodes(6, ["5", 0], ["1", 1], ["1", 2], "object 0", steps=3),
     }
 
 
@@ -206,3 +188,76 @@ def test_cancel_checkpoints_the_last_step_and_reports_the_interrupt(info, pairs,
     assert sorted(p.name for p in folder.glob("*.safetensors")) == ["cancelled-step000003.safetensors"]
     done = [d for e, d in socket.events if e == "musar.train.done"]
     assert done[0]["step"] == 3
+
+
+# ---- Cancel at any moment: a real asynchronous interrupt from another thread -------------------
+CANCEL_STEPS = 10
+
+
+def _cancel_prompt(info, pairs, name, steps=CANCEL_STEPS, resume="none", checkpointing=False):
+    return _workflow_prompt(info, pairs, f"6.output_name={name}", f"6.steps={steps}",
+                            "6.checkpoint_every=0", "6.validation_every=5", f"6.resume={resume}",
+                            f"6.gradient_checkpointing={str(checkpointing).lower()}",
+                            "7.filename_prefix=musar_test/cancel")
+
+
+def _checkpoint(pack, name):
+    mt = pack_module(pack, "musar.train")
+    folder = Path(folder_paths.get_output_directory()) / "musar_training" / name
+    found = sorted(folder.glob(f"{name}-step*.safetensors"))
+    assert len(found) <= 1 and not list(folder.glob(".*.tmp")), found  # atomic: no partial file
+    return mt.read_checkpoint(found[0]) if found else None
+
+
+def test_cancel_at_random_moments_keeps_the_last_finished_step_and_resumes_bit_identically(
+        pack, info, pairs, run_prompt, monkeypatch):
+    """10 trials: /interrupt's effect (mm.interrupt_current_processing) from another thread at a
+    seeded random moment of a 10-step run with validation sampling every 5 steps (so the cancel
+    lands in pre-encoding, a forward, a backward, a gradient-checkpoint recompute, validation
+    sampling, between steps ...). Each cancelled run must hold exactly its last finished step,
+    and resuming it must end bit-identical to the uninterrupted run."""
+    import random
+    import threading
+    import time
+
+    socket = _Socket()
+    monkeypatch.setattr(server.PromptServer, "instance", socket, raising=False)
+    straight = {}
+    for checkpointing in (False, True):
+        t0 = time.perf_counter()
+        run = run_prompt(_cancel_prompt(info, pairs, f"straight_{checkpointing}", checkpointing=checkpointing))
+        run.raise_for_error()
+        straight[checkpointing] = (run.output("6")[0], time.perf_counter() - t0,
+                                   _checkpoint(pack, f"straight_{checkpointing}").losses)
+    rng, outcomes = random.Random(11), []
+    for trial in range(10):
+        checkpointing = trial % 3 == 2
+        name = f"cancel_{trial}"
+        lora, duration, losses = straight[checkpointing]
+        delay = rng.uniform(0.0, duration)
+        socket.events.clear()
+        timer = threading.Timer(delay, mm.interrupt_current_processing, (True,))
+        timer.start()
+        result = run_prompt(_cancel_prompt(info, pairs, name, checkpointing=checkpointing))
+        timer.join()
+        mm.interrupt_current_processing(False)  # a cancel that came after the run ended
+        steps_seen = [d["step"] for e, d in socket.events if e == "musar.train.progress"]
+        state = _checkpoint(pack, name)
+        if result.ok:
+            outcomes.append("finished")
+            continue
+        assert any(e == "execution_interrupted" for e, _ in result.messages), result.error
+        finished = steps_seen[-1] if steps_seen else 0
+        assert (state.step if state else 0) == finished, (trial, delay, steps_seen)
+        if state is None:
+            outcomes.append("cancelled before step 1")
+            continue
+        assert state.losses == losses[:finished]  # the same trajectory, cut at the last step
+        resumed = run_prompt(_cancel_prompt(info, pairs, name, resume="latest", checkpointing=checkpointing))
+        resumed.raise_for_error()
+        for module, pairs_ in lora.modules.items():
+            for p, q in zip(pairs_, resumed.output("6")[0].modules[module]):
+                assert torch.equal(p.down, q.down) and torch.equal(p.up, q.up), (trial, module)
+        outcomes.append(f"cancelled after step {finished}, resumed bit-identically")
+    print("cancel trials:", outcomes)
+    assert sum(o.startswith("cancelled after") for o in outcomes) >= 5, outcomes

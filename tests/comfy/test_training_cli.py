@@ -7,12 +7,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from musar_helpers import make_pairs
 from safetensors.torch import load_file
-from test_training import make_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the runtime took the repository root off sys.path (nodes/ would
@@ -84,3 +85,25 @@ def test_config_errors_are_reported_without_a_traceback(tmp_path, capsys):
     bad.write_text("model: tiny\ndataset: {path: x}\ntrain: {lr: 1}\n")
     assert cli.main(["--config", str(bad)]) == cli.EXIT_FAILED
     assert "unknown training setting(s) ['lr']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, code, words", [
+    ("model: tiny\ndataset: {path: pairs}\nthreads: abc\n", cli.EXIT_USAGE, "threads: expected an integer"),
+    ("model: tiny\ndataset: {path: pairs, target_size: 5}\n", cli.EXIT_USAGE, "dataset.target_size"),
+    ("model: {kind: tiny, size: huge}\ndataset: {path: pairs}\n", cli.EXIT_USAGE,
+     "model.size 'huge': expected one of"),
+    ("model: {kind: tiny, seed: x}\ndataset: {path: pairs}\n", cli.EXIT_USAGE, "model.seed"),
+    ("model: tiny\ndataset: {path: pairs, prompt_template: '{desc_a:d}'}\n", cli.EXIT_FAILED,
+     "DatasetError: prompt_template placeholder {desc_a:d}"),
+])
+def test_cli_config_errors_are_one_line_and_leave_no_temporary_folder(
+        tmp_path, capsys, monkeypatch, text, code, words):
+    make_pairs(tmp_path / "pairs", n_items=2)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    (tmp_path / "bad.yaml").write_text(text + "output: {dir: out}\n")
+    assert cli.main(["--config", str(tmp_path / "bad.yaml")]) == code
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and err.startswith("error: "), err
+    assert list(scratch.iterdir()) == []

@@ -6,7 +6,7 @@ import comfy.patcher_extension
 import pytest
 import torch
 from einops import rearrange
-from musar_helpers import make_subjects, pack_module, routed
+from musar_helpers import make_subjects, pack_module, random_dual_lora, routed
 
 
 def comfy_call(patched, x, sigma, context, y, guidance):
@@ -16,20 +16,6 @@ def comfy_call(patched, x, sigma, context, y, guidance):
     to["sigmas"] = sigma
     to["cond_or_uncond"] = [0]
     return patched.model.diffusion_model(x, sigma, context, y=y, guidance=guidance, transformer_options=to)
-
-
-def _lora(pack, model, seed=0):
-    lora = pack_module(pack, "musar.lora")
-    patcher = pack_module(pack, "nodes.patcher")
-    dm = model.model.diffusion_model
-    names = lora.target_modules(len(dm.double_blocks), len(dm.single_blocks))
-    params = lora.init_trainable(patcher.model_shapes(model, names), 2, 4, seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for k, v in params.items():
-            if k.endswith(".up"):
-                v.copy_(torch.randn(v.shape, generator=g) * 0.3)
-    return params, lora.from_trainable(params)
 
 
 def _inputs(pack, model, subjects, b=2, seed=0):
@@ -59,7 +45,7 @@ def test_training_forward_equals_the_comfyui_inference_path(pack, tiny_flux, wit
     patcher = pack_module(pack, "nodes.patcher")
     model = tiny_flux(seed=11)
     subjects = make_subjects(pack, ((8, 8), (6, 10)), (3, 4))
-    params, dual = _lora(pack, model)
+    params, dual = random_dual_lora(pack, model, scale=0.3)
     base = patcher.apply_lora(model, dual, 0.7, 1.3) if with_lora else model
     patched, _ = routed(pack, base, subjects, dynamic=False)
     inp, layout, args = _inputs(pack, model, subjects)
@@ -78,7 +64,7 @@ def test_gradients_reach_only_the_lora_tensors(pack, tiny_flux):
     model = tiny_flux(seed=12)
     dm = model.model.diffusion_model
     subjects = make_subjects(pack)
-    params, _ = _lora(pack, model)
+    params, _ = random_dual_lora(pack, model, scale=0.3)
     dm.requires_grad_(False)
     inp, layout, _ = _inputs(pack, model, subjects, b=1)
     with torch.inference_mode(False), torch.enable_grad():
@@ -93,3 +79,43 @@ def test_gradients_reach_only_the_lora_tensors(pack, tiny_flux):
             assert all(params[k].grad.abs().sum() > 0 for k in params if k not in dead)
             assert all(params[k].grad.abs().sum() == 0 for k in dead)
     assert all(p.grad is None for p in dm.parameters())
+
+
+def _stock_vec(model, x, sigma, context, y, guidance):
+    """The modulation vector ComfyUI's own forward_orig builds, captured at the first block."""
+    seen = []
+
+    def block(args, extra):
+        seen.append(args["vec"].clone())
+        return extra["original_block"](args)
+
+    m = model.clone()
+    m.set_model_patch_replace(block, "dit", "double_block", 0)
+    with torch.no_grad():
+        comfy_call(m, x, sigma, context, y, guidance)
+    return seen[0]
+
+
+@pytest.mark.parametrize("vec_dim", [32, None])
+def test_flux_math_is_comfyuis_own(pack, tiny_flux, vec_dim):
+    """One modulation vector for inference and training: musar's timestep embedding equals
+    ComfyUI's, the vector equals the one ComfyUI's forward builds, and the clean-condition vector
+    is that vector at timestep 0 / guidance 1 (also for models without vector_in or pooled text)."""
+    from comfy.ldm.flux.layers import timestep_embedding
+
+    ff = pack_module(pack, "musar.flux_forward")
+    t = torch.rand(6, generator=torch.Generator().manual_seed(1)) * 1.2
+    assert torch.equal(ff.timestep_embedding(t), timestep_embedding(t, 256))
+    model = tiny_flux(seed=13, vec_dim=vec_dim)
+    dm = model.model.diffusion_model
+    _, _, (x, sigma, context, y, guidance) = _inputs(pack, model, make_subjects(pack))
+    y = None if vec_dim is None else y
+    with torch.no_grad():
+        mine = ff.modulation_vector(dm, sigma, guidance, y, torch.float32)
+        clean = ff.clean_vector(dm, None, True, 2, x.device, torch.float32)
+        clean_comfy = ff.clean_vector(dm, None, True, 2, x.device, torch.float32, embed=timestep_embedding)
+    torch.testing.assert_close(mine, _stock_vec(model, x, sigma, context, y, guidance), rtol=0, atol=1e-6)
+    zero = torch.zeros(2)
+    stock_clean = _stock_vec(model, x, zero, context, None, zero + 1)
+    torch.testing.assert_close(clean, stock_clean, rtol=0, atol=1e-6)
+    assert torch.equal(clean, clean_comfy)

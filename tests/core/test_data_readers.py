@@ -6,6 +6,7 @@ return with the pixels it drew.
 
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from musar.data import PairDataset, detect_panels, open_dataset, split_diptych
+from musar.data import PairDataset, build_source, detect_panels, open_dataset, split_diptych
 from musar.errors import DatasetError, MusarError
 
 S = 32  # panel size
@@ -353,3 +354,66 @@ def test_datasets_pickle_for_dataloader_workers(subjects, tmp_path):
     make_multi_folder(tmp_path / "folder")
     multi = pickle.loads(pickle.dumps(open_dataset(tmp_path / "folder", min_side=16)))
     assert multi[0].cond_captions == ("subject 0", "subject 1")
+
+
+# ---- hardening: empty captions, paths that leave the dataset ---------------------------------
+def test_an_empty_caption_is_skipped_and_counted_like_a_broken_image(tmp_path):
+    rows = [{"cond_img_0": {"bytes": png(noise(i))}, "cond_img_1": {"bytes": png(noise(i + 9))},
+             "tgt_img": {"bytes": png(noise(i, S, 2 * S))}, "cond_prompt_0": caption,
+             "cond_prompt_1": f"dog {i}", "prompt": "p"}
+            for i, caption in enumerate(["cat 0", "", "   ", "cat 3"])]
+    write_musar_gen(tmp_path / "gen.parquet", rows)
+    ds = open_dataset(tmp_path / "gen.parquet", min_side=16)
+    assert len(ds) == 2 and [ds[i].cond_captions[0] for i in range(2)] == ["cat 0", "cat 3"]
+    assert dict(ds.report.skipped) == {"empty_caption": 2}
+    assert "skipped 2 x empty_caption" in ds.report.summary()
+    make_multi_folder(tmp_path / "folder")
+    meta = tmp_path / "folder" / "s1" / "sample.json"
+    meta.write_text(json.dumps({"prompt": "p", "cond_captions": [" "]}))
+    folder = open_dataset(tmp_path / "folder", min_side=16)
+    assert len(folder) == 1 and folder.report.skipped["empty_caption"] == 1
+
+
+def test_image_paths_in_parquet_cells_stay_inside_the_dataset_folder(tmp_path):
+    outside = tmp_path / "secret.png"
+    save(outside, noise(1))
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    save(data / "images" / "inside.png", noise(2))
+    (data / "images" / "link.png").symlink_to(outside)
+    cells = ["images/inside.png", str(data / "images" / "inside.png"), "../secret.png",
+             str(outside), "images/link.png", "images/../../secret.png"]
+    rows = [{"cond_img_0": {"path": c}, "cond_img_1": {"path": "images/inside.png"},
+             "tgt_img": {"bytes": png(noise(3, S, 2 * S))}, "cond_prompt_0": "a",
+             "cond_prompt_1": "b", "prompt": "p"} for c in cells]
+    write_musar_gen(data / "gen.parquet", rows)
+    ds = open_dataset(data / "gen.parquet", min_side=16)
+    loaded = [ds.load(i) for i in range(len(cells))]
+    assert [row is not None for row in loaded] == [True, True, False, False, False, False]
+    assert dict(ds.report.skipped) == {"outside_dataset": 4}
+    np.testing.assert_array_equal(np.asarray(loaded[0].cond_images[0]), noise(2))
+
+
+def test_folder_samples_linking_outside_the_dataset_are_skipped(tmp_path):
+    make_pair_folder(tmp_path / "ds", items=("cat", "dog", "owl"))
+    elsewhere = tmp_path / "elsewhere"
+    make_pair_folder(elsewhere, items=("fox",))
+    (tmp_path / "ds" / "linked_sample").symlink_to(elsewhere / "pair_0", target_is_directory=True)
+    panel = tmp_path / "ds" / "pair_1" / "panel_1.png"
+    panel.unlink()
+    panel.symlink_to(elsewhere / "pair_0" / "panel_1.png")
+    ds = open_dataset(tmp_path / "ds", min_side=16)
+    assert sorted(ds.items) == ["cat", "owl"]
+    assert dict(ds.report.skipped) == {"outside_dataset": 2}
+
+
+@pytest.mark.parametrize("template, words", [
+    ("{desc_a:d} and {desc_b}", "{desc_a:d}"), ("{desc_a!r}", "{desc_a!r}"),
+    ("{desc_a:>10}", "format spec"), ("{desc_a.upper}", "unknown placeholder"),
+    ("{desc_a[0]}", "unknown placeholder"), ("{", "not a valid format string"),
+    ("{}", "unknown placeholder")])
+def test_prompt_templates_with_specs_or_unknown_fields_fail_when_the_builder_is_made(
+        tmp_path, template, words):
+    make_pair_folder(tmp_path, items=("cat", "dog"))
+    with pytest.raises(DatasetError, match=re.escape(words)):
+        build_source(open_dataset(tmp_path, min_side=16), 0, prompt_template=template)

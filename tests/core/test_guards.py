@@ -42,3 +42,16 @@ def test_guard_sees_a_violation(tmp_path):
 def test_tier1_runs_without_comfyui_on_the_path():
     assert importlib.util.find_spec("comfy") is None
     assert importlib.util.find_spec("folder_paths") is None
+
+
+def test_pytest_from_the_repository_root_stops_with_the_tier_commands():
+    """`pytest` at the root (testpaths: all three tiers) would load ComfyUI next to tier 1: it
+    stops before collecting anything and names the commands that run the tiers."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "make test" in done.stdout + done.stderr and "python -m pytest tests/core" in done.stdout + done.stderr
+    assert "collected" not in done.stdout

@@ -163,3 +163,150 @@ def test_newer_format_version_is_refused(tmp_path):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(LoRAFormatError, match="update ComfyUI-MUSAR"):
         omini.load_lora_file(path)
+
+
+# ---- one structural check for every malformed file ------------------------------------------
+def _musar_parts(tmp_path):
+    dual, _ = _dual()
+    path = tmp_path / "ok.safetensors"
+    lora.save_dual_lora(path, dual, {})
+    return lora.read_safetensors(path)
+
+
+QKV = "musar.double_blocks.0.img_attn.qkv"
+
+
+def _musar_case(case):
+    """(tensor edits, metadata edits) turning a good MUSAR file into a malformed one."""
+    return {
+        "1-D down": ({f"{QKV}.subject.down": torch.ones(16)}, {}),
+        "3-D up": ({f"{QKV}.subject.up": torch.ones(48, 4, 2)}, {}),
+        "0-D up": ({f"{QKV}.noisy.up": torch.tensor(1.0)}, {}),
+        "empty rank": ({f"{QKV}.noisy.down": torch.ones(0, 16), f"{QKV}.noisy.up": torch.ones(48, 0)}, {}),
+        "integer tensor": ({f"{QKV}.subject.down": torch.ones(4, 16, dtype=torch.int32)}, {}),
+        "NaN weight": ({f"{QKV}.subject.up": torch.full((48, 4), float("nan"))}, {}),
+        "inf weight": ({f"{QKV}.noisy.down": torch.full((2, 16), float("inf"))}, {}),
+        "ranks disagree": ({f"{QKV}.subject.up": torch.ones(48, 3)}, {}),
+        "missing up": ({f"{QKV}.subject.up": None}, {}),
+        "GELU target": ({"musar.double_blocks.0.img_mlp.1.subject.down": torch.ones(4, 16),
+                         "musar.double_blocks.0.img_mlp.1.subject.up": torch.ones(16, 4)}, {}),
+        "prompt-side target": ({"musar.double_blocks.0.txt_attn.qkv.noisy.down": torch.ones(2, 16),
+                                "musar.double_blocks.0.txt_attn.qkv.noisy.up": torch.ones(48, 2)}, {}),
+        "block as target": ({"musar.double_blocks.0.noisy.down": torch.ones(2, 16),
+                             "musar.double_blocks.0.noisy.up": torch.ones(48, 2)}, {}),
+        "odd key": ({f"{QKV}.subject.weight": torch.ones(2, 2)}, {}),
+        "fractional version": ({}, {"musar.format_version": "1.5"}),
+        "text version": ({}, {"musar.format_version": "one"}),
+        "NaN alpha": ({}, {"musar.subject_alpha": "nan"}),
+        "negative alpha": ({}, {"musar.noisy_alpha": "-2"}),
+        "text alpha": ({}, {"musar.noisy_alpha": "[1, 2]"}),
+        "rank metadata lies": ({}, {"musar.subject_rank": "8"}),
+        "no tensors": ("all", {}),
+    }[case]
+
+
+@pytest.mark.parametrize("case, key", [
+    ("1-D down", f"{QKV}.subject.down"), ("3-D up", f"{QKV}.subject.up"),
+    ("0-D up", f"{QKV}.noisy.up"), ("empty rank", f"{QKV}.noisy.down"),
+    ("integer tensor", f"{QKV}.subject.down"), ("NaN weight", f"{QKV}.subject.up"),
+    ("inf weight", f"{QKV}.noisy.down"), ("ranks disagree", f"{QKV}.subject"),
+    ("missing up", f"{QKV}.subject.up"), ("GELU target", "double_blocks.0.img_mlp.1"),
+    ("prompt-side target", "txt_attn"), ("block as target", "musar.double_blocks.0.noisy.down"),
+    ("odd key", "subject.weight"), ("fractional version", "musar.format_version"),
+    ("text version", "musar.format_version"), ("NaN alpha", "musar.subject_alpha"),
+    ("negative alpha", "musar.noisy_alpha"), ("text alpha", "musar.noisy_alpha"),
+    ("rank metadata lies", "musar.subject_rank"), ("no tensors", "no LoRA tensors"),
+])
+def test_every_malformed_musar_file_is_a_format_error_naming_the_key(tmp_path, case, key):
+    tensors, meta = _musar_parts(tmp_path)
+    edits, meta_edits = _musar_case(case)
+    if edits == "all":
+        tensors = {}
+    else:
+        for k, v in edits.items():
+            tensors.pop(k, None) if v is None else tensors.__setitem__(k, v)
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata={**meta, **meta_edits})
+    with pytest.raises(LoRAFormatError) as err:
+        omini.load_lora_file(path)
+    assert key in str(err.value) and "'bad.safetensors'" in str(err.value), str(err.value)
+
+
+def _omini_edit(t, case):
+    q = "transformer.transformer_blocks.0.attn.to_q"
+    k = "transformer.transformer_blocks.0.attn.to_k"
+    if case == "vector alpha":
+        t[f"{q}.alpha"] = torch.tensor([4.0, 4.0])
+        return f"{q}.alpha"
+    if case == "NaN alpha":
+        t[f"{q}.alpha"] = torch.tensor(float("nan"))
+        return f"{q}.alpha"
+    if case == "q and k of different sizes":
+        t[f"{k}.lora_B.weight"] = torch.ones(8, 2)
+        return "q/k/v output sizes"
+    if case == "parts read different widths":
+        t[f"{k}.lora_A.weight"] = torch.ones(2, 12)
+        return "input widths"
+    if case == "missing lora_B":
+        del t[f"{q}.lora_B.weight"]
+        return f"{q}.lora_B.weight"
+    if case == "1-D lora_A":
+        t[f"{q}.lora_A.weight"] = torch.ones(16)
+        return f"{q}.lora_A.weight"
+    if case == "3-D lora_B":
+        t[f"{q}.lora_B.weight"] = torch.ones(16, 2, 1)
+        return f"{q}.lora_B.weight"
+    if case == "NaN weight":
+        t[f"{k}.lora_A.weight"] = torch.full((2, 16), float("nan"))
+        return f"{k}.lora_A.weight"
+    if case == "non-Linear target":
+        t["transformer.transformer_blocks.0.ff.net.1.lora_A.weight"] = torch.ones(2, 16)
+        t["transformer.transformer_blocks.0.ff.net.1.lora_B.weight"] = torch.ones(16, 2)
+        return "ff.net.1"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["vector alpha", "NaN alpha", "q and k of different sizes",
+                                  "parts read different widths", "missing lora_B", "1-D lora_A",
+                                  "3-D lora_B", "NaN weight", "non-Linear target"])
+def test_every_malformed_omini_file_is_a_format_error_naming_the_key(tmp_path, case):
+    _, t = _omini_file(tmp_path, alpha=2.0)
+    key = _omini_edit(t, case)
+    path = tmp_path / "bad_omini.safetensors"
+    save_file(t, str(path))
+    with pytest.raises(LoRAFormatError) as err:
+        omini.load_lora_file(path)
+    assert key in str(err.value) and "'bad_omini.safetensors'" in str(err.value), str(err.value)
+
+
+# ---- alpha: scale = alpha / rank ------------------------------------------------------------
+def test_alpha_metadata_scales_each_branch_by_alpha_over_rank(tmp_path):
+    dual, _ = _dual(rank_n=2, rank_s=4)
+    path = tmp_path / "dual.safetensors"
+    lora.save_dual_lora(path, dual, {})
+    tensors, meta = lora.read_safetensors(path)
+    assert meta["musar.noisy_alpha"] == "2" and meta["musar.subject_alpha"] == "4"  # alpha = rank
+    save_file(tensors, str(path), metadata={**meta, "musar.noisy_alpha": "1", "musar.subject_alpha": "12"})
+    scaled = omini.load_lora_file(path)
+    for name, (noisy, subject) in dual.modules.items():
+        x = torch.randn(3, noisy.down.shape[1])
+        got_n, got_s = scaled.modules[name]
+        torch.testing.assert_close(got_n.delta(x), noisy.delta(x) * 0.5)  # 1 / 2
+        torch.testing.assert_close(got_s.delta(x), subject.delta(x) * 3.0)  # 12 / 4
+    resaved = tmp_path / "resaved.safetensors"  # the scale goes into up; alpha back to rank
+    lora.save_dual_lora(resaved, scaled, {})
+    again = omini.load_lora_file(resaved)
+    for name, pairs in scaled.modules.items():
+        x = torch.randn(3, pairs[0].down.shape[1])
+        for a, b in zip(pairs, again.modules[name]):
+            torch.testing.assert_close(b.delta(x), a.delta(x))
+            assert b.scale == 1.0
+
+
+def test_a_branch_of_rank_zero_saves_without_alpha_and_loads(tmp_path):
+    dual, _ = _dual(rank_n=0, rank_s=4)
+    path = tmp_path / "subject_only.safetensors"
+    lora.save_dual_lora(path, dual, {})
+    loaded = omini.load_lora_file(path)
+    assert "musar.noisy_alpha" not in loaded.metadata and loaded.metadata["musar.noisy_rank"] == "0"
+    assert not loaded.has_branch("noisy") and loaded.has_branch("subject")

@@ -105,3 +105,46 @@ def test_routed_path_still_equals_the_reference_at_this_size():
         torch.testing.assert_close(attention.routed_attention(q, k, v, LAYOUT, plan, attention.sdpa),
                                    attention.dense_reference(q, k, v, LAYOUT, plan),
                                    rtol=1e-5, atol=1e-5, msg=kind)
+
+
+# ---- both executors, and peak memory against a dense call --------------------------------------
+def _gathering(q, k, v):
+    """SDPA without a log-sum-exp twin: routed attention runs the gather executor."""
+    return attention.sdpa(q, k, v)
+
+
+@pytest.mark.parametrize("kind", list(PLANS))
+def test_gather_executor_never_allocates_an_lxl_tensor(kind):
+    q, k, v = _qkv()
+    plan = PLANS[kind](q.shape[0])
+    m = _largest(lambda: attention.routed_attention(q, k, v, LAYOUT, plan, _gathering))
+    assert m.numel < L * L, f"{kind}: {m.op} allocated {m.numel} elements (L^2 = {L * L})"
+
+
+def _scattered_route(batch):
+    """Subject 0 owns four fifths of the canvas, in no contiguous run; the rest is subject 1."""
+    route = torch.zeros(batch, LAYOUT.x_len, dtype=torch.long)
+    route[:, ::5] = 1
+    return route
+
+
+def _peak(fn) -> int:
+    from bench import memtrack
+
+    return memtrack.tensor_peak(fn).peak
+
+
+@pytest.mark.parametrize("kind", [*PLANS, "scattered"])
+def test_lse_executor_peak_memory_stays_below_a_dense_call(kind):
+    """Bytes the call allocates (temporaries + output; q, k, v excluded): routed attention with
+    the log-sum-exp executor never exceeds one dense SDPA call over all L tokens, whatever the
+    route; the gathered K/V buffer of the fallback executor does (the measure can fail)."""
+    q, k, v = _qkv()
+    plan = (routing.RoutePlan(route=_scattered_route(q.shape[0])) if kind == "scattered"
+            else PLANS[kind](q.shape[0]))
+    dense = _peak(lambda: attention.sdpa(q, k, v))
+    routed = _peak(lambda: attention.routed_attention(q, k, v, LAYOUT, plan, attention.sdpa))
+    assert routed <= dense, f"{kind}: {routed / dense:.2f}x a dense call"
+    if kind in ("static", "scattered"):
+        gathered = _peak(lambda: attention.routed_attention(q, k, v, LAYOUT, plan, _gathering))
+        assert gathered > dense

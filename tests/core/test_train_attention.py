@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_train_toy as toy  # noqa: E402
+import tiny  # noqa: E402
 
 from musar.errors import TrainingError  # noqa: E402
 from musar.routing import RoutePlan  # noqa: E402
@@ -23,7 +23,7 @@ FAST = dict(steps=3, learning_rate=3e-3, noisy_rank=2, subject_rank=4, batch_siz
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = toy.make_pair_folder(tmp_path_factory.mktemp("pairs") / "data")
+    root = tiny.make_pair_folder(tmp_path_factory.mktemp("pairs") / "data")
     return open_training_set(root, target_size=(32, 64), cond_size=32, seed=3)
 
 
@@ -37,7 +37,7 @@ def _run(data, tmp, monkeypatch, **kw):
 
     monkeypatch.setattr(flow, "musar_forward", recording)
     cfg = TrainConfig(**{**FAST, **kw})
-    trainer = Trainer(toy.ToyFlux(), data, toy.toy_encoders(), cfg, cache_dir=tmp / "cache",
+    trainer = Trainer(tiny.TinyFlux(), data, tiny.tiny_encoders(), cfg, cache_dir=tmp / "cache",
                       store=CheckpointStore(tmp / "ckpt", "run", keep=1))
     return trainer.run(), plans
 
@@ -70,5 +70,5 @@ def test_attention_is_a_trajectory_setting_and_older_checkpoints_resume():
 
 
 def test_unknown_attention_plan_lists_the_valid_ones():
-    with pytest.raises(TrainingError, match="static, dense"):
+    with pytest.raises(TrainingError, match="expected one of 'static', 'dense'"):
         TrainConfig(attention="routed")

@@ -1,4 +1,4 @@
-"""Tier 1: the trainer core on a pure-torch toy with FLUX.1's module layout (no ComfyUI).
+"""Tier 1: the trainer core on a tiny pure-torch stand-in with FLUX.1's module layout (no ComfyUI).
 
 Resume is bit-identical, cancel writes the last completed step, only the LoRA changes, settings
 and inputs are validated with clear MusarErrors."""
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_train_toy as toy  # noqa: E402
+import tiny  # noqa: E402
 
 from musar.errors import DatasetError, MusarError, TrainingError  # noqa: E402
 from musar.lora import save_dual_lora  # noqa: E402
@@ -34,13 +34,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = toy.make_pair_folder(tmp_path_factory.mktemp("pairs") / "data")
+    root = tiny.make_pair_folder(tmp_path_factory.mktemp("pairs") / "data")
     return open_training_set(root, target_size=(32, 64), cond_size=32, seed=3)
 
 
 def _trainer(data, tmp, steps, dm=None, store=True, **kw):
     cfg = TrainConfig(steps=steps, **{**FAST, **kw})
-    return Trainer(dm or toy.ToyFlux(), data, toy.toy_encoders(), cfg, cache_dir=tmp / "cache",
+    return Trainer(dm or tiny.TinyFlux(), data, tiny.tiny_encoders(), cfg, cache_dir=tmp / "cache",
                    store=CheckpointStore(tmp / "ckpt", "run", keep=2) if store else None)
 
 
@@ -80,7 +80,7 @@ def test_cancel_writes_the_last_completed_step_and_resume_matches(data, tmp_path
 
 
 def test_only_the_lora_changes_and_the_model_is_restored(data, tmp_path):
-    dm = toy.ToyFlux(seed=4)
+    dm = tiny.TinyFlux(seed=4)
     dm.requires_grad_(True)
     before = {k: v.clone() for k, v in dm.state_dict().items()}
     ids = {k: id(v) for k, v in dm.named_parameters()}
@@ -95,7 +95,7 @@ def test_only_the_lora_changes_and_the_model_is_restored(data, tmp_path):
 
 def test_inference_mode_weights_are_trained_through_and_put_back(data, tmp_path):
     with torch.inference_mode():
-        dm = toy.ToyFlux(seed=5)  # ComfyUI builds models under inference mode
+        dm = tiny.TinyFlux(seed=5)  # ComfyUI builds models under inference mode
     originals = {k: v for k, v in dm.named_parameters()}
     result = _trainer(data, tmp_path, 2, dm=dm).run()
     assert result.step == 2 and all(v is originals[k] for k, v in dm.named_parameters())
@@ -136,12 +136,12 @@ def test_loss_curve_renders():
 
 # ---- bad input ------------------------------------------------------------------------------
 @pytest.mark.parametrize("settings, words", [
-    (dict(optimizer="sgd"), "expected one of adamw, prodigy"),
-    (dict(steps=0), "steps must be an integer >= 1"),
+    (dict(optimizer="sgd"), "expected one of 'adamw', 'prodigy'"),
+    (dict(steps=0), "steps: expected a whole number >= 1, got 0"),
     (dict(noisy_rank=0, subject_rank=0), "nothing would be trained"),
-    (dict(precision="fp8"), "expected one of fp32, bf16"),
-    (dict(learning_rate=0.0), "learning_rate must be a number > 0"),
-    (dict(batch_size=True), "batch_size must be an integer"),
+    (dict(precision="fp8"), "expected one of 'fp32', 'bf16'"),
+    (dict(learning_rate=0.0), r"learning_rate: expected a number > 0\.0 and <= 10\.0, got 0\.0"),
+    (dict(batch_size=True), "batch_size: expected a whole number >= 1, got True"),
 ])
 def test_bad_settings_are_training_errors(settings, words):
     with pytest.raises(TrainingError, match=words):
@@ -180,7 +180,7 @@ def test_rank_larger_than_the_model_width(data, tmp_path):
 
 
 def test_model_with_musar_wrappers_is_refused(data, tmp_path):
-    dm = toy.ToyFlux()
+    dm = tiny.TinyFlux()
     dm.double_blocks[0].img_attn.qkv._musar_branches = ("x",)
     with pytest.raises(TrainingError, match="MUSAR patches applied"):
         _trainer(data, tmp_path, 2, dm=dm)
@@ -197,9 +197,9 @@ def test_unwritable_checkpoint_folder(tmp_path):
 def test_resume_from_another_model_or_config_or_file(data, tmp_path):
     done = _trainer(data, tmp_path, 2).run()
     with pytest.raises(TrainingError, match="another model .*hidden 32.* hidden 48"):
-        _trainer(data, tmp_path, 4, dm=toy.ToyFlux(hidden=48, heads=2)).run(resume=done.checkpoint)
+        _trainer(data, tmp_path, 4, dm=tiny.TinyFlux(hidden=48, heads=2)).run(resume=done.checkpoint)
     with pytest.raises(TrainingError, match="other weights"):
-        _trainer(data, tmp_path, 4, dm=toy.ToyFlux(seed=9)).run(resume=done.checkpoint)
+        _trainer(data, tmp_path, 4, dm=tiny.TinyFlux(seed=9)).run(resume=done.checkpoint)
     with pytest.raises(TrainingError, match="learning_rate: checkpoint 0.003, now 0.001"):
         _trainer(data, tmp_path, 4, learning_rate=1e-3).run(resume=done.checkpoint)
     lora_file = tmp_path / "lora.safetensors"
@@ -215,7 +215,7 @@ def test_every_training_error_is_a_musar_error():
 
 
 def test_samples_without_conditions_or_prompt_train(tmp_path):
-    root = toy.make_pair_folder(tmp_path / "data")
+    root = tiny.make_pair_folder(tmp_path / "data")
     dropped = open_training_set(root, target_size=(32, 64), cond_size=32, seed=3,
                                 prompt_dropout=1.0, cond_dropout=1.0)
     result = _trainer(dropped, tmp_path, 2, store=False).run()
@@ -223,7 +223,7 @@ def test_samples_without_conditions_or_prompt_train(tmp_path):
 
 
 def test_mixed_layouts_in_one_batch_weigh_every_sample_the_same(tmp_path):
-    root = toy.make_pair_folder(tmp_path / "data")
+    root = tiny.make_pair_folder(tmp_path / "data")
     mixed = open_training_set(root, target_size=(32, 64), cond_size=32, seed=3, cond_dropout=0.5)
     a = _trainer(mixed, tmp_path / "a", 3, batch_size=4, store=False).run()
     b = _trainer(mixed, tmp_path / "b", 3, batch_size=1, grad_accum=4, store=False).run()

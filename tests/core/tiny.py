@@ -1,7 +1,6 @@
-"""Tier 1 helpers for the trainer tests: a pure-torch toy with FLUX.1's module layout (the
-duck type ``musar_forward`` reads), fake encoders and a tiny folder dataset. No ComfyUI.
-
-Also checks the toy itself, so this file is a test module like its siblings."""
+"""Tier 1 helpers (not tests): ``TinyFlux``, a pure-torch stand-in with FLUX.1's module layout
+(the duck type ``musar_forward`` reads), deterministic tiny encoders and a tiny folder dataset.
+No ComfyUI. ``tests/core/test_tiny_helpers.py`` checks the helpers themselves."""
 
 import json
 import types
@@ -10,8 +9,6 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from musar.flux_forward import ForwardInputs, musar_forward
-from musar.layout import TokenLayout, grid_ids
 from musar.train import Encoders
 
 
@@ -83,7 +80,7 @@ class _Final(nn.Module):
         return self.linear(x * (1 + self.ada(vec)[:, None]))
 
 
-class ToyFlux(nn.Module):
+class TinyFlux(nn.Module):
     def __init__(self, hidden=32, heads=2, depth=1, single=1, context=16, vec=8, seed=0):
         super().__init__()
         self.hidden_size = hidden
@@ -105,7 +102,7 @@ def _mlp_in(hidden):
     return nn.Sequential(nn.Linear(256, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
 
-def toy_encoders(context=16, vec=8, namespace="toy") -> Encoders:
+def tiny_encoders(context=16, vec=8, namespace="tiny") -> Encoders:
     """Deterministic stand-in encoders: a fixed random 8x8 patch projection for images, hashed
     character embeddings for text (prompts padded to 12 tokens like a T5 min_length)."""
     proj = torch.randn(16, 3 * 8 * 8, generator=torch.Generator().manual_seed(1)) * 0.2
@@ -145,25 +142,3 @@ def make_pair_folder(root, n_items=4, size=64):
             "item": f"object {i}", "description_0": f"object {i} on a light table",
             "description_1": f"object {i} in a dark room", "category": "toy"}))
     return root
-
-
-def test_toy_flux_runs_the_musar_forward():
-    dm = ToyFlux()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 8, 64, generator=g)
-    inp = ForwardInputs(x, grid_ids(2, 4)[None], torch.randn(1, 5, 16, generator=g),
-                        [torch.randn(1, 3, 16, generator=g)], torch.randn(1, 4, 64, generator=g),
-                        grid_ids(2, 2, col0=-2), torch.tensor([0.3]), torch.randn(1, 8, generator=g),
-                        torch.tensor([1.0]))
-    out = musar_forward(dm, inp, TokenLayout(5, 8, (3,), (4,)))
-    assert out.shape == (1, 8, 64) and torch.isfinite(out).all()
-
-
-def test_toy_encoders_are_deterministic():
-    enc = toy_encoders()
-    pixels = torch.rand(1, 3, 16, 32, generator=torch.Generator().manual_seed(0))
-    assert enc.image(pixels).shape == (1, 16, 2, 4)
-    assert torch.equal(enc.image(pixels), toy_encoders().image(pixels))
-    feats, pooled = enc.prompt("a red cube")
-    assert feats.shape == (1, 12, 16) and pooled.shape == (1, 8)
-    assert enc.caption("cube").shape == (1, 4, 16)

@@ -1,0 +1,103 @@
+"""The per-call decision of MUSAR inference, as plain functions (no ComfyUI).
+
+``resolve`` turns the user's ``RoutingSettings`` into a ``Routing`` for one model (the sigma
+window of dynamic routing, the routing blocks). ``plan_call`` decides, for one diffusion-model
+call, the token layout, the routing plan (route of this step or static), whether the condition
+cache is hit and whether route scores are worth collecting; it updates the run's state and
+returns the ``MusarCall`` the block patches, the attention and the LoRA modules read. The
+ComfyUI glue (``nodes/patcher.py``) only translates ComfyUI's call into ``CallShape``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from .layout import TokenLayout
+from .regions import RegionMap
+from .routing import RoutePlan, parse_blocks
+from .session import MusarCall, RunState
+from .settings import RoutingSettings
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Routing:
+    """``RoutingSettings`` resolved for one model."""
+
+    settings: RoutingSettings
+    sigma_start: float = float("inf")  # dynamic routing runs while sigma_end <= sigma <= sigma_start
+    sigma_end: float = 0.0
+    blocks: frozenset = frozenset()  # {("double" | "single", index)} whose attention scores count
+    hard_regions: bool = False  # a condition has a hard region: route by it even without scores
+
+    def dynamic_at(self, sigma: float) -> bool:
+        return self.settings.dynamic_routing and self.sigma_end <= sigma <= self.sigma_start
+
+    def routes_at(self, sigma: float) -> bool:
+        """A route applies at ``sigma``: inside the window, by scores or by hard regions."""
+        return (self.settings.dynamic_routing or self.hard_regions) and \
+            self.sigma_end <= sigma <= self.sigma_start
+
+
+def resolve(settings: RoutingSettings, percent_to_sigma: Callable[[float], float], depth: int,
+            single_depth: int, hard_regions: bool = False) -> Routing:
+    """``percent_to_sigma`` is the model's schedule (ComfyUI: model_sampling.percent_to_sigma);
+    routing block indices are checked against the model's ``depth`` / ``single_depth``."""
+    blocks = parse_blocks(settings.routing_blocks, depth, single_depth)
+    return Routing(settings=settings, sigma_start=float(percent_to_sigma(settings.start_percent)),
+                   sigma_end=float(percent_to_sigma(settings.end_percent)),
+                   blocks=blocks if settings.dynamic_routing else frozenset(),
+                   hard_regions=hard_regions)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CallShape:
+    """What one diffusion-model call looks like, read from the sampler."""
+
+    prompt_len: int  # main prompt tokens
+    grid: tuple[int, int]  # canvas token grid (rows, cols)
+    extra_len: int = 0  # unrouted ReferenceLatent tokens after the canvas (behave as canvas)
+    reference_lens: tuple[int, ...] = ()  # routed ReferenceLatent references, in order
+    batch: int = 1  # rows of x (cond and uncond batched together count twice)
+    kinds: tuple[int, ...] = (0,)  # cond_or_uncond of each batch chunk (0 = cond, 1 = uncond)
+    sigma: float = 1.0  # this call's noise level
+    schedule: tuple[float, ...] | None = None  # the sampler's sigmas, None outside a sampler
+    device: object = None  # where the call runs (the route is moved there once per call)
+
+
+def plan_call(routing: Routing, run: RunState, shape: CallShape, caption_lens: tuple[int, ...],
+              image_lens: tuple[int, ...], regions: RegionMap | None = None) -> MusarCall:
+    """Layout, plan, cache hit and score collection of one call, given the routed segments and
+    the regions of the run's conditions (built for its canvas)."""
+    settings = routing.settings
+    layout = TokenLayout(shape.prompt_len, shape.grid[0] * shape.grid[1], caption_lens,
+                         image_lens, shape.extra_len, shape.reference_lens)
+    run.grid = shape.grid
+    kinds = list(shape.kinds)
+    route = None
+    if layout.n_routed and routing.routes_at(shape.sigma):
+        fits = regions if regions is not None and regions.coverage.shape[0] == layout.n_routed else None
+        route = run.route_for(shape.sigma, kinds, shape.grid, settings.threshold, settings.smoothing,
+                              fits, max(1, shape.batch // max(1, len(kinds))))
+    if route is not None and (route.shape[0] != shape.batch or int(route.max()) >= layout.n_routed):
+        route = None  # another batch or other conditions than the route's (e.g. another sampler)
+    if route is not None and shape.device is not None:
+        route = route.to(shape.device)
+    plan = RoutePlan(settings.static_routing, route, settings.symmetric and route is not None,
+                     settings.block_prompt_references)
+    batch_key = (tuple(kinds), shape.batch)
+    cached = settings.condition_cache and bool(run.kv) and run.kv_batch == batch_key
+    if settings.condition_cache and not cached:
+        run.kv, run.kv_batch = {}, batch_key
+    return MusarCall(layout, plan, routing, run, kinds,
+                     collect=layout.n_routed > 0 and _collect(routing, shape), cached=cached)
+
+
+def _collect(routing: Routing, shape: CallShape) -> bool:
+    """Route scores are only worth computing when the next step will use a route."""
+    if not routing.settings.dynamic_routing:
+        return False
+    if shape.schedule is None:  # not called by a sampler: keep scores for any later call
+        return shape.sigma >= routing.sigma_end
+    later = [s for s in shape.schedule if 0 < s < shape.sigma]
+    return bool(later) and routing.dynamic_at(max(later))

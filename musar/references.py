@@ -1,0 +1,107 @@
+"""Routed references: the labels MUSAR Route References attaches to a MODEL, and what one
+sampling run routes (every condition's name, colour and region), checked against the
+references the sampler's conditioning actually holds.
+
+A reference is what ComfyUI's ``ReferenceLatent`` node put into the conditioning (FLUX.1
+Kontext, FLUX.2 [dev]). Its tokens are ComfyUI's own (appended after the canvas by the model);
+routing only decides which tokens see them. Labels are optional: a reference without one is
+named "reference <n>" and takes the palette colour of its route index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .errors import LayoutError
+from .layout import MAX_REFERENCES, check_reference_count
+from .regions import Region, RegionMap, region_map
+from .subjects import PALETTE
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReferenceLabel:
+    reference: int  # 1-based: the n-th ReferenceLatent of the conditioning
+    caption: str = ""
+    color: tuple[float, float, float] | None = None  # RGB 0..1; None = palette colour
+    region: Region | None = None
+
+    def __post_init__(self):
+        if not 1 <= self.reference <= MAX_REFERENCES:
+            raise LayoutError(f"reference: expected 1 to {MAX_REFERENCES}, got {self.reference}")
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReferenceLabels:
+    """A chain of labels (MUSAR Reference Label nodes), at most one per reference."""
+
+    labels: tuple[ReferenceLabel, ...] = ()
+
+    def add(self, label: ReferenceLabel) -> ReferenceLabels:
+        if self.get(label.reference - 1) is not None:
+            raise LayoutError(f"reference {label.reference} is labelled twice in this chain: give "
+                              "each MUSAR Reference Label its own reference number")
+        return ReferenceLabels(self.labels + (label,))
+
+    def get(self, j: int) -> ReferenceLabel | None:
+        """The label of reference j (0-based), or None."""
+        return next((lab for lab in self.labels if lab.reference == j + 1), None)
+
+    @property
+    def has_hard_region(self) -> bool:
+        return any(lab.region is not None and lab.region.mode == "hard" for lab in self.labels)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Conditions:
+    """What one sampling run routes, in route order (subjects, then references)."""
+
+    captions: tuple[str, ...]
+    colors: tuple[tuple[float, float, float], ...]
+    regions: RegionMap | None = None
+    n_references: int = 0
+
+
+def reference_count(per_cond: list[int], labels: ReferenceLabels) -> int:
+    """The references routed in a run: the most any conditioning entry holds. Refuses a run
+    without references, with more than fit, or with labels naming references that are not
+    there."""
+    n = max(per_cond, default=0)
+    if n == 0:
+        raise LayoutError("MUSAR Route References: the conditioning given to the sampler holds no "
+                          "reference latents: chain a ReferenceLatent node per reference image "
+                          "(VAE Encode -> ReferenceLatent) into the positive conditioning")
+    check_reference_count(n)
+    beyond = sorted(lab.reference for lab in labels.labels if lab.reference > n)
+    if beyond:
+        raise LayoutError(f"MUSAR Reference Label names reference {beyond[0]} but the "
+                          f"conditioning holds {n} reference{'s' if n > 1 else ''}: number labels "
+                          "1 to the count of ReferenceLatent nodes (in chain order)")
+    return n
+
+
+def run_conditions(subjects, labels: ReferenceLabels | None, n_references: int,
+                   grid: tuple[int, int]) -> Conditions:
+    """Names, colours and regions (on the canvas ``grid``) of a run's conditions. ``subjects``
+    are the MUSAR subjects (caption, region); ``labels`` None means references are not routed."""
+    captions, colors, regions, names = [], [], [], []
+    for i, s in enumerate(subjects):
+        captions.append(s.caption)
+        colors.append(PALETTE[i % len(PALETTE)])
+        regions.append(getattr(s, "region", None))
+        names.append(f"subject {i + 1} ('{s.caption}')")
+    for j in range(n_references if labels is not None else 0):
+        label = labels.get(j)
+        index = len(subjects) + j
+        caption = label.caption if label is not None and label.caption else f"reference {j + 1}"
+        captions.append(caption)
+        colors.append(label.color if label is not None and label.color else PALETTE[index % len(PALETTE)])
+        regions.append(None if label is None else label.region)
+        names.append(f"reference {j + 1}" + (f" ('{label.caption}')" if label and label.caption else ""))
+    return Conditions(tuple(captions), tuple(colors), region_map(regions, names, grid),
+                      n_references if labels is not None else 0)

@@ -1,0 +1,101 @@
+"""What a routed MODEL carries (``transformer_options["musar_routing"]``): the MUSAR subjects
+(caption tokens in the text stream, reference tokens appended to the image stream), whether
+the conditioning's ReferenceLatent references are routed (and their labels), the resolved
+routing settings and the recorder of sampling runs. Immutable and shared by clones; the
+patches in ``patcher.py`` read it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..musar import planning
+from ..musar.errors import RoutingError
+from ..musar.layout import subject_ids
+from ..musar.references import ReferenceLabels
+from ..musar.session import Recorder
+from ..musar.settings import RoutingSettings
+from ..musar.subjects import SubjectSet
+
+
+class Routed:
+    def __init__(self, subjects: SubjectSet, references: ReferenceLabels | None,
+                 routing: planning.Routing, recorder: Recorder, process_latent_in):
+        self.subjects, self.references = subjects, references
+        self.routing, self.recorder = routing, recorder
+        self.process_latent_in = process_latent_in  # VAE latent -> model latent space
+        grids = [s.grid for s in subjects.subjects]
+        ids = subject_ids(grids, routing.settings.positions)
+        self.ids = torch.cat([torch.zeros(0, 3)] + [i if s.keep is None else i[s.keep]
+                                                    for i, s in zip(ids, subjects.subjects)])
+        self.caption_lens = tuple(s.caption_tokens.shape[1] for s in subjects.subjects)
+        self.image_lens = tuple(s.n_tokens for s in subjects.subjects)
+        self._device_cache: dict = {}
+
+    @property
+    def has_subjects(self) -> bool:
+        return len(self.subjects) > 0
+
+    @property
+    def routes_references(self) -> bool:
+        return self.references is not None
+
+    @property
+    def active(self) -> bool:
+        """Anything to route: subjects, or the conditioning's references."""
+        return self.has_subjects or self.routes_references
+
+    def tokens(self, device, dtype):
+        """(packed reference tokens (1, n, C*4), caption features list) on device/dtype."""
+        key = (str(device), dtype)
+        if key not in self._device_cache:
+            packed = torch.cat([s.packed(self.process_latent_in) for s in self.subjects.subjects], 1)
+            caps = [s.caption_tokens.to(device=device, dtype=dtype) for s in self.subjects.subjects]
+            self._device_cache = {key: (packed.to(device=device, dtype=dtype), caps)}
+        return self._device_cache[key]
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def check_regions(subjects: SubjectSet, references: ReferenceLabels | None,
+                  settings: RoutingSettings) -> None:
+    """Soft regions bias the dynamic route's scores: without dynamic routing they could do
+    nothing, so that is refused rather than silently ignored."""
+    regions = [s.region for s in subjects.subjects]
+    regions += [lab.region for lab in (references.labels if references is not None else ())]
+    if not settings.dynamic_routing and any(r is not None and r.mode == "soft" for r in regions):
+        raise RoutingError("a soft MUSAR Layout Region biases the dynamic route, but dynamic_routing "
+                           "is off: turn dynamic_routing on, or make the region hard (hard regions "
+                           "route without it)")
+
+
+def join(previous: Routed | None, settings: RoutingSettings, subjects: SubjectSet | None = None,
+         references: ReferenceLabels | None = None):
+    """(subjects, references, settings) of one routing when a routing node (MUSAR Apply Routing:
+    ``subjects``; MUSAR Route References: ``references``) patches a MODEL another one already
+    routed: subjects and references join under the later node's settings; the subjects keep
+    their position ids and the references their prompt blocking from the node that set them."""
+    if previous is None:
+        return subjects or SubjectSet(), references, settings
+    if subjects is not None:
+        if previous.has_subjects:
+            raise RoutingError(f"this MODEL already went through MUSAR Apply Routing (subjects "
+                               f"{list(previous.recorder.captions)}); a second one cannot add to "
+                               "it: chain every MUSAR Subject into one Apply Routing")
+        if previous.routes_references and settings.condition_cache:
+            raise RoutingError("condition_cache cannot be combined with the references MUSAR Route "
+                               "References routes on this MODEL (they are not condition tokens "
+                               "MUSAR can cache): turn condition_cache off")
+        block = previous.routing.settings.block_prompt_references
+        return subjects, previous.references, dataclasses.replace(settings, block_prompt_references=block)
+    if previous.routes_references:
+        raise RoutingError("this MODEL already went through MUSAR Route References; use one per "
+                           "MODEL")
+    if previous.routing.settings.condition_cache:
+        raise RoutingError("the MUSAR Apply Routing before this node has condition_cache on, which "
+                           "cannot be combined with routed references (they are not condition "
+                           "tokens MUSAR can cache): turn condition_cache off")
+    positions = previous.routing.settings.positions
+    return previous.subjects, references, dataclasses.replace(settings, positions=positions)
