@@ -8,14 +8,14 @@ run on them unchanged (docs/TOY_WORLD.md).
   unit-variance latents, as it does for real FLUX.
 - CLIP: a ``comfy.sd.CLIP`` around a tokenizer / encoder pair wrapping ``ToyTextEncoder`` in T5's
   conventions: key ``"t5xxl"``, pad id 0, end id 1 (``</s>``, appended), word ids = toy ids + 1
-  (``<unk>`` -> 2); no padding, no prompt weights. Features: word embedding + position term;
-  the end token is the position term alone. Pooled = the toy encoder's pooled vector.
+  (``<unk>`` -> 2); no padding, no prompt weights. Features: ``textenc.contextual`` (word
+  embedding + position term + the previous word's context term); the end token has no word
+  embedding of its own. Pooled = the toy encoder's pooled vector.
 - MODEL: the FLUX checkpoint through ``standins.load_flux_file`` (config in its metadata).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 from pathlib import Path
@@ -29,9 +29,11 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ..musar.checks import verdict
 from ..musar.errors import ModelError, MusarError
+from ..musar.paths import folder_file, folder_files
 from ..toyworld.codec import CellCodec
-from ..toyworld.textenc import ToyTextEncoder
+from ..toyworld.textenc import ToyTextEncoder, contextual
 from . import standins
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ class ToyTextModel(torch.nn.Module):
         self.register_buffer("embeddings", encoder.embeddings.clone())
         self.register_buffer("positions", encoder.positions.clone())
         self.register_buffer("pooled_proj", encoder.pooled_proj.clone())
+        self.register_buffer("context", encoder.context.clone())
         self.dtypes = {torch.float32}
 
     def set_clip_options(self, options):
@@ -134,7 +137,7 @@ class ToyTextModel(torch.nn.Module):
     def encode_ids(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.tensor(ids, dtype=torch.int64, device=self.embeddings.device)
         word = self.embeddings[(t - ID_SHIFT).clamp_min(0)] * (t > END_ID)[:, None]
-        feats = (word + self.positions[: len(ids)]) * (t != PAD_ID)[:, None]
+        feats = contextual(word, self.positions, self.context) * (t != PAD_ID)[:, None]
         n_words = int((t > END_ID).sum())
         mean = word.sum(0) / max(1, n_words)
         return feats, self.pooled_proj @ mean
@@ -195,9 +198,7 @@ def load_toy_world(folder: Path, model_file: str = BASE_FILE):
 
 
 def model_files() -> list[str]:
-    folder = weights_dir().resolve()
-    files = sorted(p.name for p in folder.glob(MODEL_PATTERN) if _inside(folder, p.name))
-    return files or [BASE_FILE]
+    return folder_files(weights_dir(), [MODEL_PATTERN]) or [BASE_FILE]
 
 
 def model_path(model_file) -> Path:
@@ -205,24 +206,12 @@ def model_path(model_file) -> Path:
     matching ``toy_flux*.safetensors`` that resolves (symlinks and ``..`` followed) to a file
     directly inside the folder. Anything else is refused with one message, so the answer never
     tells what exists outside the folder."""
-    folder = weights_dir().resolve()
-    path = _inside(folder, model_file)
+    path = folder_file(weights_dir(), model_file, [MODEL_PATTERN])
     if path is None:
         raise ModelError(f"model_file {str(model_file)[:80]!r} is not a toy FLUX checkpoint of the "
                          f"pack's toy weights folder: expected one of {', '.join(model_files())}; "
                          "pick one from the list")
-    return path
-
-
-def _inside(folder: Path, name) -> Path | None:
-    if not isinstance(name, str) or not name or "\x00" in name or Path(name).name != name:
-        return None
-    try:
-        path = (folder / name).resolve()
-    except (OSError, RuntimeError):  # symlink loops, names the OS refuses
-        return None
-    ok = path.parent == folder and fnmatch.fnmatch(path.name, MODEL_PATTERN) and path.is_file()
-    return path if ok else None
+    return Path(path)
 
 
 class ToyWorldLoader(io.ComfyNode):
@@ -250,13 +239,7 @@ class ToyWorldLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_file):
-        if model_file is None:  # linked from another node: checked at execute time
-            return True
-        try:
-            model_path(model_file)
-        except ModelError as e:
-            return str(e)
-        return True
+        return verdict(None, dict(model_file=model_file), model_file=model_path)
 
     @classmethod
     def execute(cls, model_file) -> io.NodeOutput:

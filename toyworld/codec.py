@@ -45,9 +45,10 @@ class CellCodec:
         self.mean, self.std, self.matrix = mean, std, matrix
 
     @classmethod
-    def for_world(cls, seed: int = 0) -> CellCodec:
+    def for_world(cls, seed: int = 0, gain: float = 1.0) -> CellCodec:
         """Statistics of the world's cells: scenes with 1-4 blocks on each background (the
-        codec's own fixed sample, independent of any training data)."""
+        codec's own fixed sample, independent of any training data). ``gain`` multiplies the
+        latents (folded into ``std``, so the codec stays exact)."""
         from .world import World, paint, render_cells
 
         world, rnd, cells = World(0), random.Random(f"codec/{seed}"), []
@@ -55,7 +56,7 @@ class CellCodec:
             placed, background = world.sample_scene(rnd, 1 + i % 4, "all")
             cells.append(paint(render_cells(placed, background))[::FACTOR, ::FACTOR].reshape(-1, 3))
         rgb = torch.from_numpy(np.concatenate(cells)).double() / 255.0
-        return cls(rgb.mean(0), rgb.std(0), random_matrix(seed))
+        return cls(rgb.mean(0), rgb.std(0) / gain, random_matrix(seed))
 
     def _check(self, t: torch.Tensor, what: str, channels: int, axis: int) -> None:
         h, w = (t.shape[1], t.shape[2]) if axis == -1 else (t.shape[-2], t.shape[-1])

@@ -1,7 +1,7 @@
 """The gates of the toy models (docs/TOY_WORLD.md, "Gates"), measured through the real ComfyUI graph.
 
 Base model (``base_gate``):
-Text-only generation (``toyworld.graph``, 20 Euler steps, CFG 4), exact cell reading:
+Text-only generation (``toyworld.graph.SAMPLING``: 20 Euler steps, CFG 2.5), exact cell reading:
 - single block (``SINGLE`` prompts x ``SEEDS`` seeds, colours named in every other prompt):
   *well formed* = the prompted slot holds a well-formed block (>= 90 % of its cells fit one
   pattern and colour pair) with the prompted pattern, and no other slot holds a block;

@@ -22,7 +22,7 @@ from PIL import Image
 ROUTING_DEFAULTS = dict(static_routing=True, dynamic_routing=True, start_percent=0.2, end_percent=1.0,
                         routing_blocks="double", threshold=0.0, smoothing=3, symmetric=False,
                         strength=1.0, condition_cache=False, positions="shared")
-SAMPLING = dict(steps=20, cfg=4.0, sampler="euler", scheduler="simple")  # [chosen], docs/TOY_WORLD.md
+SAMPLING = dict(steps=20, cfg=2.5, sampler="euler", scheduler="simple")  # [chosen], docs/TOY_WORLD.md §4
 
 
 def _node(class_type: str, title: str, **inputs) -> dict:

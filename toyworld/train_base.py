@@ -51,6 +51,10 @@ def parse(argv=None):
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--wide-share", type=float, default=0.2, help="fraction of steps on 128x256 diptychs")
     p.add_argument("--prompt-dropout", type=float, default=0.1)
+    p.add_argument("--t-sampling", choices=("uniform", "logit-normal"), default="uniform",
+                   help="training timesteps: uniform in [0, 1] (covers the high-noise steps where the "
+                        "sampler spends half its steps and the text decides the colours) or "
+                        "sigmoid(N(0, 1))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--gate-every", type=int, default=0, help="also measure the gate on the EMA "
@@ -99,8 +103,9 @@ def step_inputs(args, world, enc: ToyEncoders, step: int):
     cells, prompts, _ = step_batch(world, args.seed, 0, step, args.batch, args.wide_share, args.prompt_dropout)
     g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
     x0 = enc.latents(cells)
-    t = torch.sigmoid(torch.randn(x0.shape[0], generator=g))
-    return x0, prompts, t, torch.randn(x0.shape, generator=g)
+    u = torch.rand(x0.shape[0], generator=g) if args.t_sampling == "uniform" else \
+        torch.sigmoid(torch.randn(x0.shape[0], generator=g))
+    return x0, prompts, u, torch.randn(x0.shape, generator=g)
 
 
 def loss_of(pack, dm, enc, x0, prompts, t, noise):
@@ -171,7 +176,7 @@ def load_checkpoint(path: Path, dm, ema, opt, settings: dict):
 
 
 def settings_of(args) -> dict:
-    keep = ("size", "steps", "batch", "lr", "warmup", "ema", "wide_share", "prompt_dropout", "seed")
+    keep = ("size", "steps", "batch", "lr", "warmup", "ema", "wide_share", "prompt_dropout", "t_sampling", "seed")
     return {"model": SIZES[args.size], **{k: getattr(args, k) for k in keep}}
 
 

@@ -44,6 +44,9 @@ def parse(argv=None):
     p.add_argument("--noisy-rank", type=int, default=4)
     p.add_argument("--subject-rank", type=int, default=64)
     p.add_argument("--prompt-dropout", type=float, default=0.1)
+    p.add_argument("--t-std", type=float, default=1.7, help="timesteps sigmoid(N(0, t_std)): 1.7 is close "
+                   "to uniform, like the base model's training (the trainer's default 1.0 leaves the "
+                   "high-noise steps, where the colours are decided, almost untrained)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--no-gate", action="store_true")
@@ -78,6 +81,7 @@ def train(args) -> dict:
     config = train_mod.TrainConfig(
         steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup, noisy_rank=args.noisy_rank,
         subject_rank=args.subject_rank, batch_size=args.batch, seed=args.seed, attention=args.attention,
+        t_std=args.t_std,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=2, validate_every=0)
     model, clip, vae = toy.load_toy_world(args.weights, toy.BASE_FILE)
     store = train_mod.CheckpointStore(args.work / "ckpt", f"toy_lora_{args.attention}", keep=2)
@@ -97,7 +101,7 @@ def train(args) -> dict:
 
 def write_log(args, result, data, seconds: float) -> dict:
     keep = ("attention", "pairs", "steps", "batch", "lr", "warmup", "noisy_rank", "subject_rank",
-            "prompt_dropout", "seed")
+            "prompt_dropout", "t_std", "seed")
     log = {"settings": {k: getattr(args, k) for k in keep}, "dataset": data.summary,
            "steps": result.step, "train_seconds": round(result.elapsed, 1),
            "total_seconds_this_session": round(seconds, 1), **loss_curve(result.history.raw, 50)}

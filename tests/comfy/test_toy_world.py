@@ -82,7 +82,8 @@ def test_stock_clip_text_encode_gives_the_toy_features_in_t5_conventions(pack, t
     cond = comfy_nodes.CLIPTextEncode().encode(clip, text)[0][0]
     tokens, pooled = enc.encode(text)
     torch.testing.assert_close(cond[0][0, :-1], tokens)  # words, then the end token
-    torch.testing.assert_close(cond[0][0, -1], enc.positions[len(tokens)])
+    last_word = enc.embeddings[enc.tokenize(text)[-1]]  # the end token: position + context of the last word
+    torch.testing.assert_close(cond[0][0, -1], enc.positions[len(tokens)] + enc.context @ last_word)
     torch.testing.assert_close(cond[1]["pooled_output"][0], pooled)
     ids = [t[0] for t in clip.tokenize(text)["t5xxl"][0]]
     assert ids[-1] == 1 and 0 not in ids and 1 not in ids[:-1]

@@ -75,6 +75,12 @@ def test_text_encoder_is_deterministic_and_binds_words_to_positions():
     a, pa = enc.encode("a striped block in the top left and a plain block in the bottom right")
     b, pb = enc.encode("a plain block in the top left and a striped block in the bottom right")
     assert not torch.allclose(a, b) and torch.allclose(pa, pb)  # order lives in tokens, not in pooled
+    # the context term: the same colour word is a different key after "a" than after "and"
+    first, second = enc.encode("a red and red block")[0][[1, 3]]
+    moved = enc.positions[1] - enc.positions[3]
+    context = enc.context @ (enc.embeddings[enc.index["a"]] - enc.embeddings[enc.index["and"]])
+    torch.testing.assert_close(first - second, moved + context)
+    assert context.norm() > 0.5
     assert not torch.equal(ToyTextEncoder(seed=1).encode(text)[0], t1)
 
 
