@@ -9,6 +9,12 @@ trains its share of every step's global batch (batch_size x grad_accum samples p
 gradients are averaged over processes (gloo on CPU, nccl on GPU), only process 0 writes
 checkpoints, validation images and the LoRA. Config keys: musar_train/example.yaml and
 docs/TRAINING.md. Exit codes: 0 done, 2 bad command line / config, 4 training failed, 130 stopped.
+
+Ctrl-C (one process): sets ComfyUI's own interrupt flag, exactly what the UI's Cancel does, so the
+trainer stops inside the running step and checkpoints the last finished one (resume with
+``--set resume=latest``); a second Ctrl-C aborts at once. Under torchrun the launcher owns the
+signals: a stopped run resumes from its last periodic checkpoint. Process 0 shows a progress bar
+of the training steps on stderr.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from musar_run import runtime
@@ -129,9 +138,10 @@ def _train(cfg: RunConfig, rank: int, world: int, cuda: bool, base: Path) -> int
                     config.samples_per_step(world))
     t0 = time.perf_counter()
     try:
-        result, curve, preview = glue.run_training(
-            model, clip, vae, data, config, store, cache_dir=Path(cfg.cache_dir or out_dir / "encoding_cache"),
-            resume=cfg.resume, validate=rank == 0, dist=mt.Dist(rank, world), base_model=base_name)
+        with _ctrl_c_stops(world), _progress_bar(config.steps if rank == 0 else 0):
+            result, curve, preview = glue.run_training(
+                model, clip, vae, data, config, store, cache_dir=Path(cfg.cache_dir or out_dir / "encoding_cache"),
+                resume=cfg.resume, validate=rank == 0, dist=mt.Dist(rank, world), base_model=base_name)
     except _interrupt_type():
         logger.warning("stopped; the last completed step is in %s", store.latest())
         return EXIT_STOPPED
@@ -146,6 +156,51 @@ def _train(cfg: RunConfig, rank: int, world: int, cuda: bool, base: Path) -> int
                           "loss_first_10pct": s["first"], "loss_last_10pct": s["last"],
                           "checkpoint": str(result.checkpoint) if result.checkpoint else None}))
     return 0
+
+
+@contextmanager
+def _ctrl_c_stops(world: int):
+    """While training in one process, the first Ctrl-C raises ComfyUI's interrupt flag instead of
+    KeyboardInterrupt (the trainer then keeps the last finished step); the second aborts."""
+    if world > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import comfy.model_management as mm
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, previous)
+        logger.warning("Ctrl-C: stopping after the running step, keeping the last finished one "
+                       "(Ctrl-C again to abort without saving)")
+        mm.interrupt_current_processing(True)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _progress_bar(steps: int):
+    """A terminal bar of the ``steps`` training steps over ComfyUI's progress events (the trainer
+    reports through ComfyUI's ProgressBar; other bars, e.g. validation sampling, are not shown).
+    ``steps`` 0: no bar."""
+    import comfy.utils
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, desc="training", unit="step", file=sys.stderr, disable=not steps)
+
+    def hook(value, total, preview=None, node_id=None):
+        if total == steps and value > bar.n:
+            bar.update(value - bar.n)
+
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(hook if steps else old)
+    try:
+        yield
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+        bar.close()
 
 
 def _interrupt_type():

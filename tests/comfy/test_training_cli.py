@@ -4,6 +4,8 @@ are reported without a traceback."""
 
 import csv
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -107,3 +109,37 @@ def test_cli_config_errors_are_one_line_and_leave_no_temporary_folder(
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and err.startswith("error: "), err
     assert list(scratch.iterdir()) == []
+
+
+def test_ctrl_c_keeps_the_last_finished_step_and_the_run_resumes(tmp_path):
+    """A real SIGINT to a real ``python -m musar_train`` while it trains: exit code 130, the last
+    finished step checkpointed (past the step the progress bar showed), and ``resume: latest``
+    finishes the run from there."""
+    make_pairs(tmp_path / "pairs")
+    config = CONFIG.format(batch=1, out="out").replace("steps: 6", "steps: 400").replace(
+        "checkpoint_every: 3", "checkpoint_every: 1000")
+    (tmp_path / "run.yaml").write_text(config)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "musar_train", "--config", str(tmp_path / "run.yaml")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    seen, err = 0, ""
+    while seen < 3:  # the bar on stderr: "training:  1%| | 3/400 ..."
+        chunk = proc.stderr.read(1)
+        assert chunk, f"musar_train ended before training 3 steps: {err[-2000:]}"
+        err += chunk
+        steps = re.findall(r"(\d+)/400", err[-200:])
+        seen = int(steps[-1]) if steps else 0
+    proc.send_signal(signal.SIGINT)
+    err += proc.stderr.read()
+    assert proc.wait(timeout=120) == cli.EXIT_STOPPED, err[-2000:]
+    assert "Traceback" not in err and "Ctrl-C: stopping" in err
+    kept = sorted((tmp_path / "out" / "checkpoints").glob("lora-step*.safetensors"))
+    assert len(kept) == 1, err[-2000:]
+    step = int(kept[0].stem.rsplit("step", 1)[1])
+    assert 3 <= step < 400
+    short = config.replace("steps: 400", f"steps: {step + 2}")
+    (tmp_path / "resume.yaml").write_text(short + "resume: latest\n")
+    done = subprocess.run([*cmd[:-1], str(tmp_path / "resume.yaml")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(_losses(tmp_path / "out" / "lora_loss.csv")) == step + 2
