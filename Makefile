@@ -28,12 +28,16 @@ demo:             ## the two-subject workflow headless on the trained toy-world 
 toy-base: setup   ## toy world stage 1 (docs/TOY_WORLD.md): the base model and its gate -> toyworld/weights; resumable, nice'd; TOY_ARGS="--steps 4 --out /tmp/x --no-gate" for a smoke run
 	nice $(PY) -m toyworld.train_base $(TOY_ARGS)
 
-toy-lora: setup   ## toy world stage 2: the two dual LoRAs through the pack's trainer (static routing / dense attention) and their gates -> toyworld/weights; resumable
-	nice $(PY) -m toyworld.train_lora --attention static $(TOY_ARGS)
-	nice $(PY) -m toyworld.train_lora --attention dense $(TOY_ARGS)
+toy-lora: setup   ## toy world stage 2: the two dual LoRAs through the pack's trainer (static routing / dense attention, side by side) and their gates -> toyworld/weights; resumable
+	nice $(PY) -m toyworld.train_lora --attention static $(TOY_ARGS) & p=$$!; \
+	nice $(PY) -m toyworld.train_lora --attention dense $(TOY_ARGS); s=$$?; \
+	wait $$p && [ $$s = 0 ]
 
-eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI graph (held-out identities, 6 conditions, counterfactual swaps) -> .cache/toyworld/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
-	nice $(PY) -m toyworld.eval $(EVAL_ARGS)
+eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI graph (held-out identities, 6 conditions, counterfactual swaps; two processes side by side, then merged) -> .cache/toyworld/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
+	nice $(PY) -m toyworld.eval --out .cache/toyworld/eval_text --conditions text,oracle,a,a2 $(EVAL_ARGS) & p=$$!; \
+	nice $(PY) -m toyworld.eval --out .cache/toyworld/eval_routing --conditions b,c $(EVAL_ARGS); s=$$?; \
+	wait $$p && [ $$s = 0 ]
+	$(PY) -m toyworld.eval --merge .cache/toyworld/eval_text .cache/toyworld/eval_routing $(EVAL_ARGS)
 
 bench:            ## performance bench (docs/PERFORMANCE.md): routed vs dense vs naive attention, sampling steps vs ReferenceLatent / text-to-image; prints PASS/MISS per target, never fails the build; report in bench/results/report.md
 	scripts/setup.sh

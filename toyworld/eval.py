@@ -4,6 +4,7 @@ KSampler + VAEDecode, ``toyworld.graph``), read cell by cell by the exact detect
 
     python -m toyworld.eval                                  # the table (make eval-toy)
     python -m toyworld.eval --counts 2:1 --conditions b --out /tmp/e   # one case
+    python -m toyworld.eval --merge DIR_A DIR_B         # parts run side by side -> one table
 
 Cases (``make_cases``): for n = 2 / 3 / 4, 100 / 200 / 200 sets of n held-out identities with
 different patterns and no colour in common, in n random slots on a random background; each
@@ -65,6 +66,9 @@ def parse(argv=None):
     p.add_argument("--verify", type=float, default=0.0, help="re-run this share of finished images "
                    "and count identical cell maps (written to <out>/verify.json)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", nargs="+", type=Path, metavar="DIR", help="generate nothing: combine "
+                   "the records of evaluations of the same cases run side by side on disjoint "
+                   "--conditions (make eval-toy runs two) into --out, then the report and figures")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -165,6 +169,28 @@ def evaluate(args) -> list[dict]:
     return [done[(c["id"], cond, v)] for c, cond, v in jobs(cases, conditions)]
 
 
+def merge(args) -> list[dict]:
+    """``--merge``: the parts' cases must be identical (same --counts and --seed)."""
+    import shutil
+
+    from . import world as W
+
+    metas = [json.loads((part / "cases.json").read_text()) for part in args.merge]
+    if any(m["cases"] != metas[0]["cases"] for m in metas):
+        raise SystemExit("--merge: the parts were run on different cases; use the same --counts and --seed")
+    conditions = [c for m in metas for c in m["conditions"]]
+    if len(set(conditions)) != len(conditions):
+        raise SystemExit(f"--merge: the parts overlap in their conditions ({conditions})")
+    records = [r for part in args.merge for r in read_records(part / "records.jsonl")]
+    common.write_json({"cases": metas[0]["cases"], "conditions": conditions}, args.out / "cases.json")
+    (args.out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for part in args.merge:
+        if (part / "images").is_dir():
+            shutil.copytree(part / "images", args.out / "images", dirs_exist_ok=True)
+    figures(args, W, metas[0]["cases"], conditions)
+    return records
+
+
 def figures(args, W, cases: list[dict], conditions: list[str]) -> None:
     def reference(case, i):
         name, (slot, background) = ((case["new"], case["new_ref"]) if i < 0 else
@@ -216,7 +242,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     common.log_setup(args.verbose)
     args.out.mkdir(parents=True, exist_ok=True)
-    records = evaluate(args)
+    records = merge(args) if args.merge else evaluate(args)
     print(write_report(args.out, json.loads((args.out / "cases.json").read_text())["cases"], records))
     return 0
 

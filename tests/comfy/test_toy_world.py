@@ -168,6 +168,17 @@ def test_one_case_with_its_counterfactual_through_the_real_graph(tmp_path):
     for name in ("n2-000_c_main.png", "n2-000_c_swap.png", "n2-000_c_main_route.png"):
         assert (out / "images" / name).is_file()
     assert (out / "figures" / "toy_eval_2_subjects.png").is_file()
+    # a part run side by side on another condition, merged with the first into one table
+    part = tmp_path / "oracle"
+    assert toy_eval.main(["--out", str(part), "--counts", "2:1", "--conditions", "oracle", "--samples", "0",
+                          "--threads", "0"]) == 0
+    merged = tmp_path / "merged"
+    assert toy_eval.main(["--out", str(merged), "--merge", str(out), str(part)]) == 0
+    assert {(r["condition"], r["n"]) for r in json.loads((merged / "summary.json").read_text())["rows"]} == \
+        {("text", 2), ("oracle", 2), ("c", 2)}
+    assert len((merged / "records.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(SystemExit, match="overlap"):
+        toy_eval.main(["--out", str(tmp_path / "twice"), "--merge", str(out), str(out)])
 
 
 def test_toy_demo_gives_the_shipped_workflow_held_out_subjects_without_colour_words(tmp_path, pack, W):
