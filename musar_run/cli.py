@@ -281,6 +281,17 @@ def run(args) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+class _QuietMusarErrors(logging.Filter):
+    """Drops ComfyUI's error log of a node failing with a MUSAR error (its message and traceback,
+    logged inside ComfyUI's ``except`` block): the message is written for the user and printed
+    once below; the traceback of a MUSAR error is noise. Any other exception keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = sys.exc_info()[1]
+        return not (record.levelno >= logging.ERROR and exc is not None
+                    and any(c.__name__ == "MusarError" for c in type(exc).__mro__))
+
+
 def _validate_and_execute(prompt, object_info, folder_paths, verbose, t0) -> int:
     root = logging.getLogger()
     level = root.level
@@ -298,7 +309,14 @@ def _validate_and_execute(prompt, object_info, folder_paths, verbose, t0) -> int
         return EXIT_INVALID
     progress = Progress(prompt, outputs)
     t_run = time.perf_counter()
-    result = runtime.run_prompt(prompt, on_event=progress)
+    quiet = None if verbose else _QuietMusarErrors()
+    if quiet:
+        root.addFilter(quiet)
+    try:
+        result = runtime.run_prompt(prompt, on_event=progress)
+    finally:
+        if quiet:
+            root.removeFilter(quiet)
     t_end = time.perf_counter()
     if not result.ok:
         err = result.error or {}

@@ -28,16 +28,21 @@ def two(info):
 
 
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory):
-    """Both CLI runs start at once (each pays ComfyUI's start-up); results are read by the tests."""
+def cli_runs(tmp_path_factory, two):
+    """The CLI runs start at once (each pays ComfyUI's start-up); results are read by the tests."""
     tmp = tmp_path_factory.mktemp("runner")
     (tmp / "empty_models" / "loras").mkdir(parents=True)
+    failing = json.loads(json.dumps(two))  # subject 1's caption linked from a String node: "" passes
+    failing["99"] = {"class_type": "PrimitiveString", "inputs": {"value": "  "}}  # validation, fails
+    failing["21"]["inputs"]["caption"] = ["99", 0]  # at execute time with a MUSAR error
+    (tmp / "failing.json").write_text(json.dumps(failing))
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     commands = {
         "tiny": [TWO, "--tiny", "--output", tmp / "out", "--save-api", tmp / "api.json",
                  "--set", "11.steps=2", "--set", "KSampler.seed=7",
                  "--set", "13.filename_prefix=demo_image"],
         "missing": [TWO, "--models", tmp / "empty_models", "--output", tmp / "out_missing"],
+        "failing": [tmp / "failing.json", "--tiny", "--output", tmp / "out_failing"],
     }
     procs = {k: subprocess.Popen([sys.executable, "-m", "musar_run", *map(str, args)], cwd=ROOT,
                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -72,6 +77,14 @@ def test_missing_model_file_names_the_file_and_folder_and_exits_non_zero(cli_run
     assert code == cli.EXIT_INVALID, err[-3000:]
     assert "model file 'musar_dual_lora.safetensors' is not in the 'loras' folder" in err
     assert "--lora" in err and "Traceback" not in err
+
+
+def test_a_node_failing_with_a_musar_error_is_one_clear_line_without_traceback(cli_runs):
+    _, results = cli_runs
+    code, _, err = results["failing"]
+    assert code == cli.EXIT_FAILED, err[-3000:]
+    assert "node 21 " in err and "LayoutError" in err and "the subject caption is empty" in err, err[-3000:]
+    assert "Traceback" not in err and "!!! Exception during processing" not in err, err[-3000:]
 
 
 def test_standins_replace_only_the_loaders(two, info):
