@@ -96,6 +96,32 @@ def comparisons(cases: list[dict], data: dict, seed: int = 0) -> list[dict]:
     return out
 
 
+def duplicate_places(cases: list[dict], records: list[dict]) -> list[dict]:
+    """Where duplicated blocks sit, per (condition, n): a subject's colour pair fitted in a slot
+    other than its own ("duplicates"); how many of them sit in the slot where the subject's
+    *reference* shows its block ("at reference"), and the chance level of that: each duplicate
+    counts 1 / (number of other slots) when the reference slot is another slot, else 0."""
+    from .detector import read_panel
+
+    by_id, out = {c["id"]: c for c in cases}, {}
+    for rec in records:
+        case = by_id.get(rec["id"])
+        if case is None or rec["variant"] != "main" or "refs" not in case:
+            continue
+        blocks = read_panel(_cells(rec["cells"]))
+        entry = out.setdefault((rec["condition"], case["n"]), [0, 0, 0.0])
+        for name, slot, (ref_slot, _) in zip(case["subjects"], case["slots"], case["refs"]):
+            pair = frozenset(Identity.parse(name).colours)
+            for other, block in blocks.items():
+                if other != slot and block.present and block.colours == pair:
+                    entry[0] += 1
+                    entry[1] += other == ref_slot
+                    entry[2] += (ref_slot != slot) / (len(blocks) - 1)
+    return [{"condition": cond, "n": n, "duplicates": d, "at_reference": at,
+             "share": round(at / d, 3) if d else None, "chance": round(ch / d, 3) if d else None}
+            for (cond, n), (d, at, ch) in sorted(out.items(), key=lambda kv: (list(LABELS).index(kv[0][0]), kv[0][1]))]
+
+
 def _get(rows, cond, n):
     return next((r for r in rows if r["condition"] == cond and r["n"] == n), None)
 
@@ -151,7 +177,7 @@ def _num(v) -> str:
     return "—" if v is None else f"{v:.2f}"
 
 
-def render(rows: list[dict], comps: list[dict], crit: list[dict]) -> str:
+def render(rows: list[dict], comps: list[dict], crit: list[dict], places: list[dict] = ()) -> str:
     lines = ["| condition | n | cases | subject right | all right | entangled | leaked cells | missing | extra "
              "| duplicated | T | L | L/T |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -172,6 +198,11 @@ def render(rows: list[dict], comps: list[dict], crit: list[dict]) -> str:
     for c in crit:
         result = {True: "met", False: "not met", None: "not measured"}.get(c["result"], c["result"])
         lines.append(f"| {c['criterion']} | {result} | {c['measured']} |")
+    if places:
+        lines += ["", "| condition | n | duplicated blocks | in the subject's reference slot | share | chance |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {LABELS[p['condition']]} | {p['n']} | {p['duplicates']} | {p['at_reference']} | "
+                  f"{_num(p['share'])} | {_num(p['chance'])} |" for p in places]
     return "\n".join(lines) + "\n"
 
 
@@ -181,9 +212,9 @@ def write_report(out, cases: list[dict], records: list[dict], seed: int = 0) -> 
     conditions = [c for c in LABELS if any(r["condition"] == c for r in records)]
     data = per_case(cases, records)
     rows, comps = table_rows(cases, data, conditions), comparisons(cases, data, seed)
-    crit = criteria(cases, data, rows, comps)
-    text = render(rows, comps, crit)
+    crit, places = criteria(cases, data, rows, comps), duplicate_places(cases, records)
+    text = render(rows, comps, crit, places)
     (out / "table.md").write_text(text)
-    write_json({"rows": rows, "comparisons": comps, "criteria": crit,
+    write_json({"rows": rows, "comparisons": comps, "criteria": crit, "duplicate_places": places,
                 "seconds": round(sum(r.get("seconds", 0) for r in records), 1)}, out / "summary.json")
     return text

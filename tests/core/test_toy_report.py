@@ -6,7 +6,7 @@ import random
 import numpy as np
 
 from toyworld.eval import draw_subjects, encode_cells
-from toyworld.report import comparisons, criteria, per_case, render, table_rows
+from toyworld.report import comparisons, criteria, duplicate_places, per_case, render, table_rows
 from toyworld.world import NAMES, SLOTS, Identity, Placed, World, cell_indices
 
 
@@ -68,3 +68,18 @@ def test_weak_transfer_makes_the_routing_verdicts_inconclusive():
     verdicts = [c["result"] for c in criteria(cases, data, rows, comparisons(cases, data))
                 if c["criterion"].startswith("routing")]
     assert verdicts and set(verdicts) == {"inconclusive"}
+
+
+def test_duplicate_places_count_copies_at_the_reference_slot_against_chance():
+    case = _cases(2, 1)[0]
+    own, other = case["slots"]
+    free = [s for s in SLOTS if s not in case["slots"]]
+    case["refs"] = [[free[0], "grey"], [own, "grey"]]  # subject 0's reference shows it in a free slot
+    placed = [Placed(Identity.parse(s), slot) for s, slot in zip(case["subjects"], case["slots"])]
+    copy = Placed(placed[0].identity, free[0])  # subject 0 drawn again where its reference had it
+    cells = cell_indices([*placed, copy], case["background"]).astype(np.int64)
+    records = [{"id": case["id"], "condition": "b", "variant": "main", "cells": encode_cells(cells)}]
+    (row,) = duplicate_places([case], records)
+    assert (row["duplicates"], row["at_reference"], row["share"]) == (1, 1, 1.0)
+    assert row["chance"] == round(1 / 3, 3)  # the copy could have been in any of 3 other slots
+    assert "| (b) static routing | 2 | 1 | 1 | 1.00 | 0.33 |" in render([], [], [], [row])
