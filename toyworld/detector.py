@@ -131,6 +131,7 @@ def score(image_or_cells, placed: list[Placed]) -> dict:
     leaked        cells of subject slots in another subject's colours / all subject-slot cells
     missing       prompted slots without a block; extra: unprompted slots with a block
     duplicated    a subject's colour pair is the fitted pair of a block in another slot
+    copies[i]     the slots where subject i's colour pair is fitted besides its own
     """
     blocks = read_panel(image_or_cells)
     idx = [set(_index(p.identity.colours)) for p in placed]
@@ -144,13 +145,13 @@ def score(image_or_cells, placed: list[Placed]) -> dict:
         entangled.append(share >= ENTANGLED)
     prompted = {p.slot for p in placed}
     pairs = {p.slot: frozenset(p.identity.colours) for p in placed}
-    duplicated = sum(any(b.present and b.colours == pair for s, b in blocks.items() if s != slot)
-                     for slot, pair in pairs.items())
+    copies = [[s for s, b in blocks.items() if s != p.slot and b.present and b.colours == pairs[p.slot]]
+              for p in placed]
     return {"right": right, "all_right": all(right), "entangled": entangled,
             "any_entangled": any(entangled), "leaked": leaked_cells / (BLOCK * BLOCK * max(1, len(placed))),
             "missing": sum(not blocks[s].present for s in prompted),
             "extra": sum(b.present for s, b in blocks.items() if s not in prompted),
-            "duplicated": duplicated, "well_formed": [blocks[p.slot].well_formed for p in placed],
+            "duplicated": sum(map(bool, copies)), "copies": copies, "well_formed": [blocks[p.slot].well_formed for p in placed],
             "fits": [round(agreement(blocks[p.slot], p.identity), 3) for p in placed]}
 
 

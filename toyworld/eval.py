@@ -43,6 +43,7 @@ from . import common
 from .common import module
 from .figures import eval_figure
 from .report import write_report
+from .world import distinct
 
 logger = logging.getLogger("toyworld.eval")
 OFF, STATIC, BOTH = ({"static_routing": s, "dynamic_routing": d} for s, d in
@@ -77,9 +78,9 @@ def draw_subjects(heldout, n: int, rnd: random.Random):
     """n identities (different patterns, disjoint colours), the counterfactual subject b and B'."""
     for _ in range(1_000_000):
         picked = rnd.sample(list(heldout), n)
-        colours = {c for i in picked for c in i.colours}
-        if len(colours) < 2 * n or len({i.pattern for i in picked}) < n:
+        if not distinct(picked):
             continue
+        colours = {c for i in picked for c in i.colours}
         b = rnd.randrange(n)
         new = [i for i in heldout if i.pattern == picked[b].pattern and not set(i.colours) & colours]
         if new:

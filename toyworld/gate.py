@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import common
 from .common import run_script, write_json
+from .world import distinct
 
 logger = logging.getLogger("toyworld.gate")
 SINGLE, FOUR, SEEDS = 48, 24, 2
@@ -57,8 +58,7 @@ def distinct_identities(pool, n: int, rnd: random.Random, avoid_colours=()) -> l
     pool = list(pool)
     for _ in range(100_000):
         picked = rnd.sample(pool, n)
-        colours = [c for i in picked for c in i.colours] + list(avoid_colours)
-        if len({i.pattern for i in picked}) == n and len(set(colours)) == len(colours):
+        if distinct(picked, avoid_colours):
             return picked
     raise RuntimeError(f"no {n} identities with different patterns and disjoint colours in the pool")
 

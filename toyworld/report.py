@@ -15,7 +15,7 @@ import numpy as np
 
 from .detector import counterfactual, score
 from .stats import mcnemar, paired_bootstrap, wilson
-from .world import Identity, Placed
+from .world import SLOTS, Identity, Placed
 
 LABELS = {"text": "text, no colours (chance)", "oracle": "text with colours (oracle)",
           "a": "(a) dense-trained LoRA, no routing", "a2": "(a') static-trained LoRA, routing off",
@@ -40,7 +40,7 @@ def per_case(cases: list[dict], records: list[dict]) -> dict:
         cells = _cells(rec["cells"])
         s = score(cells, placed)
         m = {"n": case["n"], **{k: s[k] for k in ("right", "all_right", "entangled", "any_entangled",
-                                                   "leaked", "missing", "extra", "duplicated")}}
+                                                   "leaked", "missing", "extra", "duplicated", "copies")}}
         swap = by_key.get((cid, cond, "swap"))
         if swap:
             m.update(counterfactual(cells, _cells(swap["cells"]), placed, case["b"], Identity.parse(case["new"])))
@@ -96,27 +96,22 @@ def comparisons(cases: list[dict], data: dict, seed: int = 0) -> list[dict]:
     return out
 
 
-def duplicate_places(cases: list[dict], records: list[dict]) -> list[dict]:
-    """Where duplicated blocks sit, per (condition, n): a subject's colour pair fitted in a slot
-    other than its own ("duplicates"); how many of them sit in the slot where the subject's
-    *reference* shows its block ("at reference"), and the chance level of that: each duplicate
-    counts 1 / (number of other slots) when the reference slot is another slot, else 0."""
-    from .detector import read_panel
-
+def duplicate_places(cases: list[dict], data: dict) -> list[dict]:
+    """Where duplicated blocks sit, per (condition, n): every slot other than its own where a
+    subject's colour pair is fitted ("duplicates", ``score``'s copies); how many of them are the
+    slot where the subject's *reference* shows its block ("at reference"), and the chance level of
+    that: each duplicate counts 1 / (number of other slots) when the reference slot is another
+    slot, else 0."""
     by_id, out = {c["id"]: c for c in cases}, {}
-    for rec in records:
-        case = by_id.get(rec["id"])
-        if case is None or rec["variant"] != "main" or "refs" not in case:
+    for (cond, cid), m in data.items():
+        case = by_id[cid]
+        if "refs" not in case:
             continue
-        blocks = read_panel(_cells(rec["cells"]))
-        entry = out.setdefault((rec["condition"], case["n"]), [0, 0, 0.0])
-        for name, slot, (ref_slot, _) in zip(case["subjects"], case["slots"], case["refs"]):
-            pair = frozenset(Identity.parse(name).colours)
-            for other, block in blocks.items():
-                if other != slot and block.present and block.colours == pair:
-                    entry[0] += 1
-                    entry[1] += other == ref_slot
-                    entry[2] += (ref_slot != slot) / (len(blocks) - 1)
+        entry = out.setdefault((cond, case["n"]), [0, 0, 0.0])
+        for copies, slot, (ref_slot, _) in zip(m["copies"], case["slots"], case["refs"]):
+            entry[0] += len(copies)
+            entry[1] += copies.count(ref_slot)
+            entry[2] += len(copies) * (ref_slot != slot) / (len(SLOTS) - 1)
     return [{"condition": cond, "n": n, "duplicates": d, "at_reference": at,
              "share": round(at / d, 3) if d else None, "chance": round(ch / d, 3) if d else None}
             for (cond, n), (d, at, ch) in sorted(out.items(), key=lambda kv: (list(LABELS).index(kv[0][0]), kv[0][1]))]
@@ -212,7 +207,7 @@ def write_report(out, cases: list[dict], records: list[dict], seed: int = 0) -> 
     conditions = [c for c in LABELS if any(r["condition"] == c for r in records)]
     data = per_case(cases, records)
     rows, comps = table_rows(cases, data, conditions), comparisons(cases, data, seed)
-    crit, places = criteria(cases, data, rows, comps), duplicate_places(cases, records)
+    crit, places = criteria(cases, data, rows, comps), duplicate_places(cases, data)
     text = render(rows, comps, crit, places)
     (out / "table.md").write_text(text)
     write_json({"rows": rows, "comparisons": comps, "criteria": crit, "duplicate_places": places,

@@ -110,6 +110,13 @@ class Identity:
 ALL_IDENTITIES = tuple(Identity(a, b, p) for a, b in itertools.combinations(COLOURS, 2) for p in PATTERNS)
 
 
+def distinct(identities, avoid_colours=()) -> bool:
+    """Pairwise different patterns and no colour in common (nor with ``avoid_colours``): a leaked
+    colour or pattern is then visible (the gate's and the evaluation's subject sets)."""
+    colours = [c for i in identities for c in i.colours] + list(avoid_colours)
+    return len({i.pattern for i in identities}) == len(identities) and len(set(colours)) == len(colours)
+
+
 @dataclass(frozen=True)
 class Placed:
     identity: Identity

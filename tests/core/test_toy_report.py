@@ -79,7 +79,7 @@ def test_duplicate_places_count_copies_at_the_reference_slot_against_chance():
     copy = Placed(placed[0].identity, free[0])  # subject 0 drawn again where its reference had it
     cells = cell_indices([*placed, copy], case["background"]).astype(np.int64)
     records = [{"id": case["id"], "condition": "b", "variant": "main", "cells": encode_cells(cells)}]
-    (row,) = duplicate_places([case], records)
+    (row,) = duplicate_places([case], per_case([case], records))
     assert (row["duplicates"], row["at_reference"], row["share"]) == (1, 1, 1.0)
     assert row["chance"] == round(1 / 3, 3)  # the copy could have been in any of 3 other slots
     assert "| (b) static routing | 2 | 1 | 1 | 1.00 | 0.33 |" in render([], [], [], [row])
