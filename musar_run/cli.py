@@ -287,9 +287,7 @@ class _QuietMusarErrors(logging.Filter):
     once below; the traceback of a MUSAR error is noise. Any other exception keeps its traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = sys.exc_info()[1]
-        return not (record.levelno >= logging.ERROR and exc is not None
-                    and any(c.__name__ == "MusarError" for c in type(exc).__mro__))
+        return not (record.levelno >= logging.ERROR and runtime.is_musar_error(sys.exc_info()[1]))
 
 
 def _validate_and_execute(prompt, object_info, folder_paths, verbose, t0) -> int:

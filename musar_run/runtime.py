@@ -141,6 +141,12 @@ class RunResult:
             raise RuntimeError(f"prompt failed: {self.error or self.node_errors}")
 
 
+def is_musar_error(exc: BaseException | None) -> bool:
+    """A MusarError of the pack as ComfyUI loaded it (its module path depends on the folder the
+    pack was loaded from, so the class is recognised by name along its bases)."""
+    return exc is not None and any(c.__name__ == "MusarError" for c in type(exc).__mro__)
+
+
 def validate(prompt: dict):
     """``execution.validate_prompt`` → (valid, error, output node ids, node_errors)."""
     import execution

@@ -238,7 +238,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ValueError as e:  # MusarError (a ValueError) from the pack: a clear message, no trace
-        if type(e).__name__.endswith("Error") and "musar" in type(e).__module__:
+        if runtime.is_musar_error(e):
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
             return EXIT_FAILED
         raise
