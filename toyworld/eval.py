@@ -24,13 +24,15 @@ For a, a2, b and c every case is generated twice: as is, and with B's reference 
 (same seed, same prompt) - ``detector.counterfactual`` turns the pair into T and L.
 
 Records (one JSON line per image, the 16 x 16 cell map as letters) go to <out>/records.jsonl; a
-rerun skips finished images (resumable). ``--verify`` re-runs a share of the finished images and
+rerun skips finished images (resumable) and refuses to add to records made with other model files
+(``<out>/models.json``: a digest of every file used). ``--verify`` re-runs a share of the finished images and
 counts identical cell maps. ``toyworld.report`` turns the records into the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import random
@@ -149,6 +151,9 @@ def evaluate(args) -> list[dict]:
     done = {(r["id"], r["condition"], r["variant"]): r for r in read_records(path)}
     loras = {name: (args.loras or args.weights) / name for key, name in LORA_FILES.items()
              if any(CONDITIONS[c][0] == key for c in conditions)}
+    toy = module(pack, "nodes.toy")
+    base = [args.weights / name for name in (toy.BASE_FILE, toy.TEXT_FILE, toy.CODEC_FILE)]
+    check_models(args.out, model_digests([*base, *loras.values()]), bool(done))
     common.write_json({"cases": cases, "conditions": conditions}, args.out / "cases.json")
     todo = [j for j in jobs(cases, conditions) if (j[0]["id"], j[1], j[2]) not in done]
     t0 = time.perf_counter()
@@ -182,7 +187,12 @@ def merge(args) -> list[dict]:
     conditions = [c for m in metas for c in m["conditions"]]
     if len(set(conditions)) != len(conditions):
         raise SystemExit(f"--merge: the parts overlap in their conditions ({conditions})")
+    digests = [json.loads(p.read_text()) for p in (part / MODELS_FILE for part in args.merge) if p.is_file()]
+    shared = {k: v for d in digests for k, v in d.items()}
+    if any(shared[k] != v for d in digests for k, v in d.items()):
+        raise SystemExit("--merge: the parts were made with different model files (their models.json differ)")
     records = [r for part in args.merge for r in read_records(part / "records.jsonl")]
+    check_models(args.out, shared, False)
     common.write_json({"cases": metas[0]["cases"], "conditions": conditions}, args.out / "cases.json")
     (args.out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     for part in args.merge:
@@ -213,6 +223,25 @@ def verify(args, pack, W, det, runner, cases, done) -> None:
         same += encode_cells(det.read_cells(out["images"][0])) == done[key]["cells"]
     common.write_json({"rerun": len(sample), "identical": same}, args.out / "verify.json")
     logger.info("verify: %d of %d re-run images have identical cell maps", same, len(sample))
+
+
+MODELS_FILE = "models.json"
+
+
+def model_digests(files) -> dict[str, str]:
+    """sha256 (first 16 hex digits) of every model file of a run, by file name."""
+    return {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16] for f in files}
+
+
+def check_models(out: Path, digests: dict[str, str], resuming: bool) -> None:
+    """Records of one table come from one set of model files: refuse to resume with others."""
+    path = out / MODELS_FILE
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    changed = sorted(k for k in digests.keys() & before.keys() if digests[k] != before[k])
+    if resuming and changed:
+        raise SystemExit(f"{out} holds records made with other model files ({', '.join(changed)} changed): "
+                         "use another --out for these weights, or delete that folder to start again")
+    common.write_json({**before, **digests}, path)
 
 
 def encode_cells(cells) -> str:

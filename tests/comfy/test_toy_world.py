@@ -179,6 +179,14 @@ def test_one_case_with_its_counterfactual_through_the_real_graph(tmp_path):
     assert len((merged / "records.jsonl").read_text().splitlines()) == 4
     with pytest.raises(SystemExit, match="overlap"):
         toy_eval.main(["--out", str(tmp_path / "twice"), "--merge", str(out), str(out)])
+    assert set(json.loads((merged / "models.json").read_text())) == {
+        "toy_flux.safetensors", "toy_text_encoder.safetensors", "toy_codec.safetensors", "toy_lora_static.safetensors"}
+    # resuming those records with another LoRA file under the same name is refused
+    other = tmp_path / "other_loras"
+    other.mkdir()
+    shutil.copy(toy_eval.common.WEIGHTS_DIR / "toy_lora_dense.safetensors", other / "toy_lora_static.safetensors")
+    with pytest.raises(SystemExit, match="toy_lora_static.safetensors changed"):
+        toy_eval.main(["--out", str(out), "--counts", "2:1", "--conditions", "c", "--loras", str(other), "--threads", "0"])
 
 
 def test_toy_demo_gives_the_shipped_workflow_held_out_subjects_without_colour_words(tmp_path, pack, W):

@@ -83,3 +83,21 @@ def test_duplicate_places_count_copies_at_the_reference_slot_against_chance():
     assert (row["duplicates"], row["at_reference"], row["share"]) == (1, 1, 1.0)
     assert row["chance"] == round(1 / 3, 3)  # the copy could have been in any of 3 other slots
     assert "| (b) static routing | 2 | 1 | 1 | 1.00 | 0.33 |" in render([], [], [], [row])
+
+
+def test_evaluation_records_refuse_to_mix_model_files(tmp_path):
+    import pytest
+
+    from toyworld.eval import check_models, model_digests
+
+    base, lora = tmp_path / "toy_flux.safetensors", tmp_path / "toy_lora_static.safetensors"
+    base.write_bytes(b"base one")
+    lora.write_bytes(b"lora")
+    out = tmp_path / "eval"
+    out.mkdir()
+    check_models(out, model_digests([base, lora]), resuming=False)
+    check_models(out, model_digests([base, lora]), resuming=True)  # same files: resumes
+    base.write_bytes(b"base two")
+    with pytest.raises(SystemExit, match="toy_flux.safetensors changed"):
+        check_models(out, model_digests([base]), resuming=True)
+    check_models(out, model_digests([base]), resuming=False)  # no records yet: starts again
