@@ -1,6 +1,8 @@
 # ComfyUI-MUSAR developer commands. Every target sets up what it needs (scripts/setup.sh is
 # idempotent: minutes the first time, well under a second afterwards).
 PY := .venv/bin/python
+TOY_SIZE ?= small
+TOY_CACHE := .cache/toyworld$(if $(filter-out small,$(TOY_SIZE)),/$(TOY_SIZE))
 
 .PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy lint clean
 
@@ -25,19 +27,19 @@ serve:            ## ComfyUI server + frontend on http://127.0.0.1:8188 with the
 demo:             ## the two-subject workflow headless on the trained toy-world model, with and without routing -> output/toy_demo.png; DEMO_ARGS="--tiny" random stand-ins; real FLUX: DEMO_ARGS="--models DIR"
 	scripts/demo.sh $(DEMO_ARGS)
 
-toy-base: setup   ## toy world stage 1 (docs/TOY_WORLD.md): the base model and its gate -> toyworld/weights; resumable, nice'd; TOY_ARGS="--steps 4 --out /tmp/x --no-gate" for a smoke run
-	nice $(PY) -m toyworld.train_base $(TOY_ARGS)
+toy-base: setup   ## toy world stage 1 (docs/TOY_WORLD.md): the base model and its gate -> toyworld/weights (TOY_SIZE=medium: the ~6 M base -> .cache/toyworld/medium); resumable, nice'd; TOY_ARGS="--steps 4 --out /tmp/x --no-gate" for a smoke run
+	nice $(PY) -m toyworld.train_base --size $(TOY_SIZE) $(TOY_ARGS)
 
 toy-lora: setup   ## toy world stage 2: the two dual LoRAs through the pack's trainer (static routing / dense attention, side by side) and their gates -> toyworld/weights; resumable
-	nice $(PY) -m toyworld.train_lora --attention static $(TOY_ARGS) & p=$$!; \
-	nice $(PY) -m toyworld.train_lora --attention dense $(TOY_ARGS); s=$$?; \
+	nice $(PY) -m toyworld.train_lora --size $(TOY_SIZE) --attention static $(TOY_ARGS) & p=$$!; \
+	nice $(PY) -m toyworld.train_lora --size $(TOY_SIZE) --attention dense $(TOY_ARGS); s=$$?; \
 	wait $$p && [ $$s = 0 ]
 
-eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI graph (held-out identities, 6 conditions, counterfactual swaps; two processes side by side, then merged) -> .cache/toyworld/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
-	nice $(PY) -m toyworld.eval --out .cache/toyworld/eval_text --conditions text,oracle,a,a2 $(EVAL_ARGS) & p=$$!; \
-	nice $(PY) -m toyworld.eval --out .cache/toyworld/eval_routing --conditions b,c $(EVAL_ARGS); s=$$?; \
+eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI graph (held-out identities, 6 conditions, counterfactual swaps; two processes side by side, then merged) -> .cache/toyworld[/medium]/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
+	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --out $(TOY_CACHE)/eval_text --conditions text,oracle,a,a2 $(EVAL_ARGS) & p=$$!; \
+	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --out $(TOY_CACHE)/eval_routing --conditions b,c $(EVAL_ARGS); s=$$?; \
 	wait $$p && [ $$s = 0 ]
-	$(PY) -m toyworld.eval --merge .cache/toyworld/eval_text .cache/toyworld/eval_routing $(EVAL_ARGS)
+	$(PY) -m toyworld.eval --size $(TOY_SIZE) --merge $(TOY_CACHE)/eval_text $(TOY_CACHE)/eval_routing $(EVAL_ARGS)
 
 bench:            ## performance bench (docs/PERFORMANCE.md): routed vs dense vs naive attention, sampling steps vs ReferenceLatent / text-to-image; prints PASS/MISS per target, never fails the build; report in bench/results/report.md
 	scripts/setup.sh

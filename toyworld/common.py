@@ -19,7 +19,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = ROOT / "toyworld" / "weights"
 CACHE_DIR = ROOT / ".cache" / "toyworld"
+BASE_SIZES = ("small", "medium")  # the toy base model's sizes (their shapes: train_base.SIZES)
 logger = logging.getLogger("toyworld")
+
+
+def run_folders(size: str) -> tuple[Path, Path]:
+    """(weights folder, work folder) of the toy-world chain of one base size. The small model's
+    weights are the committed ones in toyworld/weights; a larger base stays in the cache with its
+    LoRAs (it would not fit the committed-weights budget of 10 MB)."""
+    if size == "small":
+        return WEIGHTS_DIR, CACHE_DIR
+    return CACHE_DIR / size / "weights", CACHE_DIR / size
 
 
 def setup(threads: int | None = None, base_dir: str | os.PathLike | None = None):

@@ -59,8 +59,10 @@ COUNTS = "2:100,3:200,4:200"
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=common.CACHE_DIR / "eval")
-    p.add_argument("--weights", type=Path, default=common.WEIGHTS_DIR)
+    p.add_argument("--size", choices=common.BASE_SIZES, default="small", help="which base model's chain "
+                   "(train_base --size): sets the defaults of --weights and --out")
+    p.add_argument("--out", type=Path, help="default .cache/toyworld[/<size>]/eval")
+    p.add_argument("--weights", type=Path, help="default: the size's weights folder")
     p.add_argument("--loras", type=Path, help="folder of the LoRA files (default: --weights)")
     p.add_argument("--counts", default=COUNTS, help="n:cases,... (subject count : number of cases)")
     p.add_argument("--conditions", default=",".join(CONDITIONS))
@@ -73,7 +75,10 @@ def parse(argv=None):
                    "the records of evaluations of the same cases run side by side on disjoint "
                    "--conditions (make eval-toy runs two) into --out, then the report and figures")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    weights, work = common.run_folders(args.size)
+    args.weights, args.out = args.weights or weights, args.out or work / "eval"
+    return args
 
 
 def draw_subjects(heldout, n: int, rnd: random.Random):

@@ -41,10 +41,11 @@ SIZES = {  # [chosen]; "small" is the 1.8 M model, "medium" the ~6 M fallback of
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=common.WEIGHTS_DIR)
-    p.add_argument("--work", type=Path, default=common.CACHE_DIR / "base_run")
-    p.add_argument("--size", choices=tuple(SIZES), default="small")
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--size", choices=common.BASE_SIZES, default="small",
+                   help="small: the committed 1.8 M model; medium: ~6 M (weights stay in .cache/toyworld/medium)")
+    p.add_argument("--out", type=Path, help="default: toyworld/weights (small), .cache/toyworld/<size>/weights")
+    p.add_argument("--work", type=Path, help="default: .cache/toyworld[/<size>]/base_run")
+    p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--batch", type=int, default=32, help="square images per step (diptych steps: half)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
@@ -57,14 +58,17 @@ def parse(argv=None):
                         "sigmoid(N(0, 1))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--gate-every", type=int, default=0, help="also measure the gate on the EMA "
+    p.add_argument("--gate-every", type=int, default=2000, help="also measure the gate on the EMA "
                    "weights every N steps (logged to <work>/gates.jsonl)")
     p.add_argument("--no-gate", action="store_true", help="skip the gate after training")
     p.add_argument("--stop-after", type=int, default=0, help="stop after this many steps of this "
                    "session (checkpointed; rerun to continue)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    weights, work = common.run_folders(args.size)
+    args.out, args.work = args.out or weights, args.work or work / "base_run"
+    return args
 
 
 def toy_files(pack, out: Path):

@@ -33,9 +33,11 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attention", choices=("static", "dense"), default="static",
                    help="attention plan of training (TrainConfig.attention)")
-    p.add_argument("--weights", type=Path, default=common.WEIGHTS_DIR, help="toy base model folder")
-    p.add_argument("--out", type=Path, default=common.WEIGHTS_DIR)
-    p.add_argument("--work", type=Path, help="default .cache/toyworld/lora_<attention>")
+    p.add_argument("--size", choices=common.BASE_SIZES, default="small", help="which base model's chain "
+                   "(train_base --size): sets the defaults of --weights, --out and --work")
+    p.add_argument("--weights", type=Path, help="toy base model folder (default: the size's weights folder)")
+    p.add_argument("--out", type=Path, help="default: --weights")
+    p.add_argument("--work", type=Path, help="default .cache/toyworld[/<size>]/lora_<attention>")
     p.add_argument("--pairs", type=int, default=4000, help="single-subject pairs exported")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=8)
@@ -53,7 +55,9 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    args.work = args.work or common.CACHE_DIR / f"lora_{args.attention}"
+    weights, work = common.run_folders(args.size)
+    args.weights = args.weights or weights
+    args.out, args.work = args.out or args.weights, args.work or work / f"lora_{args.attention}"
     return args
 
 

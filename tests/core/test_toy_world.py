@@ -108,3 +108,21 @@ def test_pairs_export_reads_back_through_the_pack_reader_pixel_exact(tmp_path):
         assert np.array_equal(right, np.asarray(image)[8:136, 144:272])
         assert pair.item == subjects[i].item and (pair.descriptions[0], pair.descriptions[1]) == (cap0, cap1)
         assert not set(COLOURS) & set(" ".join([pair.item, cap0, cap1]).replace(".", " ").split())
+
+
+def test_every_stage_finds_the_same_folders_for_a_base_size():
+    """`make toy-base/toy-lora/eval-toy TOY_SIZE=medium` chain through one folder, without flags;
+    the small chain keeps the committed weights folder."""
+    from toyworld import common, train_base, train_lora
+    from toyworld import eval as toy_eval
+
+    assert tuple(train_base.SIZES) == common.BASE_SIZES
+    for size in common.BASE_SIZES:
+        base = train_base.parse(["--size", size])
+        lora = train_lora.parse(["--size", size, "--attention", "dense"])
+        ev = toy_eval.parse(["--size", size])
+        assert lora.weights == lora.out == ev.weights == base.out
+        assert base.work.parent == lora.work.parent == ev.out.parent
+        assert len({base.work, lora.work, ev.out}) == 3
+    assert train_base.parse([]).out == common.WEIGHTS_DIR
+    assert common.WEIGHTS_DIR not in common.run_folders("medium")
