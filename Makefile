@@ -2,7 +2,6 @@
 # idempotent: minutes the first time, well under a second afterwards).
 PY := .venv/bin/python
 TOY_SIZE ?= small
-TOY_CACHE := .cache/toyworld$(if $(filter-out small,$(TOY_SIZE)),/$(TOY_SIZE))
 
 .PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy lint clean
 
@@ -36,10 +35,10 @@ toy-lora: setup   ## toy world stage 2: the two dual LoRAs through the pack's tr
 	wait $$p && [ $$s = 0 ]
 
 eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI graph (held-out identities, 6 conditions, counterfactual swaps; two processes side by side, then merged) -> .cache/toyworld[/medium]/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
-	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --out $(TOY_CACHE)/eval_text --conditions text,oracle,a,a2 $(EVAL_ARGS) & p=$$!; \
-	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --out $(TOY_CACHE)/eval_routing --conditions b,c $(EVAL_ARGS); s=$$?; \
+	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --part text $(EVAL_ARGS) & p=$$!; \
+	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --part routing $(EVAL_ARGS); s=$$?; \
 	wait $$p && [ $$s = 0 ]
-	$(PY) -m toyworld.eval --size $(TOY_SIZE) --merge $(TOY_CACHE)/eval_text $(TOY_CACHE)/eval_routing $(EVAL_ARGS)
+	$(PY) -m toyworld.eval --size $(TOY_SIZE) --merge $(EVAL_ARGS)
 
 bench:            ## performance bench (docs/PERFORMANCE.md): routed vs dense vs naive attention, sampling steps vs ReferenceLatent / text-to-image; prints PASS/MISS per target, never fails the build; report in bench/results/report.md
 	scripts/setup.sh

@@ -4,7 +4,8 @@ KSampler + VAEDecode, ``toyworld.graph``), read cell by cell by the exact detect
 
     python -m toyworld.eval                                  # the table (make eval-toy)
     python -m toyworld.eval --counts 2:1 --conditions b --out /tmp/e   # one case
-    python -m toyworld.eval --merge DIR_A DIR_B         # parts run side by side -> one table
+    python -m toyworld.eval --part text & python -m toyworld.eval --part routing   # side by side
+    python -m toyworld.eval --merge                     # the two parts -> one table
 
 Cases (``make_cases``): for n = 2 / 3 / 4, 100 / 200 / 200 sets of n held-out identities with
 different patterns and no colour in common, in n random slots on a random background; each
@@ -55,6 +56,7 @@ CONDITIONS = {"text": (None, None, False), "oracle": (None, None, True), "a": ("
 COUNTERFACTUAL = ("a", "a2", "b", "c")
 LORA_FILES = {"static": "toy_lora_static.safetensors", "dense": "toy_lora_dense.safetensors"}
 COUNTS = "2:100,3:200,4:200"
+PARTS = {"text": "text,oracle,a,a2", "routing": "b,c"}  # make eval-toy runs these side by side
 
 
 def parse(argv=None):
@@ -65,20 +67,30 @@ def parse(argv=None):
     p.add_argument("--weights", type=Path, help="default: the size's weights folder")
     p.add_argument("--loras", type=Path, help="folder of the LoRA files (default: --weights)")
     p.add_argument("--counts", default=COUNTS, help="n:cases,... (subject count : number of cases)")
-    p.add_argument("--conditions", default=",".join(CONDITIONS))
+    p.add_argument("--conditions", help="default: every condition, or the --part's")
+    p.add_argument("--part", choices=PARTS, help="one of the two halves of the conditions that run side by "
+                   f"side ({'; '.join(f'{k}: {v}' for k, v in PARTS.items())}) into <work>/eval_<part>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=4, help="cases per subject count saved as images")
     p.add_argument("--verify", type=float, default=0.0, help="re-run this share of finished images "
                    "and count identical cell maps (written to <out>/verify.json)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--merge", nargs="+", type=Path, metavar="DIR", help="generate nothing: combine "
+    p.add_argument("--merge", nargs="*", type=Path, metavar="DIR", help="generate nothing: combine "
                    "the records of evaluations of the same cases run side by side on disjoint "
-                   "--conditions (make eval-toy runs two) into --out, then the report and figures")
+                   "--conditions into --out, then the report and figures (no DIR: the --part folders)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     weights, work = common.run_folders(args.size)
-    args.weights, args.out = args.weights or weights, args.out or work / "eval"
+    if args.merge == []:
+        args.merge = [part_folder(work, part) for part in PARTS]
+    args.conditions = args.conditions or PARTS.get(args.part, ",".join(CONDITIONS))
+    args.weights = args.weights or weights
+    args.out = args.out or (part_folder(work, args.part) if args.part else work / "eval")
     return args
+
+
+def part_folder(work: Path, part: str) -> Path:
+    return work / f"eval_{part}"
 
 
 def draw_subjects(heldout, n: int, rnd: random.Random):

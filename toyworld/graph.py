@@ -82,7 +82,7 @@ class Runner:
 
     def __init__(self, pack, weights: Path, work: Path, loras: dict[str, Path] | None = None):
         self.pack, self.weights, self.work, self.loras = pack, Path(weights), Path(work), loras or {}
-        self.executor = None
+        self.executor = self.last = None  # last: the latest run's result (its nodes' outputs)
 
     def __enter__(self) -> Runner:
         import folder_paths
@@ -125,6 +125,6 @@ class Runner:
 
         result = runtime.run_prompt(graph, executor=self.executor)
         result.raise_for_error()
-        self.executor = result.executor
+        self.executor, self.last = result.executor, result
         route = result.output("14")[0] if "14" in graph else None
         return {"images": to_uint8(result.output("12")[0]), "route": None if route is None else to_uint8(route)}

@@ -236,3 +236,18 @@ def test_toy_loader_reads_only_toy_checkpoints_of_its_weights_folder(tmp_path, m
         with pytest.raises(pack_module(pack, "musar.errors").ModelError):
             node.execute(name)
     assert len(set(messages)) == 1  # one answer for existing and missing targets alike
+
+
+def test_route_study_reads_where_the_route_sends_each_block(tmp_path):
+    """One case under static routing alone and under the shipped dynamic routing: the dynamic run
+    records one set of shares per routed step (steps 5..20 of 20 at start 0.2), the static one none."""
+    from toyworld import route_study
+
+    out = tmp_path / "routes"
+    assert route_study.main(["--out", str(out), "--n", "2", "--cases", "1", "--variants", "b,c", "--threads", "0"]) == 0
+    records = {r["variant"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
+    assert "routes" not in records["b"] and len(records["b"]["right"]) == 2
+    steps = records["c"]["routes"]
+    assert 10 <= len(steps) < 20 and all(len(step) == 2 for step in steps)
+    assert all(abs(s["own"] + s["other"] + s["none"] - 1) < 1e-6 and min(s.values()) >= 0 for step in steps for s in step)
+    assert "| c |" in (out / "table.md").read_text()

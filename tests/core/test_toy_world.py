@@ -124,5 +124,27 @@ def test_every_stage_finds_the_same_folders_for_a_base_size():
         assert lora.weights == lora.out == ev.weights == base.out
         assert base.work.parent == lora.work.parent == ev.out.parent
         assert len({base.work, lora.work, ev.out}) == 3
+        parts = [toy_eval.parse(["--size", size, "--part", part]) for part in toy_eval.PARTS]
+        assert toy_eval.parse(["--size", size, "--merge"]).merge == [p.out for p in parts]
+        assert {p.out.parent for p in parts} == {ev.out.parent} and len({p.out for p in parts}) == 2
+        halves = [set(p.conditions.split(",")) for p in parts]  # disjoint, together every condition
+        assert not halves[0] & halves[1] and halves[0] | halves[1] == set(toy_eval.CONDITIONS)
     assert train_base.parse([]).out == common.WEIGHTS_DIR
     assert common.WEIGHTS_DIR not in common.run_folders("medium")
+
+
+def test_route_study_reads_each_slot_as_its_three_by_three_tokens():
+    import numpy as np
+
+    from toyworld import route_study, world
+
+    tokens = {slot: route_study.slot_tokens(world, slot) for slot in world.SLOTS}
+    assert all(len(t) == 9 for t in tokens.values()) and len(set(np.concatenate(list(tokens.values())))) == 36
+    for slot, (row, col) in world.SLOTS.items():  # a token is 16 px = 2 cells; the slot's first cell
+        first = tokens[slot].min()
+        assert (first // 8 * 2, first % 8 * 2) == (row, col)
+    route = np.full(64, -1)
+    route[tokens["top left"]] = 0
+    route[tokens["top left"][:3]] = 1  # a third of subject 0's block routed to subject 1
+    shares = route_study.route_shares(world, route, {"slots": ["top left", "bottom right"]})
+    assert shares == [{"own": 0.667, "other": 0.333, "none": 0.0}, {"own": 0.0, "other": 0.0, "none": 1.0}]
