@@ -34,10 +34,11 @@ toy-lora: setup   ## toy world stage 2: the two dual LoRAs through the pack's tr
 	nice $(PY) -m toyworld.train_lora --size $(TOY_SIZE) --attention dense $(TOY_ARGS); s=$$?; \
 	wait $$p && [ $$s = 0 ]
 
-eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI graph (held-out identities, 6 conditions, counterfactual swaps; two processes side by side, then merged) -> .cache/toyworld[/medium]/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
+eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI graph (held-out identities, 7 conditions, counterfactual swaps; three processes side by side, then merged) -> .cache/toyworld[/medium]/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
 	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --part text $(EVAL_ARGS) & p=$$!; \
+	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --part tuned $(EVAL_ARGS) & q=$$!; \
 	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --part routing $(EVAL_ARGS); s=$$?; \
-	wait $$p && [ $$s = 0 ]
+	wait $$p && wait $$q && [ $$s = 0 ]
 	$(PY) -m toyworld.eval --size $(TOY_SIZE) --merge $(EVAL_ARGS)
 
 bench:            ## performance bench (docs/PERFORMANCE.md): routed vs dense vs naive attention, sampling steps vs ReferenceLatent / text-to-image; prints PASS/MISS per target, never fails the build; report in bench/results/report.md

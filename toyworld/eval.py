@@ -4,8 +4,8 @@ KSampler + VAEDecode, ``toyworld.graph``), read cell by cell by the exact detect
 
     python -m toyworld.eval                                  # the table (make eval-toy)
     python -m toyworld.eval --counts 2:1 --conditions b --out /tmp/e   # one case
-    python -m toyworld.eval --part text & python -m toyworld.eval --part routing   # side by side
-    python -m toyworld.eval --merge                     # the two parts -> one table
+    python -m toyworld.eval --part text & python -m toyworld.eval --part routing & ...  # side by side
+    python -m toyworld.eval --merge                     # the parts (eval.PARTS) -> one table
 
 Cases (``make_cases``): for n = 2 / 3 / 4, 100 / 200 / 200 sets of n held-out identities with
 different patterns and no colour in common, in n random slots on a random background; each
@@ -21,7 +21,9 @@ oracle; subject captions name the pattern only):
   a2      LoRA trained with static routing, routing off (a'; outside its training)
   b       LoRA trained with static routing, static routing
   c       the same, static + dynamic routing (shipped defaults: start 0.2, double blocks, smoothing 3)
-For a, a2, b and c every case is generated twice: as is, and with B's reference swapped for B''s
+  d       the same, dynamic routing from the single blocks starting at 0.5: the setting that
+          ``toyworld.route_study`` found best on other cases (seed 1), confirmed here
+For a, a2, b, c and d every case is generated twice: as is, and with B's reference swapped for B''s
 (same seed, same prompt) - ``detector.counterfactual`` turns the pair into T and L.
 
 Records (one JSON line per image, the 16 x 16 cell map as letters) go to <out>/records.jsonl; a
@@ -51,12 +53,14 @@ from .world import distinct
 logger = logging.getLogger("toyworld.eval")
 OFF, STATIC, BOTH = ({"static_routing": s, "dynamic_routing": d} for s, d in
                      ((False, False), (True, False), (True, True)))
+TUNED = {**BOTH, "routing_blocks": "single", "start_percent": 0.5}  # docs/TOY_WORLD.md §6.2
 CONDITIONS = {"text": (None, None, False), "oracle": (None, None, True), "a": ("dense", OFF, False),
-              "a2": ("static", OFF, False), "b": ("static", STATIC, False), "c": ("static", BOTH, False)}
-COUNTERFACTUAL = ("a", "a2", "b", "c")
+              "a2": ("static", OFF, False), "b": ("static", STATIC, False), "c": ("static", BOTH, False),
+              "d": ("static", TUNED, False)}
+COUNTERFACTUAL = ("a", "a2", "b", "c", "d")
 LORA_FILES = {"static": "toy_lora_static.safetensors", "dense": "toy_lora_dense.safetensors"}
 COUNTS = "2:100,3:200,4:200"
-PARTS = {"text": "text,oracle,a,a2", "routing": "b,c"}  # make eval-toy runs these side by side
+PARTS = {"text": "text,oracle,a,a2", "routing": "b,c", "tuned": "d"}  # make eval-toy runs these side by side
 
 
 def parse(argv=None):
@@ -68,7 +72,7 @@ def parse(argv=None):
     p.add_argument("--loras", type=Path, help="folder of the LoRA files (default: --weights)")
     p.add_argument("--counts", default=COUNTS, help="n:cases,... (subject count : number of cases)")
     p.add_argument("--conditions", help="default: every condition, or the --part's")
-    p.add_argument("--part", choices=PARTS, help="one of the two halves of the conditions that run side by "
+    p.add_argument("--part", choices=PARTS, help="one of the parts of the conditions that run side by "
                    f"side ({'; '.join(f'{k}: {v}' for k, v in PARTS.items())}) into <work>/eval_<part>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=4, help="cases per subject count saved as images")

@@ -4,7 +4,7 @@ of ``toyworld.eval`` (pure: cases + records in, numbers and markdown out).
 Per (condition, n): subject right (over subjects; Wilson 95 %), all right (over images; Wilson),
 entangled (over subjects; Wilson), leaked-cell share, missing / extra / duplicated blocks per
 image, and for the counterfactual conditions T, L and L/T. Paired comparisons (c - a), (b - a),
-(c - b) per n: paired-bootstrap intervals over cases (the same resample for both conditions) of
+(c - b), and for the tuned dynamic routing (d - a), (d - b), (d - c), per n: paired-bootstrap intervals over cases (the same resample for both conditions) of
 subject right, entangled, leaked share and L/T; exact McNemar on the per-case binary columns
 (all right, any subject entangled).
 """
@@ -19,8 +19,9 @@ from .world import SLOTS, Identity, Placed
 
 LABELS = {"text": "text, no colours (chance)", "oracle": "text with colours (oracle)",
           "a": "(a) dense-trained LoRA, no routing", "a2": "(a') static-trained LoRA, routing off",
-          "b": "(b) static routing", "c": "(c) static + dynamic routing"}
-PAIRS = (("c", "a"), ("b", "a"), ("c", "b"))
+          "b": "(b) static routing", "c": "(c) static + dynamic routing",
+          "d": "(d) static + dynamic, single blocks from 0.5"}
+PAIRS = (("c", "a"), ("b", "a"), ("c", "b"), ("d", "a"), ("d", "b"), ("d", "c"))
 
 
 def _cells(text: str) -> np.ndarray:

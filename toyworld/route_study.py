@@ -41,6 +41,7 @@ VARIANTS = {  # name -> (what it changes, the routing settings)
     "late": ("start at 0.5", {**DYNAMIC, "start_percent": 0.5}),
     "sharp": ("no smoothing (1)", {**DYNAMIC, "smoothing": 1}),
     "symmetric": ("symmetric (subjects see only their tokens)", {**DYNAMIC, "symmetric": True}),
+    "single_late": ("single blocks, start at 0.5", {**DYNAMIC, "routing_blocks": "single", "start_percent": 0.5}),
 }
 TOKENS = 8  # token grid side of a 128 px panel
 BLOCK_TOKENS = 3
