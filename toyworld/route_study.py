@@ -137,13 +137,13 @@ def _rate(values) -> str:
 
 def table(records: list[dict]) -> str:
     """One row per variant: accuracy, entanglement, duplicates, where the route sends the blocks
-    (at the first and the last routed step), and the paired difference against ``c``."""
+    (at the first and the last routed step), and the paired differences against ``b`` and ``c``."""
     by = {}
     for r in records:
         by.setdefault(r["variant"], {})[r["id"]] = r
     lines = ["| variant | what changes | cases | subject right | entangled | duplicated / image | "
              "route right, first step | route right, last step | to another subject, last step | "
-             "subject right − (c), paired |", "|" + "---|" * 10]
+             "subject right − (b), paired | subject right − (c), paired |", "|" + "---|" * 11]
     for name, rows in by.items():
         ids = sorted(rows)
         right = [x for i in ids for x in rows[i]["right"]]
@@ -152,14 +152,15 @@ def table(records: list[dict]) -> str:
         def mean(step, key, routed=routed):
             return f"{np.mean([s[key] for r in routed for s in r[step]]):.2f}" if routed else "—"
 
-        diff = "—"
-        if name != "c" and "c" in by and set(ids) <= set(by["c"]):
-            d = paired_bootstrap([np.mean(rows[i]["right"]) for i in ids], [np.mean(by["c"][i]["right"]) for i in ids])
-            diff = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        def diff(base, name=name, rows=rows, ids=ids):
+            if base == name or base not in by or not set(ids) <= set(by[base]):
+                return "—"
+            d = paired_bootstrap([np.mean(rows[i]["right"]) for i in ids], [np.mean(by[base][i]["right"]) for i in ids])
+            return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
         lines.append(f"| {name} | {VARIANTS[name][0]} | {len(ids)} | {_rate(right)} | "
                      f"{_rate([x for i in ids for x in rows[i]['entangled']])} | "
                      f"{np.mean([rows[i]['duplicated'] for i in ids]):.2f} | {mean(0, 'own')} | "
-                     f"{mean(-1, 'own')} | {mean(-1, 'other')} | {diff} |")
+                     f"{mean(-1, 'own')} | {mean(-1, 'other')} | {diff('b')} | {diff('c')} |")
     return "\n".join(lines) + "\n"
 
 
