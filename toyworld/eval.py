@@ -147,8 +147,10 @@ def subjects_of(W, runner, case: dict, swap: bool) -> list[tuple[str, str]]:
     return out
 
 
-def graph_of(pack, W, runner, case: dict, cond: str, swap: bool) -> dict:
-    lora, routing, colours = CONDITIONS[cond]
+def graph_of(pack, W, runner, case: dict, cond: str, swap: bool, routing: dict | None = None) -> dict:
+    """The graph of one image; ``routing`` replaces the condition's routing settings."""
+    lora, cond_routing, colours = CONDITIONS[cond]
+    routing = routing or cond_routing
     prompt = W.scene_caption(placed_of(W, case), case["background"], colours)
     subjects = subjects_of(W, runner, case, swap) if routing is not None else []
     return module(pack, "toyworld.graph").toy_graph(prompt, subjects, routing, seed=case["seed"],

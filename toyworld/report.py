@@ -4,9 +4,9 @@ of ``toyworld.eval`` (pure: cases + records in, numbers and markdown out).
 Per (condition, n): subject right (over subjects; Wilson 95 %), all right (over images; Wilson),
 entangled (over subjects; Wilson), leaked-cell share, missing / extra / duplicated blocks per
 image, and for the counterfactual conditions T, L and L/T. Paired comparisons (c - a), (b - a),
-(c - b), and for the tuned dynamic routing (d - a), (d - b), (d - c), per n: paired-bootstrap intervals over cases (the same resample for both conditions) of
-subject right, entangled, leaked share and L/T; exact McNemar on the per-case binary columns
-(all right, any subject entangled).
+(c - b), and for the tuned dynamic routing (d - a), (d - b), (d - c), per n: paired-bootstrap
+intervals over cases (the same resample for both conditions) of subject right, entangled, leaked
+share and L/T; exact McNemar on the per-case binary columns (all right, any subject entangled).
 """
 
 from __future__ import annotations

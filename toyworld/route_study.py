@@ -28,20 +28,30 @@ import numpy as np
 
 from . import common
 from .common import module
-from .eval import LORA_FILES, check_models, graph_of, make_cases, model_digests, placed_of, read_records
+from .eval import (
+    BOTH,
+    LORA_FILES,
+    STATIC,
+    TUNED,
+    check_models,
+    graph_of,
+    make_cases,
+    model_digests,
+    placed_of,
+    read_records,
+)
 from .stats import paired_bootstrap, wilson
 
 logger = logging.getLogger("toyworld.route_study")
-DYNAMIC = {"static_routing": True, "dynamic_routing": True}
 VARIANTS = {  # name -> (what it changes, the routing settings)
-    "b": ("static routing only", {"static_routing": True, "dynamic_routing": False}),
-    "c": ("shipped dynamic routing (double blocks, start 0.2, smoothing 3)", DYNAMIC),
-    "single": ("route from the single blocks", {**DYNAMIC, "routing_blocks": "single"}),
-    "all": ("route from all blocks", {**DYNAMIC, "routing_blocks": "all"}),
-    "late": ("start at 0.5", {**DYNAMIC, "start_percent": 0.5}),
-    "sharp": ("no smoothing (1)", {**DYNAMIC, "smoothing": 1}),
-    "symmetric": ("symmetric (subjects see only their tokens)", {**DYNAMIC, "symmetric": True}),
-    "single_late": ("single blocks, start at 0.5", {**DYNAMIC, "routing_blocks": "single", "start_percent": 0.5}),
+    "b": ("static routing only", STATIC),
+    "c": ("shipped dynamic routing (double blocks, start 0.2, smoothing 3)", BOTH),
+    "single": ("route from the single blocks", {**BOTH, "routing_blocks": "single"}),
+    "all": ("route from all blocks", {**BOTH, "routing_blocks": "all"}),
+    "late": ("start at 0.5", {**BOTH, "start_percent": 0.5}),
+    "sharp": ("no smoothing (1)", {**BOTH, "smoothing": 1}),
+    "symmetric": ("symmetric (subjects see only their tokens)", {**BOTH, "symmetric": True}),
+    "single_late": ("single blocks, start at 0.5", TUNED),  # evaluation condition (d)
 }
 TOKENS = 8  # token grid side of a 128 px panel
 BLOCK_TOKENS = 3
@@ -86,15 +96,8 @@ def route_shares(W, route: np.ndarray, case: dict) -> list[dict]:
 
 
 def run_case(pack, W, det, runner, case: dict, variant: str) -> dict:
-    graph = module(pack, "toyworld.graph")
     settings = VARIANTS[variant][1]
-    g = graph_of(pack, W, runner, case, "b", False)  # the static-trained LoRA, its prompt and subjects
-    g["10"]["inputs"].update(settings)
-    if settings["dynamic_routing"] and "14" not in g:
-        g["14"] = graph._node("MUSAR_RoutingPreview", "Routing preview", step=-1, opacity=0.5,
-                              routing=["10", 1], images=["12", 0])
-        g["15"] = graph._node("PreviewImage", "Routing overlay", images=["14", 0])
-    out = runner.run(g)
+    out = runner.run(graph_of(pack, W, runner, case, "b", False, settings))  # the static-trained LoRA
     s = det.score(out["images"][0], placed_of(W, case))
     rec = {"id": case["id"], "variant": variant, "right": s["right"], "entangled": s["entangled"],
            "duplicated": s["duplicated"]}
