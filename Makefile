@@ -1,11 +1,13 @@
 # ComfyUI-MUSAR developer commands. Every target sets up what it needs (scripts/setup.sh is
 # idempotent: minutes the first time, well under a second afterwards).
-PY := .venv/bin/python
+# .venv, or the venv of $COMFYUI_PATH (scripts/env.sh)
+PY = $(shell COMFYUI_PATH="$(COMFYUI_PATH)" scripts/env.sh --python)
+export COMFYUI_PATH
 TOY_SIZE ?= small
 
 .PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy lint clean
 
-setup:            ## .venv with CPU torch 2.13.0 + a real ComfyUI (COMFYUI_PATH or 0.3.75), pack linked
+setup:            ## .venv with CPU torch 2.13.0 + ComfyUI 0.3.75, pack linked; COMFYUI_PATH=<checkout>: that ComfyUI with its own venv (every target)
 	scripts/setup.sh
 
 test:             ## every test stage: tier 1, tier 2, the adversarial tier, tier 3 (the README's test command and what CI runs)

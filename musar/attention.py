@@ -188,59 +188,86 @@ def _run_groups(q, k, v, groups: list[Group], attn: AttnFn, out: torch.Tensor,
 
 
 def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout,
-                     plan: RoutePlan, attn: AttnFn) -> torch.Tensor:
-    """Attention of the joint sequence under ``plan``; equals masked dense attention."""
+                     plan: RoutePlan, attn: AttnFn, rows: tuple[slice, ...] | None = None
+                     ) -> torch.Tensor:
+    """Attention of the joint sequence under ``plan``; equals masked dense attention. ``k`` and
+    ``v`` hold every token of ``layout``; ``q`` holds the tokens of ``rows`` (layout segments, in
+    order; default every token): a condition-cache step runs the prompt and canvas only, and
+    ComfyUI's reference K/V cache (FluxKVCache) runs every token but the references."""
     b, heads, length, dim = q.shape
     if plan.is_dense or layout.n_routed == 0:
         return attn(q, k, v)
+    local = QueryRows(layout, rows, q.device) if rows is not None else None
+    if local is not None and local.count != length:
+        raise ValueError(f"q holds {length} tokens but the rows {rows} hold {local.count}")
     out = q.new_empty(b, length, heads * dim)
     if plan.route is None:
-        _run_groups(q, k, v, static_groups(layout, plan, q.device), attn, out, layout.canvas)
+        groups = static_groups(layout, plan, q.device)
+        _run_groups(q, k, v, local.groups(groups) if local else groups, attn, out, layout.canvas)
         return out
-    for rows, route in _same_route_batches(plan.route):
-        sub = out[rows] if isinstance(rows, slice) else out.new_empty(len(rows), length, heads * dim)
+    for batch_rows, route in _same_route_batches(plan.route):
+        whole = isinstance(batch_rows, slice)
+        sub = out[batch_rows] if whole else out.new_empty(len(batch_rows), length, heads * dim)
         groups = dynamic_groups(layout, plan, route.to(q.device), q.device)
-        _run_groups(_rows(q, rows), _rows(k, rows), _rows(v, rows), groups, attn, sub, layout.canvas)
-        if not isinstance(rows, slice):
-            out[rows] = sub
+        _run_groups(_rows(q, batch_rows), _rows(k, batch_rows), _rows(v, batch_rows),
+                    local.groups(groups) if local else groups, attn, sub, layout.canvas)
+        if not whole:
+            out[batch_rows] = sub
     return out
 
 
-def routed_attention_cached(q: torch.Tensor, k_full: torch.Tensor, v_full: torch.Tensor,
-                            layout: TokenLayout, plan: RoutePlan, attn: AttnFn) -> torch.Tensor:
-    """Condition-cache step: only P and canvas tokens run (``q`` is (B, h, P+canvas, d)) while
-    ``k_full`` / ``v_full`` hold the whole joint sequence, conditions taken from the cache."""
-    b, heads, length, dim = q.shape
-    shift = sum(layout.caption_lens)
-    out = q.new_empty(b, length, heads * dim)
+class QueryRows:
+    """Where the layout tokens of ``rows`` (segments, in order) sit in a query tensor that holds
+    only them: query groups and row sets re-indexed to it, groups with no query left dropped."""
 
-    def local(g: Group) -> Group:
-        if g.kind == "prompt":
-            return Group(g.q, g.k, g.kind, k_parts=g.k_parts)
-        qs = slice(g.q.start - shift, g.q.stop - shift) if isinstance(g.q, slice) else g.q - shift
-        return Group(qs, g.k, g.kind, k_parts=g.k_parts)
+    def __init__(self, layout: TokenLayout, rows: tuple[slice, ...], device=None):
+        self.rows = tuple(r for r in rows if r.stop > r.start)
+        self.count = sum(r.stop - r.start for r in self.rows)
+        self._lookup = torch.full((layout.total,), -1, dtype=torch.long)
+        at = 0
+        for r in self.rows:
+            self._lookup[r] = torch.arange(at, at + r.stop - r.start)
+            at += r.stop - r.start
+        self.device = device
 
-    def run(rows, groups):
-        qq = q if rows is None else q[rows]
-        kk, vv = (k_full, v_full) if rows is None else (k_full[rows], v_full[rows])
-        sub = out if rows is None else out.new_empty(qq.shape[0], length, heads * dim)
-        groups = [local(g) for g in groups]
-        lse = lse_twin(attn, q, kk, vv)
-        if lse is not None:
-            _run_groups_lse(qq, kk, vv, groups, lse, sub)
-        else:
-            for g in groups:
-                sub[:, g.q] = attn(_take(qq, g.q), _take(kk, g.k), _take(vv, g.k))
-        if rows is not None:
-            out[rows] = sub
+    def slices(self, parts) -> tuple[slice, ...]:
+        """Layout segments -> the local slices of their tokens that the query tensor holds."""
+        out, at = [], 0
+        for r in self.rows:
+            for p in parts:
+                lo, hi = max(p.start, r.start), min(p.stop, r.stop)
+                if hi > lo:
+                    out.append(slice(at + lo - r.start, at + hi - r.start))
+            at += r.stop - r.start
+        return tuple(sorted(out, key=lambda s: s.start))
 
-    if plan.route is None:
-        run(None, [g for g in static_groups(layout, plan, q.device) if g.kind != "condition"])
+    def index(self, idx) -> torch.Tensor | slice:
+        """Layout positions (slice or index tensor) -> local positions of those held."""
+        if isinstance(idx, slice):
+            joined = self.slices((idx,))
+            return joined[0] if len(joined) == 1 else _index_of(joined, self.device)
+        local = self._lookup[idx.cpu()]
+        return _as_slice(local[local >= 0].to(self.device))
+
+    def groups(self, groups: list[Group]) -> list[Group]:
+        out = []
+        for g in groups:
+            parts = self.slices(g.q_parts) if g.q_parts else ()
+            q = (parts[0] if len(parts) == 1 else _index_of(parts, self.device)) if g.q_parts \
+                else self.index(g.q)
+            if _count(q):
+                out.append(Group(q, g.k, g.kind, parts, g.k_parts))
         return out
-    for rows, route in _same_route_batches(plan.route):
-        groups = dynamic_groups(layout, plan, route.to(q.device), q.device)
-        run(rows, [g for g in groups if g.kind != "condition"])
-    return out
+
+
+def _index_of(parts, device) -> torch.Tensor:
+    if not parts:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    return torch.cat([torch.arange(p.start, p.stop, device=device) for p in parts])
+
+
+def _count(q) -> int:
+    return q.stop - q.start if isinstance(q, slice) else q.numel()
 
 
 def _rows(t: torch.Tensor, rows):
@@ -268,9 +295,12 @@ sdpa.lse = SDPA_LSE  # the same fused kernel, also returning its log-sum-exp
 
 
 def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout,
-                    plan: RoutePlan) -> torch.Tensor:
-    """Slow reference: full boolean mask and an explicit softmax (tests and the naive bench)."""
+                    plan: RoutePlan, rows: tuple[slice, ...] | None = None) -> torch.Tensor:
+    """Slow reference: full boolean mask and an explicit softmax (tests and the naive bench);
+    ``rows`` as in ``routed_attention``."""
     mask = allowed_mask(layout, plan, q.shape[0]).to(q.device)
+    if rows is not None:
+        mask = mask[:, torch.cat([torch.arange(r.start, r.stop) for r in rows]).to(q.device)]
     scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
     scores = scores.masked_fill(~mask[:, None], float("-inf"))
     o = torch.softmax(scores, dim=-1) @ v.float()
@@ -302,6 +332,25 @@ def subject_attention_mass(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayo
     return out
 
 
+def query_rows(call, q_len: int, k_len: int) -> tuple[slice, ...] | None:
+    """The layout segments a block's queries hold (None: every token), from the call and the
+    lengths ComfyUI hands the attention: a condition-cache step runs the prompt and canvas
+    only; ComfyUI's own reference K/V cache (FluxKVCache) drops the routed references' queries
+    and appends their cached keys. Anything else is refused with the lengths it found."""
+    lay = call.layout
+    if call.cached:
+        rows = (lay.prompt, lay.canvas)
+        if q_len == lay.prompt_len + lay.canvas_len:
+            return rows
+    elif q_len == lay.total and k_len == lay.total:
+        return None
+    elif lay.n_references and not lay.n_subjects and k_len == lay.total \
+            and q_len == lay.total - sum(lay.reference_lens):
+        return (slice(0, q_len),)
+    raise RuntimeError(f"MUSAR: attention over {q_len} queries and {k_len} keys, but the routed "
+                       f"layout has {lay.total} tokens (another patch changed the sequence)")
+
+
 def block_attention(call, block: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask,
                     kernel: Callable) -> torch.Tensor:
     """One FLUX block's joint attention under MUSAR: condition-cache bookkeeping, route scores
@@ -317,26 +366,20 @@ def block_attention(call, block: tuple, q: torch.Tensor, k: torch.Tensor, v: tor
         kt, vt, ki, vi = run.kv[block]
         k = torch.cat([k[:, :, :P], kt, k[:, :, P:], ki], 2)
         v = torch.cat([v[:, :, :P], vt, v[:, :, P:], vi], 2)
-        q_x = q[:, :, P:P + lay.x_len]
-    else:
-        q_x = q[:, :, lay.x]
-        if settings.condition_cache:
-            cond_txt, cond_img = slice(P, lay.txt_len), slice(lay.txt_len + C, lay.total)
-            run.kv[block] = (k[:, :, cond_txt], v[:, :, cond_txt], k[:, :, cond_img], v[:, :, cond_img])
+    elif settings.condition_cache:
+        cond_txt, cond_img = slice(P, lay.txt_len), slice(lay.txt_len + C, lay.total)
+        run.kv[block] = (k[:, :, cond_txt], v[:, :, cond_txt], k[:, :, cond_img], v[:, :, cond_img])
+    rows = query_rows(call, q.shape[2], k.shape[2])
+    local = QueryRows(lay, rows, q.device) if rows is not None else None
     if call.collect and block in call.routing.blocks:
-        call.add_scores(subject_attention_mass(q_x, k, lay))
-    if call.cached:
-        out = routed_attention_cached(q, k, v, lay, call.plan, kernel)
-        canvas = slice(P, P + C)
-    else:
-        out = routed_attention(q, k, v, lay, call.plan, kernel)
-        canvas = lay.canvas
+        call.add_scores(subject_attention_mass(q[:, :, local.index(lay.x) if local else lay.x], k, lay))
+    out = routed_attention(q, k, v, lay, call.plan, kernel, rows)
     if settings.strength != 1.0:
-        _blend(out, q, k, v, lay, canvas, settings.strength, kernel)
+        _blend(out, q, k, v, lay, local, settings.strength, kernel)
     return out
 
 
-def _blend(out, q, k, v, lay: TokenLayout, canvas: slice, strength: float, kernel) -> None:
+def _blend(out, q, k, v, lay: TokenLayout, local: QueryRows | None, strength: float, kernel) -> None:
     """``strength`` < 1 mixes routed attention with the attention the unpatched model computes
     (keys: every token but MUSAR subjects' condition tokens): for the canvas rows (the canvas
     without the subjects), and, when references are routed, also for the prompt and reference
@@ -344,6 +387,8 @@ def _blend(out, q, k, v, lay: TokenLayout, canvas: slice, strength: float, kerne
     P, C = lay.prompt_len, lay.canvas_len
     keys = torch.cat([torch.arange(P), torch.arange(lay.txt_len, lay.txt_len + C
                                                     + sum(lay.reference_lens))]).to(q.device)
-    rows = keys if lay.n_references else canvas
+    rows = keys if lay.n_references else lay.canvas
+    if local is not None:
+        rows = local.index(rows)
     base = kernel(q[:, :, rows], k.index_select(2, keys), v.index_select(2, keys))
     out[:, rows] = base + strength * (out[:, rows] - base)

@@ -28,3 +28,7 @@ class DatasetError(MusarError):
 class TrainingError(MusarError):
     """Training settings that cannot work (ranks, optimizer, output folder ...)."""
 
+
+
+class HookError(ModelError):
+    """The running ComfyUI lacks (or changed) a hook the pack relies on; names its version."""

@@ -137,12 +137,12 @@ def apply_dual(x: torch.Tensor, out: torch.Tensor, classes: torch.Tensor | None,
     return out
 
 
-def modulation_classes(x: torch.Tensor) -> torch.Tensor | None:
-    """Rows (dim 1) of a modulation input: (B, 2, 1, H) is [sampling, clean-condition]; any
-    other shape is a plain FLUX call and all noisy."""
-    if x.ndim == 4 and x.shape[1] == 2:
-        return torch.tensor([NOISY, SUBJECT], dtype=torch.int8)
-    return None
+def modulation_classes(x: torch.Tensor) -> torch.Tensor:
+    """Rows (dim 1) of a modulation input that stacks [sampling, clean-condition] vectors:
+    (B, 2, H), or (B, 2, 1, H) where ComfyUI's blocks want a token axis."""
+    if x.ndim < 3 or x.shape[1] != 2:
+        raise ValueError(f"a stacked modulation input is (B, 2, [1,] H), got {tuple(x.shape)}")
+    return torch.tensor([NOISY, SUBJECT], dtype=torch.int8)
 
 
 # ---- file format ---------------------------------------------------------------------------

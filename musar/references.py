@@ -85,6 +85,22 @@ def reference_count(per_cond: list[int], labels: ReferenceLabels) -> int:
     return n
 
 
+TIMESTEP_ZERO = "index_timestep_zero"  # ComfyUI's method that modulates references at t = 0
+
+
+def check_subject_methods(methods: set[str]) -> None:
+    """MUSAR subjects run FLUX.1's blocks with their own per-segment modulation, which cannot
+    be combined with ComfyUI's own timestep-zero references (set by the reference method
+    ``index_timestep_zero`` or by core's FluxKVCache node); ComfyUI's FLUX.1 forward does not run
+    that method either."""
+    if TIMESTEP_ZERO in methods:
+        raise LayoutError("MUSAR subjects cannot be combined with the reference method "
+                          f"'{TIMESTEP_ZERO}' (set by 'Edit Model Reference Method' or by the "
+                          "Flux KV Cache node): use the method 'index' or 'offset' and no Flux KV "
+                          "Cache with MUSAR Apply Routing (MUSAR Route References alone can route "
+                          "timestep-zero references on FLUX.2)")
+
+
 def run_conditions(subjects, labels: ReferenceLabels | None, n_references: int,
                    grid: tuple[int, int]) -> Conditions:
     """Names, colours and regions (on the canvas ``grid``) of a run's conditions. ``subjects``

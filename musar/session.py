@@ -13,6 +13,7 @@ attention in ``attention``; the ComfyUI glue drives all three).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -124,6 +125,8 @@ class MusarCall:
     collect: bool = False  # compute route scores in the routing blocks (the next step uses them)
     cached: bool = False  # condition-cache step: conditions' keys/values come from run.kv
     img_in_mode: str = "noisy"
+    paired: bool = False  # a block runs with stacked [sampling, clean-condition] modulation
+    hook_calls: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     model: object = None  # the diffusion model (ComfyUI's Flux module) running this call
     source: object = None  # what the routing node attached (subjects, device caches)
     vec0: object = None  # callable(like) -> the clean-condition modulation vector
@@ -155,6 +158,15 @@ class MusarCall:
             mean = (self._scores / self._n_scores).cpu()
             for j, kind in enumerate(self.kinds):
                 self.run.last_scores[kind] = mean[j * per:(j + 1) * per]
+
+    @contextlib.contextmanager
+    def paired_modulation(self):
+        """While MUSAR's block patch runs a block with the stacked modulation vectors."""
+        previous, self.paired = self.paired, True
+        try:
+            yield
+        finally:
+            self.paired = previous
 
     @contextlib.contextmanager
     def subject_img_in(self):

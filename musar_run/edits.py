@@ -70,6 +70,7 @@ STANDINS = {
               ("EmptyFlux2LatentImage", "width"): 256, ("EmptyFlux2LatentImage", "height"): 256,
               ("Flux2Scheduler", "width"): 256, ("Flux2Scheduler", "height"): 256,
               ("ImageScaleToTotalPixels", "megapixels"): 0.04,
+              ("ImageScaleToMaxDimension", "largest_size"): 192,
               ("MUSAR_Subject", "reference_size"): 128},
         variants={("CLIPLoader", "type", "flux2"): {"size": "FLUX.2 tiny (128 wide, 2+2 blocks)",
                                                     "seed": 0},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import os
 import sys
@@ -27,12 +28,14 @@ _STATE: dict = {}
 
 
 def find_comfyui(explicit: str | os.PathLike | None = None) -> Path:
-    """ComfyUI checkout: explicit argument, then $COMFYUI_PATH, then the dev runtime of setup.sh,
-    then the ComfyUI this pack is installed in (custom_nodes/<pack>), then .comfyui/0.3.75."""
+    """ComfyUI checkout: explicit argument, then $COMFYUI_PATH, then the one scripts/setup.sh
+    built the running venv for, then the ComfyUI this pack is installed in
+    (custom_nodes/<pack>), then .comfyui/0.3.75."""
     candidates = [explicit, os.environ.get("COMFYUI_PATH")]
-    marker = REPO_ROOT / ".venv" / ".musar-comfyui-path"
-    if marker.is_file():
-        candidates.append(marker.read_text().strip())
+    for venv in (Path(sys.prefix), REPO_ROOT / ".venv"):
+        marker = venv / ".musar-comfyui-path"
+        if marker.is_file():
+            candidates.append(marker.read_text().strip())
     if REPO_ROOT.parent.name == "custom_nodes":  # installed as ComfyUI/custom_nodes/<pack>
         candidates.append(REPO_ROOT.parent.parent)
     candidates.append(REPO_ROOT / ".comfyui" / "0.3.75")
@@ -131,6 +134,8 @@ class RunResult:
     def output(self, node_id: str):
         """The Python outputs (tuple) a node produced in this run."""
         entry = self.executor.caches.outputs.get(str(node_id))
+        if inspect.isawaitable(entry):  # ComfyUI >= 0.2x reads its caches asynchronously
+            entry = asyncio.run(_awaited(entry))
         if entry is None:
             raise KeyError(f"node {node_id} produced no cached output")
         outs = entry.outputs if hasattr(entry, "outputs") else entry
@@ -139,6 +144,19 @@ class RunResult:
     def raise_for_error(self):
         if not self.ok:
             raise RuntimeError(f"prompt failed: {self.error or self.node_errors}")
+
+
+async def _awaited(awaitable):
+    return await awaitable
+
+
+def new_executor(on_event=None):
+    """ComfyUI's PromptExecutor with the classic cache and no RAM-pressure eviction, as the
+    server builds it. ``ram_inactive`` is read by newer ComfyUI (0.2x), ignored by 0.3.75."""
+    import execution
+
+    return execution.PromptExecutor(_ServerStub(on_event), cache_type=execution.CacheType.CLASSIC,
+                                    cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
 
 
 def is_musar_error(exc: BaseException | None) -> bool:
@@ -156,15 +174,12 @@ def validate(prompt: dict):
 
 def run_prompt(prompt: dict, executor=None, on_event=None) -> RunResult:
     """Validate, then execute with ComfyUI's PromptExecutor (no server)."""
-    import execution
 
     valid, error, outputs, node_errors = validate(prompt)
     if not valid:
         return RunResult(False, node_errors, error, {}, [])
     if executor is None:
-        executor = execution.PromptExecutor(
-            _ServerStub(on_event), cache_type=execution.CacheType.CLASSIC,
-            cache_args={"lru": 0, "ram": 0})
+        executor = new_executor(on_event)
     elif on_event is not None:
         executor.server.on_event = on_event
     # PromptExecutor reports per-node events (executing, executed, progress_state) only to a client

@@ -39,8 +39,8 @@ def _classes(role: str, call, x: torch.Tensor):
     patched MODEL (no active MusarCall) the wrapper must be inert."""
     if call is None:  # not inside a MUSAR-wrapped diffusion-model call (e.g. training forward)
         return False
-    if role == "mod":
-        return modulation_classes(x)
+    if role == "mod":  # stacked [sampling, clean-condition] rows only inside MUSAR's block patch
+        return modulation_classes(x) if call.paired else None
     if role == "img_in":
         if call.img_in_mode == "subject":
             return torch.full((x.shape[-2],), SUBJECT, dtype=torch.int8)

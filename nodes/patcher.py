@@ -9,7 +9,8 @@ only through official hooks, always on a ``clone()``:
 * ``post_input`` patch           - appends subject image tokens (through img_in) and their ids.
 * ``patches_replace`` dit blocks - runs the stock block with per-segment modulation
                                    (conditions: timestep 0, guidance 1).
-* ``optimized_attention_override``- routed attention with ComfyUI's active attention kernel.
+* ``optimized_attention_override``- routed attention with ComfyUI's active attention kernel, set
+                                   per call around the MODEL's own override (any node order).
 * object patches                 - dual-branch LoRA wrappers of image-side linear modules.
 """
 
@@ -32,7 +33,7 @@ from ..musar.errors import ModelError
 from ..musar.layout import TokenLayout
 from ..musar.references import ReferenceLabels
 from ..musar.settings import RoutingSettings
-from . import lora_modules, routed
+from . import hooks, lora_modules, routed
 
 logger = logging.getLogger(__name__)
 KEY = "musar"
@@ -109,6 +110,8 @@ def _install(model, dm, subjects, references, settings: RoutingSettings):
     if replaced and len(subjects):
         raise ModelError(f"another node already replaced FLUX blocks {sorted(replaced)[:3]}...; "
                          "apply MUSAR routing before it (MUSAR must run the blocks itself)")
+    if len(subjects):
+        hooks.block_modulation()  # HookError now, not at the first step, on an unknown ComfyUI
     routed.check_regions(subjects, references, settings)
     hard = subjects.has_hard_region or (references is not None and references.has_hard_region)
     sampling = model.get_model_object("model_sampling")
@@ -126,9 +129,6 @@ def _install(model, dm, subjects, references, settings: RoutingSettings):
     if len(subjects) and not any(getattr(p, "musar", False)
                                  for p in to.get("patches", {}).get("post_input", [])):
         m.set_model_post_input_patch(_post_input)
-    previous = to.get("optimized_attention_override")
-    if not getattr(previous, "musar", False):  # the setters above replace the options dict
-        m.model_options["transformer_options"]["optimized_attention_override"] = _AttentionOverride(previous)
     m.remove_wrappers_with_key(WRAPPERS.OUTER_SAMPLE, KEY)
     m.add_wrapper_with_key(WRAPPERS.OUTER_SAMPLE, KEY, _outer_sample)
     _ensure_call_wrapper(m)
@@ -150,6 +150,8 @@ def _outer_sample(executor, *args, **kwargs):
     if routing is None:
         return executor(*args, **kwargs)
     noise = args[0] if args else kwargs["noise"]
+    if routing.has_subjects:
+        references.check_subject_methods(_reference_methods(guider))
     n_refs = 0
     if routing.routes_references:
         n_refs = references.reference_count(
@@ -165,6 +167,17 @@ def _outer_sample(executor, *args, **kwargs):
     out = executor(*args, **kwargs)
     run.output = session.fingerprint(out)
     return out
+
+
+def _reference_methods(guider) -> set[str]:
+    """The reference methods this run's conditionings use: each one's own, else the model's
+    default (an object patch, e.g. core's FluxKVCache, may have changed it)."""
+    try:
+        default = guider.model_patcher.get_model_object("diffusion_model.params.default_ref_method")
+    except AttributeError:
+        default = None
+    return {c.get("reference_latents_method", default) for conds in guider.conds.values()
+            for c in conds if c.get("reference_latents")}
 
 
 def _grid(h: int, w: int, patch: int) -> tuple[int, int]:
@@ -203,11 +216,32 @@ def _diffusion_model_wrapper(executor, x, timestep, context, y, guidance, ref_la
     if not call.cached and routing.has_subjects:
         _, caps = routing.tokens(x.device, x.dtype)
         context = torch.cat([context] + [c.to(context).expand(context.shape[0], -1, -1) for c in caps], 1)
+    # Routed attention goes in per call, around whatever attention override the MODEL has now:
+    # a node applied after this one (core's ModelAttentionBackend) replaces the MODEL's
+    # override, and routing must stay on whatever the order.
+    override = transformer_options.get("optimized_attention_override")
+    if not getattr(override, "musar", False):
+        transformer_options = {**transformer_options,
+                               "optimized_attention_override": _AttentionOverride(override)}
     with session.activate(call):
         out = executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options,
                        **kwargs)
+    _check_hooks_ran(call, routing.has_subjects)
     call.finish()
     return out
+
+
+def _check_hooks_ran(call, subjects: bool) -> None:
+    """After the first model call: a ComfyUI that stopped calling a hook would otherwise sample
+    without routing and say nothing."""
+    if call.hook_calls["attention"] == 0:
+        raise hooks.hook_error("transformer_options['optimized_attention_override']",
+                               "was not called by the FLUX forward",
+                               "MUSAR routes attention through it; without it nothing is routed")
+    if subjects and not call.cached and call.hook_calls["block"] == 0:
+        raise hooks.hook_error("patches_replace['dit'] block patches",
+                               "were not called by the FLUX forward",
+                               "MUSAR subjects need them for their per-segment modulation")
 
 
 def _clean_vec(dm, y, with_guidance: bool, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -241,30 +275,55 @@ class _BlockPatch:
 
     def __call__(self, args, extra):
         call = session.ACTIVE.get()
+        if call is not None:
+            call.hook_calls["block"] += 1
         if call is None or call.source is None or call.cached:
             return extra["original_block"](args)
-        vec = args["vec"]
-        pair = torch.stack([vec, call.clean_vec(vec)], 1)[:, :, None]
-        lay, to = call.layout, args["transformer_options"]
-        if self.kind == "double_block":
-            img, txt = call.model.double_blocks[self.index](
-                img=args["img"], txt=args["txt"], vec=pair, pe=args["pe"],
-                attn_mask=args.get("attn_mask"), modulation_dims_img=lay.modulation_dims("img"),
-                modulation_dims_txt=lay.modulation_dims("txt"), transformer_options=to)
-            return {"img": img, "txt": txt}
-        out = call.model.single_blocks[self.index](
-            args["img"], vec=pair, pe=args["pe"], attn_mask=args.get("attn_mask"),
-            modulation_dims=lay.modulation_dims("joint"), transformer_options=to)
+        vec, lay = args["vec"], call.layout
+        if not isinstance(vec, torch.Tensor) or vec.ndim != 2:
+            raise hooks.hook_error(f"the FLUX {self.kind} patch's args['vec']",
+                                   f"arrived as {_describe(vec)}, not one (batch, width) vector",
+                                   "MUSAR subjects modulate per segment from FLUX.1's vector")
+        mod = hooks.block_modulation()
+        pair = mod.stack(vec, call.clean_vec(vec))
+        kw = {"pe": args["pe"], "attn_mask": args.get("attn_mask")}
+        if mod.options:
+            kw["transformer_options"] = args["transformer_options"]
+        with call.paired_modulation():
+            if self.kind == "double_block":
+                img, txt = call.model.double_blocks[self.index](
+                    img=args["img"], txt=args["txt"], vec=pair, **kw,
+                    modulation_dims_img=lay.modulation_dims("img"),
+                    modulation_dims_txt=lay.modulation_dims("txt"))
+                return {"img": img, "txt": txt}
+            out = call.model.single_blocks[self.index](
+                args["img"], vec=pair, modulation_dims=lay.modulation_dims("joint"), **kw)
         return {"img": out}
 
     def __deepcopy__(self, memo):
         return self
 
 
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
 # ComfyUI's PyTorch kernel is plain SDPA (the override receives it unwrapped): routed attention
 # may run it as the same op that also returns its log-sum-exp; other kernels get key gathers.
 _SDPA = comfy.ldm.modules.attention.attention_pytorch
 _SDPA_KERNELS = (_SDPA, getattr(_SDPA, "__wrapped__", _SDPA))
+
+
+def _backend_of(override):
+    """The kernel an override installed by ComfyUI's ``ModelPatcher.set_model_optimized_attention``
+    (core's ModelAttentionBackend node) calls, read from that function's closure; None for any
+    other override (its kernel is unknown, so routed attention gathers keys through it)."""
+    if not getattr(override, "__qualname__", "").startswith("ModelPatcher.set_model_optimized_attention."):
+        return None
+    cells = [c.cell_contents for c in (getattr(override, "__closure__", None) or ())]
+    return next((c for c in cells if c in _SDPA_KERNELS), None)
 
 
 class _AttentionOverride:
@@ -285,12 +344,11 @@ class _AttentionOverride:
                 return self.previous(func, q_, k_, v_, heads, *args, **kw)
             return func(q_, k_, v_, heads, *args, **kw)
 
-        kernel.lse = attention.SDPA_LSE if self.previous is None and func in _SDPA_KERNELS else None
+        sdpa = func if self.previous is None else _backend_of(self.previous)
+        kernel.lse = attention.SDPA_LSE if sdpa in _SDPA_KERNELS else None
         call = session.ACTIVE.get()
         if call is None or call.source is None:
             return kernel(q, k, v, mask)
-        lay = call.layout
-        if q.shape[2] != (lay.prompt_len + lay.canvas_len if call.cached else lay.total):
-            raise RuntimeError(f"MUSAR: attention over {q.shape[2]} tokens, layout expects {lay.total}")
-        block = (transformer_options.get("block_type"), transformer_options.get("block_index"))
+        call.hook_calls["attention"] += 1
+        block = hooks.block_position(transformer_options or {})
         return attention.block_attention(call, block, q, k, v, mask, kernel)

@@ -15,9 +15,11 @@ text encoder is the tiny FLUX.1 one (Mistral's tokenizer data is not available o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
+import comfy.ldm.flux.model
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
@@ -53,9 +55,10 @@ def flux_unet_config(hidden: int = 128, heads: int = 4, depth: int = 2, single_d
 
 
 def flux2_unet_config(hidden: int = 128, heads: int = 4, depth: int = 2, single_depth: int = 2,
-                      context_dim: int = 64) -> dict:
+                      context_dim: int = 64, guidance: bool = True) -> dict:
     """A FLUX.2 [dev]-architecture config (what ComfyUI's detection sets for a FLUX.2 file) at a
-    tiny width: 4 RoPE axes of equal width, as FLUX.2's [32, 32, 32, 32] at head width 128."""
+    tiny width: 4 RoPE axes of equal width, as FLUX.2's [32, 32, 32, 32] at head width 128.
+    ``guidance`` False: no guidance embedding, as FLUX.2 [klein]."""
     head = hidden // heads if hidden % heads == 0 else 0
     if head == 0 or head % 8:
         raise ModelError(f"hidden size {hidden} must split into {heads} heads of a width "
@@ -63,9 +66,20 @@ def flux2_unet_config(hidden: int = 128, heads: int = 4, depth: int = 2, single_
     return dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None,
                 context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=3.0, num_heads=heads,
                 depth=depth, depth_single_blocks=single_depth, axes_dim=[head // 4] * 4,
-                theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True,
+                theta=2000, patch_size=1, qkv_bias=False, guidance_embed=guidance,
                 global_modulation=True, mlp_silu_act=True, ops_bias=False,
                 default_ref_method="index", ref_index_scale=10.0)
+
+
+def detected_fields(unet_config: dict) -> dict:
+    """``unet_config`` plus the FluxParams fields this ComfyUI requires and model detection would
+    fill from a state dict: ``txt_ids_dims`` (ComfyUI >= 0.2x: the RoPE axes text positions
+    count along; none for FLUX.1, the fourth axis for FLUX.2, as its detection sets)."""
+    config = dict(unet_config)
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    if "txt_ids_dims" in fields and "txt_ids_dims" not in config:
+        config["txt_ids_dims"] = [3] if config.get("image_model") == "flux2" else []
+    return config
 
 
 def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> dict:
@@ -85,18 +99,48 @@ def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> 
     return out
 
 
+STANDIN_GAIN = 1.13  # matrix weights N(0, (gain / sqrt(fan_in))^2): std 0.1 at width 128
+STANDIN_QK_SCALE = 2.0  # the q / k RMSNorm scales: attention 4x sharper than at scale 1
+
+
+def standin_state_dict(module: torch.nn.Module, seed: int) -> dict:
+    """Random stand-in weights under which routing visibly changes what the model computes.
+
+    With N(0, 0.02) weights every block barely touches the residual stream and attention is
+    close to uniform, so blocking reference <-> reference attention moved a sampled latent by
+    about 1e-6, under the 1e-4 tolerance of the equivalence tests: a wrong mask would have
+    passed. Fan-in scaled weights and sharper attention keep activations of order 1 at any
+    width and make every routing effect (static, dynamic, per family) differ from the unrouted
+    model by far more than that tolerance; tests assert it next to each equivalence."""
+    sd = seeded_state_dict(module, seed, 1.0)
+    out = {}
+    for key, value in sd.items():
+        if value.ndim >= 2 and value.is_floating_point():
+            value = value * (STANDIN_GAIN / value.shape[-1] ** 0.5)
+        elif "query_norm" in key or "key_norm" in key:
+            value = value * STANDIN_QK_SCALE
+        out[key] = value
+    return out
+
+
 def build_flux(unet_config: dict, state_dict: dict | None = None, seed: int = 0,
-               dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype | None = None
-               ) -> comfy.model_patcher.ModelPatcher:
+               dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype | None = None,
+               std: float | None = None) -> comfy.model_patcher.ModelPatcher:
     """A FLUX (or FLUX.2: ``image_model`` "flux2") ModelPatcher through ComfyUI's own model
     config / model_base classes. With a ``compute_dtype`` the weights stay in ``dtype`` (e.g. fp8)
     and ComfyUI's manual-cast ops compute in ``compute_dtype``, as UNETLoader's fp8 weight_dtype
-    does."""
+    does. Without a ``state_dict`` the weights are ``standin_state_dict(seed)``, or plain
+    N(0, ``std``) matrices where ``std`` is given (the toy world's training init)."""
     family = {"flux": comfy.supported_models.Flux, "flux2": comfy.supported_models.Flux2}
-    cfg = family[unet_config["image_model"]](dict(unet_config))
+    cfg = family[unet_config["image_model"]](detected_fields(unet_config))
     cfg.set_inference_dtype(dtype, compute_dtype)
     model = cfg.get_model({})
-    sd = state_dict if state_dict is not None else seeded_state_dict(model.diffusion_model, seed)
+    if state_dict is not None:
+        sd = state_dict
+    elif std is not None:
+        sd = seeded_state_dict(model.diffusion_model, seed, std)
+    else:
+        sd = standin_state_dict(model.diffusion_model, seed)
     model.load_model_weights({k: v.to(dtype) for k, v in sd.items()}, "")
     return comfy.model_patcher.ModelPatcher(
         model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())

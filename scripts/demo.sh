@@ -15,9 +15,8 @@
 # `python -m musar_run` (see docs/RUNNING.md), e.g. DEMO_ARGS="--set 11.seed=7" keeps the toy model;
 # OUTPUT=dir changes the output folder.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # COMFYUI_PATH picks another ComfyUI
 "$ROOT/scripts/setup.sh"
-PY="${MUSAR_VENV:-$ROOT/.venv}/bin/python"
 cd "$ROOT"
 OUT="${OUTPUT:-output}"
 mode=--toy  # unless the arguments pick models themselves

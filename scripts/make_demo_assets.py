@@ -226,8 +226,9 @@ class Builder:
                 "size": list(size or (315, 40 + 24 * rows)), "flags": {}, "order": 0, "mode": 0,
                 "inputs": inputs, "outputs": outputs,
                 "properties": {"Node name for S&R": kind}, "widgets_values": values}
-        if title:
-            node["title"] = title
+        # Always a title: an untitled node's API title is the display name of whichever ComfyUI
+        # converts it, and display names change between versions (DualCLIPLoader 0.3.75 / 0.33).
+        node["title"] = title or info.get("display_name") or kind
         self.nodes.append(node)
         self._by_id[node_id] = node
         for name, (src, slot) in (links or {}).items():

@@ -85,9 +85,9 @@ def _references(b, demo, images, captions, vae, start_id, x=0, y=480, labels=Tru
         base = start_id + 10 * i
         b.add(base, "MUSAR_ExampleImage", (x, y + 330 * i), {"image": image},
               title=f"Reference {i + 1} (example)", size=(315, 310))
-        b.add(base + 1, "ImageScaleToTotalPixels", (x + 340, y + 330 * i),
-              {"upscale_method": "lanczos", "megapixels": 1.0}, {"image": (base, 0)},
-              title="Scale to ~1 MP")
+        b.add(base + 1, "ImageScaleToMaxDimension", (x + 340, y + 330 * i),
+              {"upscale_method": "lanczos", "largest_size": 1024}, {"image": (base, 0)},
+              title="Scale to 1024 px (longest side)")
         b.add(base + 2, "VAEEncode", (x + 340, y + 330 * i + 110), {}, {"pixels": (base + 1, 0), "vae": vae})
         latents.append(base + 2)
         if labels:

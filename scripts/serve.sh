@@ -2,9 +2,9 @@
 # `make serve`: the real ComfyUI server with this pack loaded and the real frontend, on
 # 127.0.0.1:${PORT:-8188}. Models, inputs and outputs live in ${MUSAR_BASE:-.cache/serve}.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # COMFYUI_PATH picks another ComfyUI
 "$ROOT/scripts/setup.sh"
-VENV="${MUSAR_VENV:-$ROOT/.venv}"
+VENV="$MUSAR_VENV"
 COMFY="$(cat "$VENV/.musar-comfyui-path")"
 BASE="${MUSAR_BASE:-$ROOT/.cache/serve}"
 mkdir -p "$BASE/custom_nodes"

@@ -4,18 +4,18 @@
 # (executable_path=/usr/bin/chromium); `playwright install` is never run and nothing is
 # downloaded when both are present (a second run takes well under a second).
 #
-# The browser tier also runs against the newest ComfyUI frontend on the registry (NEW_FRONTEND,
-# served with `main.py --front-end-root`). It goes into a git-ignored folder with
-# `pip --no-deps --target`, never into the venv: the venv keeps the 1.32.9 that ComfyUI 0.3.75 pins.
+# The browser tier runs every frontend in FRONTENDS (0.3.75's pin, 0.33.0's pin and the newest on
+# the registry) besides the one in the venv. Each goes into a git-ignored folder
+# .comfyui/frontend-<version> with `pip --no-deps --target`, never into the venv (served with
+# `main.py --front-end-root`); the venv keeps the frontend its ComfyUI pins.
 #
 #   scripts/setup_browser.sh        # after scripts/setup.sh
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${MUSAR_VENV:-$ROOT/.venv}"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+VENV="$MUSAR_VENV"
 CHROMIUM="${MUSAR_CHROMIUM:-/usr/bin/chromium}"
-NEW_FRONTEND="1.58.1"
-NEW_FRONTEND_DIR="${MUSAR_NEW_FRONTEND_DIR:-$ROOT/.comfyui/frontend-$NEW_FRONTEND}"
+FRONTENDS="1.32.9 1.49.6 1.58.1"  # keep in step with tests/browser/conftest.py
 
 log() { printf '[setup_browser] %s\n' "$*" >&2; }
 
@@ -38,11 +38,15 @@ if ! "$VENV/bin/python" -c "import playwright.sync_api" 2>/dev/null; then
   log "installing playwright (Python package only; it drives $CHROMIUM)"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q playwright
 fi
-if [ ! -f "$NEW_FRONTEND_DIR/comfyui_frontend_package/static/index.html" ]; then
-  log "installing comfyui-frontend-package==$NEW_FRONTEND into $NEW_FRONTEND_DIR (not the venv)"
-  rm -rf "$NEW_FRONTEND_DIR"
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps --target "$NEW_FRONTEND_DIR" \
-    "comfyui-frontend-package==$NEW_FRONTEND"
-fi
+IN_VENV="$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("comfyui-frontend-package"))')"
+for v in $FRONTENDS; do
+  dir="$ROOT/.comfyui/frontend-$v"
+  if [ "$v" != "$IN_VENV" ] && [ ! -f "$dir/comfyui_frontend_package/static/index.html" ]; then
+    log "installing comfyui-frontend-package==$v into $dir (not the venv)"
+    rm -rf "$dir"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps --target "$dir" \
+      "comfyui-frontend-package==$v"
+  fi
+done
 log "ready: $("$CHROMIUM" --version 2>/dev/null | head -1), playwright $("$VENV/bin/python" -c \
   'from importlib.metadata import version; print(version("playwright"))')"

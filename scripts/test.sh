@@ -6,12 +6,12 @@
 #                                     against a real ComfyUI server (SECURITY.md)
 #   tier 3 (tests/browser) - the real frontend in headless Debian Chromium (installed if missing)
 # All stages always run; the exit code is non-zero if any fails. Extra args go to pytest.
+# COMFYUI_PATH=<checkout> runs every stage against that ComfyUI (its own venv, scripts/env.sh).
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 SECONDS=0
 "$ROOT/scripts/setup.sh" || exit 1
 echo "== setup: ${SECONDS}s =="
-PY="${MUSAR_VENV:-$ROOT/.venv}/bin/python"
 export PYTHONDONTWRITEBYTECODE=1
 cd "$ROOT"
 
@@ -19,7 +19,7 @@ echo "== tier 1: tests/core (no ComfyUI) =="
 "$PY" -m pytest tests/core "$@"
 tier1=$?
 echo "== tier 1 done at ${SECONDS}s =="
-echo "== tier 2: tests/comfy (real ComfyUI $(cat "${MUSAR_VENV:-$ROOT/.venv}/.musar-comfyui-path")) =="
+echo "== tier 2: tests/comfy (real ComfyUI $(cat "$MUSAR_VENV/.musar-comfyui-path")) =="
 "$PY" -m pytest tests/comfy "$@"
 tier2=$?
 echo "== tier 2 done at ${SECONDS}s =="

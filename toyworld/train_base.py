@@ -138,7 +138,7 @@ def lr_at(args, step: int) -> float:
 def init_model(pack, size: str, seed: int):
     st = module(pack, "nodes.standins")
     config = st.flux_unet_config(**SIZES[size])
-    model = st.build_flux(config, seed=seed)
+    model = st.build_flux(config, seed=seed, std=0.02)  # the init every toy base was trained from
     dm = model.model.diffusion_model
     with torch.no_grad():
         dm.final_layer.linear.weight.zero_()  # zero output at init (adaLN-zero style)

@@ -1,8 +1,9 @@
 """Real-browser tier: the real ComfyUI server + the real frontend in headless Chromium.
 
-Two frontends: the one ComfyUI 0.3.75 pins (1.32.9, in the venv) and the newest on the registry
-(NEW_FRONTEND, in a git-ignored folder, served with ``main.py --front-end-root``), as users of
-current ComfyUI run. Tests that take the ``ui`` fixture run once per frontend. Chromium comes from
+Every frontend of FRONTENDS: ComfyUI 0.3.75's pin (1.32.9), ComfyUI 0.33.0's pin (1.49.6) and the
+newest on the registry (1.58.1), as users of each run them. The one the venv's ComfyUI pins is
+served as installed; the others come from git-ignored folders (``main.py --front-end-root``).
+Tests that take the ``ui`` fixture run once per frontend. Chromium comes from
 Debian packages and Playwright for Python drives it through ``executable_path``
 (scripts/setup_browser.sh installs Chromium, Playwright and the second frontend; ``playwright
 install`` is never used). One server and one browser page per test module and frontend.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from importlib import metadata
 import os
 import sys
 import tempfile
@@ -30,23 +32,23 @@ PACK_URL = f"/extensions/{serverutil.PACK_NAME}/"
 # A user who has seen the first-run template browser (it would cover the canvas) and turned off
 # the zoomed-out simplified rendering (so full-graph screenshots stay readable).
 USER_SETTINGS = {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.MinFontSizeForLOD": 0}
-PINNED_FRONTEND = "1.32.9"  # comfyui-frontend-package in the venv (ComfyUI 0.3.75's pin)
-NEW_FRONTEND = "1.58.1"  # scripts/setup_browser.sh installs it beside the venv
-NEW_FRONTEND_DIR = Path(os.environ.get("MUSAR_NEW_FRONTEND_DIR",
-                                       serverutil.ROOT / ".comfyui" / f"frontend-{NEW_FRONTEND}"))
+FRONTENDS = ("1.32.9", "1.49.6", "1.58.1")  # scripts/setup_browser.sh installs them
+PINNED_FRONTEND = metadata.version("comfyui-frontend-package")  # what the venv's ComfyUI pins
+NEWEST_FRONTEND = FRONTENDS[-1]
 
 
 def frontend_args(version: str) -> tuple[str, ...]:
     """main.py arguments that serve ``version`` of the frontend."""
     if version == PINNED_FRONTEND:
         return ()
-    static = NEW_FRONTEND_DIR / "comfyui_frontend_package" / "static"
+    static = serverutil.ROOT / ".comfyui" / f"frontend-{version}" / "comfyui_frontend_package" / "static"
     if not (static / "index.html").is_file():
-        pytest.fail(f"frontend {version} not found in {NEW_FRONTEND_DIR}: run scripts/setup_browser.sh")
+        pytest.fail(f"frontend {version} not found in {static}: run scripts/setup_browser.sh")
     return ("--front-end-root", str(static))
 
 
-@pytest.fixture(scope="module", params=[PINNED_FRONTEND, NEW_FRONTEND], ids=lambda v: f"frontend-{v}")
+@pytest.fixture(scope="module", params=sorted({PINNED_FRONTEND, *FRONTENDS}),
+                ids=lambda v: f"frontend-{v}")
 def frontend(request):
     return request.param
 

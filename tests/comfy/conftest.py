@@ -89,10 +89,7 @@ def run_prompt():
 def module_executor():
     """run_prompt with one PromptExecutor for the test module: nodes whose inputs did not change
     (the stand-in loader, encoded subjects) come from its cache instead of running again."""
-    import execution
-
-    executor = execution.PromptExecutor(runtime._ServerStub(), cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
+    executor = runtime.new_executor()
     return lambda prompt: runtime.run_prompt(prompt, executor=executor)
 
 

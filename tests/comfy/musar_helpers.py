@@ -76,6 +76,96 @@ def random_dual_lora(pack, model, ranks=(2, 4), seed=0, scale=0.5):
     return params, lora.from_trainable(params)
 
 
+# ---- ComfyUI ReferenceLatent references (FLUX.1 Kontext / FLUX.2 stand-ins) ----------------
+REF_SIZES = [(8, 8), (8, 12), (4, 8), (10, 6), (6, 6), (8, 4)]  # latent (h, w) per reference
+
+
+def channels(model):
+    """Latent channels of a FLUX (16) or FLUX.2 (128) stand-in."""
+    return model.model.diffusion_model.params.in_channels
+
+
+def ref_latents(model, n, seed=0):
+    """``n`` seeded reference latents of the sizes REF_SIZES (FLUX.2: half, patch 1)."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 1 if channels(model) == 16 else 2  # FLUX.2 latents are half the size (patch 1)
+    return [torch.randn(1, channels(model), h // scale, w // scale, generator=g)
+            for h, w in REF_SIZES[:n]]
+
+
+def ref_conds(model, refs, method=None, uncond_refs=True, seed=0):
+    """(positive, negative) conditioning holding ``refs`` as ReferenceLatents (the negative too
+    unless ``uncond_refs`` is False), with ``method`` as reference_latents_method."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for with_refs in (True, uncond_refs):
+        extra = {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 3.5}
+        if with_refs and refs:
+            extra["reference_latents"] = list(refs)
+            if method:
+                extra["reference_latents_method"] = method
+        out.append([[torch.randn(1, 7, 64, generator=g), extra]])
+    return out
+
+
+def sample_refs(model, conds, steps=3, cfg=2.0, size=16, seed=0):
+    import comfy.sample
+
+    pos, neg = conds
+    scale = 1 if channels(model) == 16 else 2
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, channels(model), size // scale, size // scale, generator=g)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", pos, neg,
+                               torch.zeros_like(noise), seed=seed, disable_pbar=True)
+
+
+def route_refs(pack, model, labels=None, **kw):
+    """A clone of ``model`` with its references routed (dynamic routing from the first step)."""
+    refs = pack_module(pack, "musar.references")
+    return pack_module(pack, "nodes.patcher").route_references(
+        model, labels or refs.ReferenceLabels(), settings(pack, **kw))
+
+
+def spy_layouts(pack, monkeypatch):
+    """Records (layout, plan) of every routed block attention call, in call order."""
+    attention = pack_module(pack, "musar.attention")
+    seen, original = [], attention.block_attention
+
+    def spy(call, *a):
+        seen.append((call.layout, call.plan))
+        return original(call, *a)
+
+    monkeypatch.setattr(attention, "block_attention", spy)
+    return seen
+
+
+
+
+TOL = 1e-4  # the equivalence tolerance of routed vs dense-reference sampling
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+
+
+def assert_routing_acts(routed_out: torch.Tensor, other: torch.Tensor, factor: float = 100) -> None:
+    """The routing effect under test moves the result by at least ``factor`` x the equivalence
+    tolerance, so an error in it could not hide inside that tolerance."""
+    gap = float((routed_out - other).abs().max())
+    assert gap >= factor * TOL, f"routing changed the result by only {gap:.2e} (< {factor} x {TOL})"
+
+
+def use_dense_reference(pack, monkeypatch) -> None:
+    """From now on routed attention inside sampling is the slow dense reference (full boolean
+    mask, explicit softmax) of the same layout, plan and query rows."""
+    attention = pack_module(pack, "musar.attention")
+
+    def reference(q, k, v, layout, plan, kernel, rows=None):
+        return attention.dense_reference(q, k, v, layout, plan, rows)
+
+    monkeypatch.setattr(attention, "routed_attention", reference)
+
+
 def spy_block_attention(pack, monkeypatch) -> list:
     """Runs MUSAR's block attention unchanged and records every call's (layout, plan, q, k, v,
     kernel), q / k / v cloned, in call order."""

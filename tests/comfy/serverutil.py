@@ -34,17 +34,20 @@ IMPORT_FAILURE = re.compile(r"Cannot import (?P<path>.+?) module for custom node
                             r"|Error while calling comfy_entrypoint in (?P<path3>\S+)")
 
 
+def _venv() -> Path:
+    """The runtime venv (scripts/env.sh exports MUSAR_VENV), else the running one."""
+    return Path(os.environ.get("MUSAR_VENV") or sys.prefix)
+
+
 def venv_python() -> Path:
     """The runtime venv's python (scripts/setup.sh), else the running interpreter."""
-    venv = Path(os.environ.get("MUSAR_VENV", ROOT / ".venv"))
-    py = venv / "bin" / "python"
+    py = _venv() / "bin" / "python"
     return py if py.exists() else Path(sys.executable)
 
 
 def comfy_dir() -> Path:
     """$COMFYUI_PATH, else the ComfyUI recorded by scripts/setup.sh, else .comfyui/0.3.75."""
-    venv = Path(os.environ.get("MUSAR_VENV", ROOT / ".venv"))
-    marker = venv / ".musar-comfyui-path"
+    marker = _venv() / ".musar-comfyui-path"
     for c in (os.environ.get("COMFYUI_PATH"), marker.read_text().strip() if marker.is_file() else None,
               ROOT / ".comfyui" / "0.3.75"):
         if c and (Path(c) / "main.py").is_file():

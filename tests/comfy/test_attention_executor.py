@@ -7,7 +7,7 @@ import comfy.ldm.flux.math
 import comfy.ldm.modules.attention as comfy_attention
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module, routed, sample
+from musar_helpers import make_subjects, pack_module, routed, sample, use_dense_reference
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,6 @@ def _count_lse_calls(pack, monkeypatch) -> list:
     return calls
 
 
-def _dense_reference(pack, monkeypatch):
-    attention = pack_module(pack, "musar.attention")
-    monkeypatch.setattr(attention, "routed_attention",
-                        lambda q, k, v, layout, plan, kernel: attention.dense_reference(q, k, v, layout, plan))
-
-
 @pytest.mark.parametrize("kernel,lse_expected", [("attention_pytorch", True), ("default", False)])
 def test_the_active_comfy_kernel_picks_the_executor_and_both_equal_the_reference(
         pack, model, monkeypatch, kernel, lse_expected):
@@ -45,7 +39,7 @@ def test_the_active_comfy_kernel_picks_the_executor_and_both_equal_the_reference
                         dynamic=True)
     fast = sample(patched, steps=3, cfg=2.0)
     assert bool(calls) == lse_expected
-    _dense_reference(pack, monkeypatch)
+    use_dense_reference(pack, monkeypatch)
     torch.testing.assert_close(fast, sample(patched, steps=3, cfg=2.0), rtol=1e-4, atol=1e-4)
 
 

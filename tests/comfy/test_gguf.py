@@ -143,10 +143,11 @@ def gguf_ops(quant: dict):
     return GGUFOps
 
 
-def load_gguf_model(config: dict, path) -> comfy.model_patcher.ModelPatcher:
-    """What a GGUF UNet loader does: the file's tensors into ComfyUI's FLUX built with GGUF ops."""
+def load_gguf_model(standins, config: dict, path) -> comfy.model_patcher.ModelPatcher:
+    """What a GGUF UNet loader does: the file's tensors into ComfyUI's FLUX built with GGUF ops
+    (the config completed as ComfyUI's model detection completes it)."""
     stored, quant, _ = read_gguf(path)
-    cfg = comfy.supported_models.Flux(dict(config))
+    cfg = comfy.supported_models.Flux(standins.detected_fields(config))
     cfg.set_inference_dtype(torch.float32, None)
     cfg.custom_operations = gguf_ops(quant)
     model = cfg.get_model({})
@@ -162,7 +163,7 @@ def models(standins, tmp_path_factory):
     path = tmp_path_factory.mktemp("gguf") / "tiny_flux-Q8_0-Q4_0.gguf"
     types = write_gguf(path, original.model.diffusion_model.state_dict())
     _, quant, dense = read_gguf(path)
-    return {"original": original, "gguf": load_gguf_model(config, path),
+    return {"original": original, "gguf": load_gguf_model(standins, config, path),
             "dense": standins.build_flux(config, state_dict=dense), "types": types, "quant": quant,
             "dense_sd": dense, "path": path}
 

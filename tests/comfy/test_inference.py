@@ -3,20 +3,21 @@ isolation, CFG batching, the condition cache and per-segment modulation."""
 
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module, routed, sample, spy_block_attention
+from musar_helpers import (
+    assert_close,
+    assert_routing_acts,
+    make_subjects,
+    pack_module,
+    routed,
+    sample,
+    spy_block_attention,
+    use_dense_reference,
+)
 
 
 @pytest.fixture(scope="module")
 def model(tiny_flux):
     return tiny_flux(seed=3)
-
-
-def _dense_reference(pack, monkeypatch):
-    attention = pack_module(pack, "musar.attention")
-    def reference(q, k, v, layout, plan, kernel):
-        return attention.dense_reference(q, k, v, layout, plan)
-
-    monkeypatch.setattr(attention, "routed_attention", reference)
 
 
 SIZES = [(8, 8), (8, 12), (4, 8), (10, 6), (6, 6), (8, 4)]
@@ -30,9 +31,12 @@ def test_patched_sampling_equals_dense_reference(pack, model, monkeypatch, n, dy
     fast = sample(patched, steps=3, cfg=2.0)
     if dynamic:
         assert len(rec.latest.routes) == 2  # steps 2 and 3 routed from the previous step's scores
-    _dense_reference(pack, monkeypatch)
-    slow = sample(patched, steps=3, cfg=2.0)
-    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    # the effect under test: static routing vs none; dynamic (symmetric) vs static alone
+    if not (dynamic and n == 1):  # one subject: every route is that subject (dynamic = static)
+        below = dict(dynamic=symmetric) if dynamic else dict(static=False, dynamic=False)
+        assert_routing_acts(fast, sample(routed(pack, model, subjects, **below)[0], steps=3, cfg=2.0))
+    use_dense_reference(pack, monkeypatch)
+    assert_close(fast, sample(patched, steps=3, cfg=2.0))
 
 
 def test_cond_and_uncond_run_batched_and_share_one_route(pack, model, monkeypatch):
@@ -222,7 +226,8 @@ def test_condition_cache_reuses_and_approximates(pack, model, monkeypatch):
     a, b = sample(exact, steps=4), sample(cached, steps=4)
     assert rec.latest.kv and len(rec.latest.kv) == 4
     assert not torch.equal(a, b)
-    assert (a - b).abs().max() < 0.5 * (a - sample(model, steps=4)).abs().max() + 1e-3
+    # an approximation: its error stays below the whole effect MUSAR has on this model
+    assert (a - b).abs().max() < (a - sample(model, steps=4)).abs().max()
 
 
 def test_masked_subject_uses_only_kept_tokens_and_matches_the_reference(pack, model, monkeypatch):
@@ -236,7 +241,7 @@ def test_masked_subject_uses_only_kept_tokens_and_matches_the_reference(pack, mo
     subjects = make_subjects(pack, ((8, 8),), (3,)).add(subj.Subject(latent, "half", torch.randn(1, 2, 64, generator=g), keep))
     patched, _ = routed(pack, model, subjects)
     fast = sample(patched)
-    _dense_reference(pack, monkeypatch)
+    use_dense_reference(pack, monkeypatch)
     torch.testing.assert_close(fast, sample(patched), rtol=1e-4, atol=1e-4)
 
 
@@ -263,7 +268,7 @@ def test_kontext_reference_latents_are_routed_with_the_canvas(pack, model, monke
                         lambda call, *a: extras.append(call.layout.extra_len) or original(call, *a))
     fast = run()
     assert set(extras) == {16}
-    _dense_reference(pack, monkeypatch)
+    use_dense_reference(pack, monkeypatch)
     torch.testing.assert_close(fast, run(), rtol=1e-4, atol=1e-4)
 
 

@@ -124,12 +124,9 @@ def test_fp8_weights_with_lora_and_routing(pack, standins):
 # ---- through the executor: bad values, malformed files, linked widgets ------------------------
 @pytest.fixture(scope="module")
 def run_prompt():
-    import execution
-
     from musar_run import runtime
 
-    executor = execution.PromptExecutor(runtime._ServerStub(), cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
+    executor = runtime.new_executor()
     return lambda prompt: runtime.run_prompt(prompt, executor=executor)
 
 

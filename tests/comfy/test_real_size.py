@@ -10,7 +10,7 @@ import comfy.utils
 import folder_paths
 import pytest
 import torch
-from musar_helpers import pack_module
+from musar_helpers import pack_module, use_dense_reference
 from safetensors.torch import save_file
 
 import nodes as comfy_nodes
@@ -78,9 +78,7 @@ def test_real_flux_shapes_with_fp8_weights_equal_the_dense_reference(pack, real_
     out = sample_real(patched)
     assert out.shape == (1, 16, 16, 16) and torch.isfinite(out).all()
     assert len(handle.recorder.latest.routes) == 1  # step 2 ran with the route of step 1
-    attention = pack_module(pack, "musar.attention")
-    monkeypatch.setattr(attention, "routed_attention",
-                        lambda q, k, v, layout, plan, kernel: attention.dense_reference(q, k, v, layout, plan))
+    use_dense_reference(pack, monkeypatch)
     dense = sample_real(patched)
     torch.testing.assert_close(out, dense, rtol=1e-4, atol=1e-4)
     assert not model.object_patches and "musar_routing" not in model.model_options["transformer_options"]

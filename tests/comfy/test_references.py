@@ -5,14 +5,26 @@ ReferenceLatent graph, blocked reference pairs carry no information, hard region
 the requested route, the input MODEL is unchanged, CFG batches share one route, fp8 weights,
 MUSAR subjects and routed references in one MODEL."""
 
-import comfy.sample
 import pytest
 import torch
-from musar_helpers import make_subjects, pack_module, routed, settings, spy_block_attention
+from musar_helpers import (
+    REF_SIZES,
+    assert_close,
+    assert_routing_acts,
+    make_subjects,
+    pack_module,
+    ref_conds,
+    ref_latents,
+    route_refs,
+    routed,
+    sample_refs,
+    spy_block_attention,
+    spy_layouts,
+    use_dense_reference,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: small ops
 METHODS = ("offset", "index", "uxo")
-REF_SIZES = [(8, 8), (8, 12), (4, 8), (10, 6), (6, 6), (8, 4)]  # latent (h, w) per reference
 
 
 @pytest.fixture(scope="module")
@@ -25,64 +37,6 @@ def flux2(standins):
     return standins.build_flux(standins.flux2_unet_config(), seed=5)
 
 
-def _channels(model):
-    return model.model.diffusion_model.params.in_channels
-
-
-def ref_latents(model, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    scale = 1 if _channels(model) == 16 else 2  # FLUX.2 latents are half the size (patch 1)
-    return [torch.randn(1, _channels(model), h // scale, w // scale, generator=g)
-            for h, w in REF_SIZES[:n]]
-
-
-def ref_conds(model, refs, method=None, uncond_refs=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for with_refs in (True, uncond_refs):
-        extra = {"pooled_output": torch.randn(1, 32, generator=g), "guidance": 3.5}
-        if with_refs and refs:
-            extra["reference_latents"] = list(refs)
-            if method:
-                extra["reference_latents_method"] = method
-        out.append([[torch.randn(1, 7, 64, generator=g), extra]])
-    return out
-
-
-def sample_refs(model, conds, steps=3, cfg=2.0, size=16, seed=0):
-    pos, neg = conds
-    scale = 1 if _channels(model) == 16 else 2
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(1, _channels(model), size // scale, size // scale, generator=g)
-    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", pos, neg,
-                               torch.zeros_like(noise), seed=seed, disable_pbar=True)
-
-
-def route_refs(pack, model, labels=None, **kw):
-    """A clone of ``model`` with its references routed (dynamic routing from the first step)."""
-    refs = pack_module(pack, "musar.references")
-    return pack_module(pack, "nodes.patcher").route_references(
-        model, labels or refs.ReferenceLabels(), settings(pack, **kw))
-
-
-def dense_reference(pack, monkeypatch):
-    attention = pack_module(pack, "musar.attention")
-    monkeypatch.setattr(attention, "routed_attention",
-                        lambda q, k, v, layout, plan, kernel: attention.dense_reference(q, k, v, layout, plan))
-
-
-def spy_layouts(pack, monkeypatch):
-    attention = pack_module(pack, "musar.attention")
-    seen, original = [], attention.block_attention
-
-    def spy(call, *a):
-        seen.append((call.layout, call.plan))
-        return original(call, *a)
-
-    monkeypatch.setattr(attention, "block_attention", spy)
-    return seen
-
-
 @pytest.mark.parametrize("n", range(1, 7))
 @pytest.mark.parametrize("method", METHODS)
 def test_routed_references_equal_the_dense_reference_flux1(pack, flux1, monkeypatch, n, method):
@@ -92,8 +46,12 @@ def test_routed_references_equal_the_dense_reference_flux1(pack, flux1, monkeypa
     fast = sample_refs(patched, conds)
     assert len(rec.latest.routes) == 2 and seen[0][0].n_references == n
     assert {lay.reference_lens for lay, _ in seen} == {tuple(h * w // 4 for h, w in REF_SIZES[:n])}
-    dense_reference(pack, monkeypatch)
-    torch.testing.assert_close(fast, sample_refs(patched, conds), rtol=1e-4, atol=1e-4)
+    static = sample_refs(route_refs(pack, flux1, dynamic=False)[0], conds)
+    if n > 1:  # one reference: every route is that reference, static alone is the same
+        assert_routing_acts(fast, static)  # dynamic routing's effect
+        assert_routing_acts(static, sample_refs(flux1, conds))  # references no longer see each other
+    use_dense_reference(pack, monkeypatch)
+    assert_close(fast, sample_refs(patched, conds))
 
 
 @pytest.mark.parametrize("n", range(1, 7))
@@ -104,8 +62,12 @@ def test_routed_references_equal_the_dense_reference_flux2(pack, flux2, monkeypa
     fast = sample_refs(patched, conds)
     assert len(rec.latest.routes) == 2 and seen[0][0].n_references == n
     assert seen[0][0].prompt_len == 512  # FLUX.2 pads the prompt to 512 tokens
-    dense_reference(pack, monkeypatch)
-    torch.testing.assert_close(fast, sample_refs(patched, conds), rtol=1e-4, atol=1e-4)
+    static = sample_refs(route_refs(pack, flux2, dynamic=False, block_prompt_references=n % 2 == 1)[0], conds)
+    if n > 1:
+        assert_routing_acts(fast, static)
+    assert_routing_acts(static, sample_refs(flux2, conds))  # refs apart (n > 1), prompt apart (odd n)
+    use_dense_reference(pack, monkeypatch)
+    assert_close(fast, sample_refs(patched, conds))
 
 
 @pytest.mark.parametrize("family", ["flux1", "flux2"])
@@ -195,7 +157,7 @@ def test_regions_and_routes_match_the_dense_reference(pack, flux1, monkeypatch):
     fast = sample_refs(patched, conds, steps=4)
     routes = [route for _, route in rec.latest.routes]
     assert all((r.reshape(8, 8)[:, :4] == 0).all() for r in routes)
-    dense_reference(pack, monkeypatch)
+    use_dense_reference(pack, monkeypatch)
     torch.testing.assert_close(fast, sample_refs(patched, conds, steps=4), rtol=1e-4, atol=1e-4)
 
 
@@ -215,7 +177,7 @@ def test_uncond_without_references_runs_apart_and_stays_unrouted(pack, flux1, mo
     seen = spy_layouts(pack, monkeypatch)
     fast = sample_refs(patched, conds, steps=3)
     assert {(lay.n_references, plan.route is None) for lay, plan in seen} >= {(0, True), (2, False)}
-    dense_reference(pack, monkeypatch)
+    use_dense_reference(pack, monkeypatch)
     torch.testing.assert_close(fast, sample_refs(patched, conds, steps=3), rtol=1e-4, atol=1e-4)
 
 
@@ -226,7 +188,7 @@ def test_fp8_weights_with_routed_references(pack, standins, monkeypatch):
     patched, _ = route_refs(pack, model, dynamic=True)
     fast = sample_refs(patched, conds)
     assert torch.isfinite(fast).all()
-    dense_reference(pack, monkeypatch)
+    use_dense_reference(pack, monkeypatch)
     torch.testing.assert_close(fast, sample_refs(patched, conds), rtol=1e-4, atol=1e-4)
 
 
@@ -250,5 +212,5 @@ def test_subjects_and_references_route_together_in_one_model(pack, flux1, monkey
     assert rec.latest.conditions.captions == ("subject 0", "subject 1", "ref 1", "reference 2")
     routes = [r.reshape(8, 8) for _, r in rec.latest.routes]
     assert len(routes) == 3 and all((r[:, :4] == 2).all() and int(r.max()) < 4 for r in routes)
-    dense_reference(pack, monkeypatch)
+    use_dense_reference(pack, monkeypatch)
     torch.testing.assert_close(fast, sample_refs(patched, conds, steps=3), rtol=1e-4, atol=1e-4)

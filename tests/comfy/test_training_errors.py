@@ -31,12 +31,9 @@ def data():
 @pytest.fixture(scope="module")
 def run_prompt():
     """One executor for the module: unchanged nodes (the stand-in loader) come from its cache."""
-    import execution
-
     from musar_run import runtime
 
-    executor = execution.PromptExecutor(runtime._ServerStub(), cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
+    executor = runtime.new_executor()
     return lambda prompt: runtime.run_prompt(prompt, executor=executor)
 
 

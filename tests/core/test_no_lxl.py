@@ -85,8 +85,7 @@ def test_condition_cache_step_never_allocates_an_lxl_tensor():
                       torch.arange(LAYOUT.canvas.start, LAYOUT.canvas.stop)])
     for kind in ("static", "dynamic"):
         plan = PLANS[kind](q.shape[0])
-        m = _largest(lambda plan=plan: attention.routed_attention_cached(
-            q[:, :, keep], k, v, LAYOUT, plan, attention.sdpa))
+        m = _largest(lambda plan=plan: attention.routed_attention(q[:, :, keep], k, v, LAYOUT, plan, attention.sdpa, rows=(LAYOUT.prompt, LAYOUT.canvas)))
         assert m.numel < L * L, f"{kind}: {m.op} allocated {m.numel} elements"
 
 

@@ -1,0 +1,9 @@
+"""torchaudio.functional of MUSAR's torchaudio stand-in (see the package docstring)."""
+
+from . import _Missing
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _Missing(f"functional.{name}")
