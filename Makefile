@@ -5,7 +5,7 @@ PY = $(shell COMFYUI_PATH="$(COMFYUI_PATH)" scripts/env.sh --python)
 export COMFYUI_PATH
 TOY_SIZE ?= small
 
-.PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy lint clean
+.PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy toy-refbase eval-toy-refs lint clean
 
 setup:            ## .venv with CPU torch 2.13.0 + ComfyUI 0.3.75, pack linked; COMFYUI_PATH=<checkout>: that ComfyUI with its own venv (every target)
 	scripts/setup.sh
@@ -42,6 +42,15 @@ eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI 
 	nice $(PY) -m toyworld.eval --size $(TOY_SIZE) --part routing $(EVAL_ARGS); s=$$?; \
 	wait $$p && wait $$q && [ $$s = 0 ]
 	$(PY) -m toyworld.eval --size $(TOY_SIZE) --merge $(EVAL_ARGS)
+
+toy-refbase: setup ## toy world, the multi-reference base (docs/TOY_WORLD.md §10): 1-4 ReferenceLatent pictures ("index" method) placed where the prompt says, dense attention, then its gate -> .cache/toyworld/refbase; resumable, nice'd; REF_ARGS="--steps 20 --no-gate --out /tmp/x --work /tmp/xw" for a smoke run
+	nice $(PY) -m toyworld.train_refbase $(REF_ARGS)
+
+eval-toy-refs: setup ## MUSAR Route References on the multi-reference base (off / static / dynamic / hard / soft regions; held-out identities, counterfactual swaps; two parts side by side, then merged) -> .cache/toyworld/refbase/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
+	nice $(PY) -m toyworld.refeval --part plain $(EVAL_ARGS) & p=$$!; \
+	nice $(PY) -m toyworld.refeval --part regions $(EVAL_ARGS); s=$$?; \
+	wait $$p && [ $$s = 0 ]
+	$(PY) -m toyworld.refeval --merge $(EVAL_ARGS)
 
 bench:            ## performance bench (docs/PERFORMANCE.md): routed vs dense vs naive attention, sampling steps vs ReferenceLatent / text-to-image; prints PASS/MISS per target, never fails the build; report in bench/results/report.md
 	scripts/setup.sh

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import common, memtrack  # noqa: E402
-from musar import attention, routing  # noqa: E402
+from musar import attention, routes  # noqa: E402
 from musar.layout import TokenLayout  # noqa: E402
 
 SHAPES = dict(heads=2, head_dim=128, grid=(32, 32), ref_tokens=1024, prompt=256,
@@ -97,8 +97,8 @@ def without_lse(attn):
 
 
 def cases_for(layout, q, k, v, route, sdpa, subquad) -> dict:
-    static = routing.RoutePlan(static=True)
-    dyn = routing.RoutePlan(static=True, route=route)
+    static = routes.RoutePlan(static=True)
+    dyn = routes.RoutePlan(static=True, route=route)
     q_x = q[:, :, layout.x]
 
     def routed_dyn_s():
@@ -176,8 +176,8 @@ def run_n(n: int, shapes: dict, sdpa, subquad, max_rounds: int) -> dict:
             [x / y for x, y in zip(cpu["routed_sq"], cpu["dense_sq"])])
     return {
         "n": n, "L": layout.total, "LxL": layout.total ** 2, "max_abs_err": err,
-        "ideal_static": routing.allowed_fraction(layout, plans["static"]),
-        "ideal_dyn": routing.allowed_fraction(layout, plans["dyn"]),
+        "ideal_static": routes.allowed_fraction(layout, plans["static"]),
+        "ideal_dyn": routes.allowed_fraction(layout, plans["dyn"]),
         "rounds": len(cpu["dense"]), "median_s": med, "ratios": ratios, "times_s": cpu,
         "median_wall_s": {name: common.median(ts) for name, ts in wall.items()},
         "naive_s": {name: common.median(ts) for name, ts in slow_cpu.items()},

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -26,12 +25,13 @@ if str(ROOT) not in sys.path:
 
 from bench import common  # noqa: E402
 from bench import sampling_bench as sb  # noqa: E402
+from musar_run import runtime  # noqa: E402
 
 
 def _setup(kernel: str):
     shapes, m = sb.SHAPES, sb.MODEL
     pack, _ = sb.bootstrap(kernel)
-    standins = importlib.import_module(f"{pack.__name__}.nodes.standins")
+    standins = runtime.pack_module(pack, "nodes.standins")
     model = standins.build_flux(standins.flux_unet_config(
         m["hidden"], m["heads"], m["depth"], m["single_depth"], m["context_dim"], m["vec_dim"]))
     g = torch.Generator().manual_seed(2)
@@ -63,7 +63,7 @@ def _configs(pack, model, subjects, plain, kontext, clock):
 
 
 def _instrument(pack, clock):
-    attention = importlib.import_module(f"{pack.__name__}.musar.attention")
+    attention = runtime.pack_module(pack, "musar.attention")
     block, mass = attention.block_attention, attention.subject_attention_mass
 
     def timed_block(*args):

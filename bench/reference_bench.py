@@ -1,6 +1,13 @@
-"""Reference routing (MUSAR Route References) vs stock dense attention at FLUX.2-like token counts:
-canvas 4096 tokens (1024 x 1024), prompt 512, N = 2, 4, 6, 10 references of 1024 tokens
-(512 x 512) and, as a second series, of 4096 tokens (1024 x 1024).
+"""Reference routing (MUSAR Route References) vs stock dense attention at the token counts of each
+routed family, canvas 4096 tokens (1024 x 1024) throughout:
+
+* ``flux2``  FLUX.2 [dev]: prompt 512, N = 2, 4, 6, 10 references of 1024 tokens (512 x 512) and,
+             as a second series, of 4096 tokens (1024 x 1024)
+* ``qwen``   Qwen-Image-Edit: references of 4096 tokens (1024 x 1024, Wan VAE 8x, patch 2), and a
+             prompt that grows with them: ~110 template and text tokens + ~190 vision tokens per
+             picture (TextEncodeQwenImageEditPlus: each picture at ~384 x 384 in the prompt), N =
+             1 ... 10
+* ``klein``  FLUX.2 [klein]: prompt 512 (Qwen3, padded to 512), references of 4096 tokens, N = 1 ... 10
 
 Cases per N, side by side (shuffled order per round, warm-up first, CPU time of one torch
 thread, medians; ratios = medians of per-round ratios):
@@ -36,17 +43,30 @@ if str(ROOT) not in sys.path:
 
 from bench import common, memtrack  # noqa: E402
 from bench.attention_bench import kernels, region_route, without_lse  # noqa: E402
-from musar import attention, routing  # noqa: E402
+from musar import attention, routes  # noqa: E402
 from musar.layout import TokenLayout  # noqa: E402
 
 SHAPES = dict(heads=1, head_dim=128, memory_heads=2, grid=(64, 64), prompt=512,
               ref_tokens=(1024, 4096), ns=(2, 4, 6, 10))
+QWEN_TEXT, QWEN_PER_PICTURE = 110, 190  # Qwen-Image-Edit prompt: template + text, vision tokens
+FAMILIES = {
+    "flux2": SHAPES,
+    "qwen": dict(SHAPES, prompt=None, ref_tokens=(4096,), ns=(1, 2, 3, 4, 6, 10)),
+    "klein": dict(SHAPES, ref_tokens=(4096,), ns=(1, 2, 3, 4, 6, 10)),
+}
 QUICK = dict(SHAPES, grid=(16, 16), prompt=64, ref_tokens=(64, 256), ns=(2, 4))
+
+
+def prompt_len(n: int, shapes: dict) -> int:
+    """The family's prompt length with n references (Qwen-Image-Edit: n pictures in the prompt)."""
+    if shapes["prompt"] is None:
+        return QWEN_TEXT + QWEN_PER_PICTURE * n
+    return shapes["prompt"]
 
 
 def layout_for(n: int, ref: int, shapes: dict) -> TokenLayout:
     rows, cols = shapes["grid"]
-    return TokenLayout(shapes["prompt"], rows * cols, reference_lens=(ref,) * n)
+    return TokenLayout(prompt_len(n, shapes), rows * cols, reference_lens=(ref,) * n)
 
 
 def _cases(layout, plans: dict, heads: int, head_dim: int, seed: int, sdpa, gather) -> dict:
@@ -63,8 +83,8 @@ def run_n(n: int, ref: int, shapes: dict, sdpa, gather) -> dict:
     """Memory on ``memory_heads`` heads of head_dim / memory_heads (the same bytes per token),
     then the timed rounds on ``heads`` (the gather executor only in the memory run)."""
     layout = layout_for(n, ref, shapes)
-    static = routing.RoutePlan()
-    dyn = routing.RoutePlan(route=region_route(n, shapes["grid"]))
+    static = routes.RoutePlan()
+    dyn = routes.RoutePlan(route=region_route(n, shapes["grid"]))
     plans = {"static": static, "dyn": dyn}
     mem, largest, alloc = {}, {}, {}
     heads = shapes["memory_heads"]
@@ -78,8 +98,8 @@ def run_n(n: int, ref: int, shapes: dict, sdpa, gather) -> dict:
     ratios = {f"{a}/dense": common.median([x / y for x, y in zip(cpu[a], cpu["dense"])])
               for a in ("routed", "routed_dyn")}
     return {"n": n, "ref": ref, "L": layout.total, "LxL": layout.total ** 2,
-            "ideal_static": routing.allowed_fraction(layout, static),
-            "ideal_dyn": routing.allowed_fraction(layout, dyn), "rounds": len(cpu["dense"]),
+            "ideal_static": routes.allowed_fraction(layout, static),
+            "ideal_dyn": routes.allowed_fraction(layout, dyn), "rounds": len(cpu["dense"]),
             "median_s": {c: common.median(ts) for c, ts in cpu.items()}, "ratios": ratios,
             "times_s": cpu, "median_wall_s": {c: common.median(ts) for c, ts in wall.items()},
             "tensor_peak": mem, "largest_numel": largest, "allocator_peak": alloc}
@@ -88,17 +108,23 @@ def run_n(n: int, ref: int, shapes: dict, sdpa, gather) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shapes (smoke run, seconds)")
-    ap.add_argument("--json", type=Path, default=common.RESULTS / "references.json")
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="flux2",
+                    help="token counts of this family (default flux2)")
+    ap.add_argument("--json", type=Path, help="default: bench/results/references[_<family>].json")
     args = ap.parse_args(argv)
-    shapes = QUICK if args.quick else SHAPES
+    shapes = QUICK if args.quick else FAMILIES[args.family]
+    if args.quick and args.family == "qwen":
+        shapes = dict(QUICK, prompt=None)
+    suffix = "" if args.family == "flux2" else f"_{args.family}"
+    args.json = args.json or common.RESULTS / f"references{suffix}.json"
     torch.set_num_threads(1)
     sdpa, _ = kernels()
     gather = without_lse(sdpa)
-    results = {"shapes": shapes, "machine": common.machine(), "per_n": []}
+    results = {"family": args.family, "shapes": shapes, "machine": common.machine(), "per_n": []}
     for ref in shapes["ref_tokens"]:
         for n in shapes["ns"]:
             r = run_n(n, ref, shapes, sdpa, gather)
-            print(f"[references] ref={ref} N={n} L={r['L']} rounds={r['rounds']} "
+            print(f"[references {args.family}] ref={ref} N={n} L={r['L']} rounds={r['rounds']} "
                   + " ".join(f"{c}={t * 1000:.0f}ms" for c, t in r["median_s"].items()) + " | "
                   + " ".join(f"{c}={x:.2f}" for c, x in r["ratios"].items())
                   + f" | ideal static {r['ideal_static']:.2f}", flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bench import common
 from bench.attention_bench import region_route
-from musar import routing
+from musar import routes
 from musar.layout import TokenLayout
 
 TIME_TARGETS = ((4, 0.6), (10, 0.4))  # issue 12: static reference routing vs dense attention
@@ -64,9 +64,9 @@ def real_shapes() -> list[str]:
         for n in (1, 2, 4, 6, 10):
             lay = TokenLayout(512, 4096, reference_lens=(ref,) * n)
             rows.append([ref, n, lay.total,
-                         routing.allowed_fraction(lay, routing.RoutePlan()),
-                         routing.allowed_fraction(lay, routing.RoutePlan(block_prompt_references=True)),
-                         routing.allowed_fraction(lay, routing.RoutePlan(
+                         routes.allowed_fraction(lay, routes.RoutePlan()),
+                         routes.allowed_fraction(lay, routes.RoutePlan(block_prompt_references=True)),
+                         routes.allowed_fraction(lay, routes.RoutePlan(
                              route=region_route(n, (64, 64))))])
     return ["## Ideal ratios at real FLUX.2 [dev] shapes (computed from the plan, not timed)", "",
             "1024x1024 target (4096 tokens), prompt 512, N references of 1024 (512x512), 2304 "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench import common, references
 from bench.attention_bench import region_route
-from musar import routing
+from musar import routes
 from musar.layout import TokenLayout
 
 MB = 2 ** 20
@@ -201,8 +201,8 @@ def _real_shapes() -> list[str]:
     rows = []
     for n in (1, 2, 3, 4, 6):
         lay = TokenLayout(512, 4096, (12,) * n, (1024,) * n)
-        static = routing.allowed_fraction(lay, routing.RoutePlan())
-        dyn = routing.allowed_fraction(lay, routing.RoutePlan(route=region_route(n, (64, 64))))
+        static = routes.allowed_fraction(lay, routes.RoutePlan())
+        dyn = routes.allowed_fraction(lay, routes.RoutePlan(route=region_route(n, (64, 64))))
         rows.append([n, lay.total, static, dyn])
     return ["## Ideal ratios at real FLUX.1 shapes (computed from the plan, not timed)", "",
             "1024x1024 target (4096 tokens), prompt 512, 512x512 references (1024 tokens), "

@@ -14,7 +14,7 @@ Usage: python bench/sampling_bench.py [--kernel sdpa|default] [--rounds 4] [--qu
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import json
 import random
 import sys
@@ -62,20 +62,21 @@ def conditioning(shapes: dict, refs, context_dim: int, seed: int = 0):
 
 
 def subjects_for(pack, shapes: dict, refs, context_dim: int, seed: int = 1):
-    subj = importlib.import_module(f"{pack.__name__}.musar.subjects")
+    subj = runtime.pack_module(pack, "musar.subjects")
     g = torch.Generator().manual_seed(seed)
     out = subj.SubjectSet()
     for i, (latent, n) in enumerate(zip(refs, shapes["captions"])):
-        out = out.add(subj.Subject(latent, f"subject {i}", torch.randn(1, n, context_dim, generator=g)))
+        out = out.add(subj.Subject(latent, f"subject {i + 1}", torch.randn(1, n, context_dim, generator=g)))
     return out
 
 
 def musar_model(pack, model, subjects, cache: bool, dynamic: bool = True):
     """Patched exactly as the MUSAR_ApplyRouting node does with its defaults (static + dynamic
     routing from 20 % of the schedule, route scores in the double blocks)."""
-    nodes = importlib.import_module(f"{pack.__name__}.nodes.routing")
-    out = nodes.MusarApplyRouting.execute(model, subjects, True, dynamic, 0.2, 1.0, "double", 0.0,
-                                          3, False, 1.0, cache, "shared")
+    nodes = runtime.pack_module(pack, "nodes.apply_routing")
+    settings = runtime.pack_module(pack, "musar.settings").RoutingSettings(
+        dynamic_routing=dynamic, condition_cache=cache)  # every other setting: the node's default
+    out = nodes.MusarApplyRouting.execute(model, subjects, **dataclasses.asdict(settings))
     return out.result[0]
 
 
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     shapes = QUICK if args.quick else SHAPES
     pack, kernel_name = bootstrap(args.kernel)
-    standins = importlib.import_module(f"{pack.__name__}.nodes.standins")
+    standins = runtime.pack_module(pack, "nodes.standins")
     cfg = standins.flux_unet_config(MODEL["hidden"], MODEL["heads"], MODEL["depth"],
                                     MODEL["single_depth"], MODEL["context_dim"], MODEL["vec_dim"])
     model = standins.build_flux(cfg, seed=0)

@@ -23,9 +23,10 @@ from collections.abc import Callable
 
 import torch
 
-from .attention_lse import SDPA_LSE, lse_twin, needs_grad, segment_attention
+from .attention_lse import SDPA_LSE, Weighted, lse_twin, needs_grad, segment_attention
+from .errors import RoutingError
 from .layout import TokenLayout
-from .routing import Group, RoutePlan, allowed_mask, dynamic_groups, runs, static_groups
+from .routes import Group, RoutePlan, allowed_mask, dynamic_groups, key_bias, runs, static_groups
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,9 +47,12 @@ def _merged(parts: tuple[slice, ...]) -> slice | None:
 
 # ---- log-sum-exp executor ----------------------------------------------------------------------
 def _key_segments(g: Group, k, v, chunk: int) -> tuple[list, int]:
-    """The group's keys as (k, v) views of contiguous runs, and the rows its gathers hold: an
-    arbitrary index set (symmetric routing's routed canvas keys) is gathered ``chunk`` keys at
-    a time, each chunk a segment of its own (gathered when its kernel call runs)."""
+    """The group's keys as (k, v) views of contiguous runs (weighted segments split off and
+    wrapped in ``Weighted``), and the rows its gathers hold: an arbitrary index set (symmetric
+    routing's routed canvas keys) is gathered ``chunk`` keys at a time, each chunk a segment of
+    its own (gathered when its kernel call runs)."""
+    if g.k_weights:
+        return [_weighted_view(k, v, piece, w) for piece, w in _weighted_runs(g, k.shape[2])], 0
     if g.k is None:
         return [(k, v)], 0
     if isinstance(g.k, slice):
@@ -57,6 +61,31 @@ def _key_segments(g: Group, k, v, chunk: int) -> tuple[list, int]:
         return [(k[:, :, p], v[:, :, p]) for p in runs(g.k_parts)], 0
     idx = g.k.to(k.device)
     return [functools.partial(_gather, k, v, i) for i in idx.split(chunk)], 2 * min(chunk, len(idx))
+
+
+def _weighted_runs(g: Group, length: int) -> list[tuple[slice, float]]:
+    """The group's key runs cut at its weighted segments: (piece, weight) in sequence order."""
+    if g.k is None:
+        spans = [slice(0, length)]
+    elif isinstance(g.k, slice):
+        spans = [g.k]
+    elif g.k_parts:
+        spans = runs(g.k_parts)
+    else:
+        raise ValueError("weighted key segments need segment keys, not an index set")
+    cuts = sorted({c for s, _ in g.k_weights for c in (s.start, s.stop)})
+    out = []
+    for span in spans:
+        edges = [span.start, *(c for c in cuts if span.start < c < span.stop), span.stop]
+        for a, b in zip(edges, edges[1:]):
+            w = next((w for s, w in g.k_weights if s.start <= a and b <= s.stop), 1.0)
+            out.append((slice(a, b), w))
+    return out
+
+
+def _weighted_view(k, v, piece: slice, weight: float):
+    pair = (k[:, :, piece], v[:, :, piece])
+    return pair if weight == 1.0 else Weighted(pair, weight)
 
 
 def _gather(k, v, idx):
@@ -175,6 +204,14 @@ def _run_groups(q, k, v, groups: list[Group], attn: AttnFn, out: torch.Tensor,
     lse = lse_twin(attn, q, k, v)
     if lse is not None:
         return _run_groups_lse(q, k, v, groups, lse, out)
+    weighted = [g for g in groups if g.k_weights]
+    if weighted:  # a weighted softmax needs the log-sum-exp: PyTorch's SDPA runs those groups
+        if not SDPA_LSE.supports(q, needs_grad(q, k, v)):
+            raise RoutingError(f"a reference strength below 1 needs PyTorch's SDPA with its "
+                               f"log-sum-exp, which does not run for {q.device} {q.dtype}: set "
+                               "every MUSAR Reference Label strength to 1")
+        _run_groups_lse(q, k, v, weighted, SDPA_LSE, out)
+        groups = [g for g in groups if not g.k_weights]
     keys = _Keys(k, v, canvas, groups)
     for g in sorted(groups, key=keys.order):
         kk, vv = keys.get(g)
@@ -256,7 +293,7 @@ class QueryRows:
             q = (parts[0] if len(parts) == 1 else _index_of(parts, self.device)) if g.q_parts \
                 else self.index(g.q)
             if _count(q):
-                out.append(Group(q, g.k, g.kind, parts, g.k_parts))
+                out.append(Group(q, g.k, g.kind, parts, g.k_parts, g.k_weights))
         return out
 
 
@@ -299,9 +336,13 @@ def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: T
     """Slow reference: full boolean mask and an explicit softmax (tests and the naive bench);
     ``rows`` as in ``routed_attention``."""
     mask = allowed_mask(layout, plan, q.shape[0]).to(q.device)
+    bias = key_bias(layout, plan, q.shape[0]).to(q.device) if plan.weights else None
     if rows is not None:
-        mask = mask[:, torch.cat([torch.arange(r.start, r.stop) for r in rows]).to(q.device)]
+        keep = torch.cat([torch.arange(r.start, r.stop) for r in rows]).to(q.device)
+        mask, bias = mask[:, keep], None if bias is None else bias[:, keep]
     scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if bias is not None:
+        scores = scores + bias[:, None]
     scores = scores.masked_fill(~mask[:, None], float("-inf"))
     o = torch.softmax(scores, dim=-1) @ v.float()
     return o.to(q.dtype).transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
@@ -357,10 +398,11 @@ def block_attention(call, block: tuple, q: torch.Tensor, k: torch.Tensor, v: tor
     in routing blocks, routed attention, and the strength blend of the canvas output. ``call``
     is the ``session.MusarCall`` of this model call, ``block`` ("double" | "single", index);
     ``kernel(q, k, v, mask=None)`` is the model's attention function."""
-    if mask is not None:  # the diffusion-model wrapper drops conditioning masks before FLUX
-        raise RuntimeError("MUSAR: an attention mask reached routed attention; another patch "
-                           "adds one, which MUSAR's routing cannot combine with")
-    lay, settings, run = call.layout, call.routing.settings, call.run
+    if mask is not None and bool((mask != 0).any()):  # Qwen-Image passes its (zero) text mask
+        raise RoutingError("MUSAR: an attention mask that hides tokens reached routed attention "
+                           "(a padded text encoding, or a patch that adds a mask); routing cannot "
+                           "combine with it: encode each prompt on its own")
+    lay, settings, run = call.layout, call.settings, call.run
     P, C = lay.prompt_len, lay.canvas_len
     if call.cached:
         kt, vt, ki, vi = run.kv[block]
@@ -371,7 +413,7 @@ def block_attention(call, block: tuple, q: torch.Tensor, k: torch.Tensor, v: tor
         run.kv[block] = (k[:, :, cond_txt], v[:, :, cond_txt], k[:, :, cond_img], v[:, :, cond_img])
     rows = query_rows(call, q.shape[2], k.shape[2])
     local = QueryRows(lay, rows, q.device) if rows is not None else None
-    if call.collect and block in call.routing.blocks:
+    if call.collect and block in call.schedule.blocks:
         call.add_scores(subject_attention_mass(q[:, :, local.index(lay.x) if local else lay.x], k, lay))
     out = routed_attention(q, k, v, lay, call.plan, kernel, rows)
     if settings.strength != 1.0:

@@ -21,6 +21,7 @@ gradients (as ring attention does), so training runs the same way.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -100,17 +101,40 @@ def lse_twin(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return twin if twin is not None and twin.supports(q, needs_grad(q, k, v)) else None
 
 
+class Weighted:
+    """A key segment whose softmax mass is multiplied by ``weight`` (its log-sum-exp raised by
+    log(weight)): the segment's keys count ``weight`` times as much against the others, exactly;
+    weight 0 drops the segment."""
+
+    __slots__ = ("segment", "log_weight")
+
+    def __init__(self, segment, weight: float):
+        self.segment = segment
+        self.log_weight = math.log(weight) if weight > 0 else -math.inf
+
+
 def _kv(segment):
+    if isinstance(segment, Weighted):
+        segment = segment.segment
     return segment() if callable(segment) else segment
 
 
+def _log_weight(segment) -> float:
+    return segment.log_weight if isinstance(segment, Weighted) else 0.0
+
+
 def merge(q, keys, forward):
-    """Attention of q over the union of the key segments ((k, v) pairs, or callables returning
-    one when the call needs it), one ``forward`` call each, merged in place by the log-sum-exp.
-    Returns (out, lse)."""
+    """Attention of q over the union of the key segments ((k, v) pairs, callables returning one
+    when the call needs it, or either wrapped in ``Weighted``), one ``forward`` call each,
+    merged in place by the log-sum-exp. Returns (out, lse)."""
+    keys = [s for s in keys if _log_weight(s) > -math.inf]
     out, lse = forward(q, *_kv(keys[0]))
+    if _log_weight(keys[0]):
+        lse = lse + _log_weight(keys[0])
     for segment in keys[1:]:
         part, part_lse = forward(q, *_kv(segment))
+        if _log_weight(segment):
+            part_lse = part_lse + _log_weight(segment)
         total = torch.logaddexp(lse, part_lse)
         out.mul_(torch.exp(lse - total).unsqueeze(-1))
         out.add_(part.mul_(torch.exp(part_lse - total).unsqueeze(-1)))
@@ -148,5 +172,7 @@ def segment_attention(q: torch.Tensor, keys: list, kernel, grad: bool) -> torch.
     """(B, h, Lq, d) attention of q over the union of the key segments (see ``merge``), with
     autograd when ``grad`` (then gathered segments are gathered up front)."""
     if grad:
+        if any(isinstance(s, Weighted) for s in keys):
+            raise ValueError("weighted key segments are an inference feature (no gradients)")
         return _SegmentAttention.apply(kernel, q, *(t for segment in keys for t in _kv(segment)))
     return merge(q, keys, kernel.forward)[0]

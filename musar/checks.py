@@ -12,6 +12,12 @@ A settings object (musar/settings.py, musar/train/config.py) names a *rule* per 
 known yet" (ComfyUI passes None to ``validate_inputs`` for an input linked from another node)
 and skips it. Every message names the input and says what was expected and what arrived.
 
+A settings dataclass declares each field once with :func:`setting`: its default, its rule and
+the tooltip of the node input it is (for the nodes that show it). :func:`rules_of` and
+:func:`input_names` read those declarations; the node side (nodes/inputs.py) builds the node's
+widgets, its ``validate_inputs`` and the settings object from them, so a setting is written
+in one place.
+
 The node side: ``validate_inputs`` returns :func:`verdict` of the settings' check on the literal
 values; ``execute`` builds the settings object, whose ``__post_init__`` refuses a value that
 arrived empty (:func:`complete`) and runs the same check on every value.
@@ -49,6 +55,40 @@ class Limit:
         if self.above:
             return f"> {self.low}" + ("" if math.isinf(self.high) else f" and <= {self.high}")
         return f">= {self.low}" if math.isinf(self.high) else f"from {self.low} to {self.high}"
+
+
+Rule = Limit | tuple | str  # a Limit, a tuple of options, FLAG or TEXT
+
+
+def setting(default, rule: Rule, tooltip: str | Mapping[str, str] = "", *,
+            nodes: tuple[str, ...] | None = None, **widget):
+    """A field of a settings dataclass that is also a node input. ``tooltip``: one text, or one
+    per node; ``nodes``: the nodes that show it (None: every node of the class); ``widget``:
+    extra widget options (``multiline``, ``control_after_generate``, ``round`` ...)."""
+    return dataclasses.field(default=default, metadata={
+        "rule": rule, "tooltip": tooltip, "nodes": nodes, "widget": widget})
+
+
+def _declared(cls, node: str | None):
+    for f in dataclasses.fields(cls):
+        if "rule" in f.metadata and (node is None or f.metadata["nodes"] is None
+                                     or node in f.metadata["nodes"]):
+            yield f
+
+
+def rules_of(cls, node: str | None = None) -> dict[str, Rule]:
+    """{field: rule} of a settings class (only the fields ``node`` shows, when given)."""
+    return {f.name: f.metadata["rule"] for f in _declared(cls, node)}
+
+
+def input_names(cls, node: str | None = None) -> list[str]:
+    """The node inputs a settings class declares, in order (the order of the node's widgets)."""
+    return [f.name for f in _declared(cls, node)]
+
+
+def declared(cls, node: str | None = None) -> list[dataclasses.Field]:
+    """The declared fields themselves (name, default, rule, tooltip, widget options)."""
+    return list(_declared(cls, node))
 
 
 def number(error: type[MusarError], name: str, value, limit: Limit):

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import AttnFn, routed_attention, sdpa
 from .layout import TokenLayout
 from .lora import LoRAPair, apply_dual, modulation_classes
-from .routing import RoutePlan
+from .routes import RoutePlan
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: int = 10000,

@@ -1,10 +1,10 @@
 """The per-call decision of MUSAR inference, as plain functions (no ComfyUI).
 
-``resolve`` turns the user's ``RoutingSettings`` into a ``Routing`` for one model (the sigma
+``resolve`` turns the user's ``RoutingSettings`` into a ``Schedule`` for one model (the sigma
 window of dynamic routing, the routing blocks). ``plan_call`` decides, for one diffusion-model
 call, the token layout, the routing plan (route of this step or static), whether the condition
 cache is hit and whether route scores are worth collecting; it updates the run's state and
-returns the ``MusarCall`` the block patches, the attention and the LoRA modules read. The
+builds the whole ``MusarCall`` the block patches, the attention and the LoRA modules read. The
 ComfyUI glue (``nodes/patcher.py``) only translates ComfyUI's call into ``CallShape``.
 """
 
@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
 
 from .layout import TokenLayout
 from .regions import RegionMap
-from .routing import RoutePlan, parse_blocks
+from .routes import RoutePlan, parse_blocks
 from .session import MusarCall, RunState
 from .settings import RoutingSettings
 
+if TYPE_CHECKING:
+    from .attachment import Attachment
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Routing:
-    """``RoutingSettings`` resolved for one model."""
+class Schedule:
+    """``RoutingSettings`` resolved for one model: when (the sigma window) and where (the
+    routing blocks) dynamic routing runs."""
 
     settings: RoutingSettings
     sigma_start: float = float("inf")  # dynamic routing runs while sigma_end <= sigma <= sigma_start
@@ -40,11 +47,11 @@ class Routing:
 
 
 def resolve(settings: RoutingSettings, percent_to_sigma: Callable[[float], float], depth: int,
-            single_depth: int, hard_regions: bool = False) -> Routing:
+            single_depth: int, hard_regions: bool = False) -> Schedule:
     """``percent_to_sigma`` is the model's schedule (ComfyUI: model_sampling.percent_to_sigma);
     routing block indices are checked against the model's ``depth`` / ``single_depth``."""
     blocks = parse_blocks(settings.routing_blocks, depth, single_depth)
-    return Routing(settings=settings, sigma_start=float(percent_to_sigma(settings.start_percent)),
+    return Schedule(settings=settings, sigma_start=float(percent_to_sigma(settings.start_percent)),
                    sigma_end=float(percent_to_sigma(settings.end_percent)),
                    blocks=blocks if settings.dynamic_routing else frozenset(),
                    hard_regions=hard_regions)
@@ -65,17 +72,22 @@ class CallShape:
     device: object = None  # where the call runs (the route is moved there once per call)
 
 
-def plan_call(routing: Routing, run: RunState, shape: CallShape, caption_lens: tuple[int, ...],
-              image_lens: tuple[int, ...], regions: RegionMap | None = None) -> MusarCall:
-    """Layout, plan, cache hit and score collection of one call, given the routed segments and
-    the regions of the run's conditions (built for its canvas)."""
-    settings = routing.settings
-    layout = TokenLayout(shape.prompt_len, shape.grid[0] * shape.grid[1], caption_lens,
-                         image_lens, shape.extra_len, shape.reference_lens)
+def plan_call(attachment: Attachment, run: RunState, shape: CallShape,
+              regions: RegionMap | None = None, model: torch.nn.Module | None = None,
+              clean_vector: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              weights: tuple[float, ...] = ()) -> MusarCall:
+    """Layout, plan, cache hit and score collection of one call of the model that carries
+    ``attachment``, given the regions (built for its canvas) and the attention weights of the
+    run's conditions; the returned call also carries the ``model`` running it and the
+    ``clean_vector`` function that gives the conditions' modulation vector."""
+    schedule = attachment.schedule
+    settings = schedule.settings
+    layout = TokenLayout(shape.prompt_len, shape.grid[0] * shape.grid[1], attachment.caption_lens,
+                         attachment.image_lens, shape.extra_len, shape.reference_lens)
     run.grid = shape.grid
     kinds = list(shape.kinds)
     route = None
-    if layout.n_routed and routing.routes_at(shape.sigma):
+    if layout.n_routed and schedule.routes_at(shape.sigma):
         fits = regions if regions is not None and regions.coverage.shape[0] == layout.n_routed else None
         route = run.route_for(shape.sigma, kinds, shape.grid, settings.threshold, settings.smoothing,
                               fits, max(1, shape.batch // max(1, len(kinds))))
@@ -83,21 +95,23 @@ def plan_call(routing: Routing, run: RunState, shape: CallShape, caption_lens: t
         route = None  # another batch or other conditions than the route's (e.g. another sampler)
     if route is not None and shape.device is not None:
         route = route.to(shape.device)
+    fits = len(weights) == layout.n_routed  # another call's conditions (e.g. the uncond): none
     plan = RoutePlan(settings.static_routing, route, settings.symmetric and route is not None,
-                     settings.block_prompt_references)
+                     settings.block_prompt_references, weights if fits else ())
     batch_key = (tuple(kinds), shape.batch)
     cached = settings.condition_cache and bool(run.kv) and run.kv_batch == batch_key
     if settings.condition_cache and not cached:
         run.kv, run.kv_batch = {}, batch_key
-    return MusarCall(layout, plan, routing, run, kinds,
-                     collect=layout.n_routed > 0 and _collect(routing, shape), cached=cached)
+    return MusarCall(layout, plan, settings=settings, schedule=schedule, run=run, kinds=kinds,
+                     collect=layout.n_routed > 0 and _collect(schedule, shape), cached=cached,
+                     attachment=attachment, model=model, clean_vector=clean_vector)
 
 
-def _collect(routing: Routing, shape: CallShape) -> bool:
+def _collect(schedule: Schedule, shape: CallShape) -> bool:
     """Route scores are only worth computing when the next step will use a route."""
-    if not routing.settings.dynamic_routing:
+    if not schedule.settings.dynamic_routing:
         return False
     if shape.schedule is None:  # not called by a sampler: keep scores for any later call
-        return shape.sigma >= routing.sigma_end
+        return shape.sigma >= schedule.sigma_end
     later = [s for s in shape.schedule if 0 < s < shape.sigma]
-    return bool(later) and routing.dynamic_at(max(later))
+    return bool(later) and schedule.dynamic_at(max(later))

@@ -24,10 +24,13 @@ class ReferenceLabel:
     caption: str = ""
     color: tuple[float, float, float] | None = None  # RGB 0..1; None = palette colour
     region: Region | None = None
+    strength: float = 1.0  # how much the image may attend to it (musar.routes: plan weights)
 
     def __post_init__(self):
         if not 1 <= self.reference <= MAX_REFERENCES:
             raise LayoutError(f"reference: expected 1 to {MAX_REFERENCES}, got {self.reference}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise LayoutError(f"strength: expected 0 to 1, got {self.strength}")
 
     def __deepcopy__(self, memo):
         return self
@@ -65,6 +68,7 @@ class Conditions:
     colors: tuple[tuple[float, float, float], ...]
     regions: RegionMap | None = None
     n_references: int = 0
+    weights: tuple[float, ...] = ()  # per condition: the image's attention weight on it (1 = as is)
 
 
 def reference_count(per_cond: list[int], labels: ReferenceLabels) -> int:
@@ -105,8 +109,9 @@ def run_conditions(subjects, labels: ReferenceLabels | None, n_references: int,
                    grid: tuple[int, int]) -> Conditions:
     """Names, colours and regions (on the canvas ``grid``) of a run's conditions. ``subjects``
     are the MUSAR subjects (caption, region); ``labels`` None means references are not routed."""
-    captions, colors, regions, names = [], [], [], []
+    captions, colors, regions, names, weights = [], [], [], [], []
     for i, s in enumerate(subjects):
+        weights.append(1.0)
         captions.append(s.caption)
         colors.append(PALETTE[i % len(PALETTE)])
         regions.append(getattr(s, "region", None))
@@ -118,6 +123,8 @@ def run_conditions(subjects, labels: ReferenceLabels | None, n_references: int,
         captions.append(caption)
         colors.append(label.color if label is not None and label.color else PALETTE[index % len(PALETTE)])
         regions.append(None if label is None else label.region)
+        weights.append(1.0 if label is None else label.strength)
         names.append(f"reference {j + 1}" + (f" ('{label.caption}')" if label and label.caption else ""))
+    weights = tuple(weights) if any(w != 1.0 for w in weights) else ()
     return Conditions(tuple(captions), tuple(colors), region_map(regions, names, grid),
-                      n_references if labels is not None else 0)
+                      n_references if labels is not None else 0, weights)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import LayoutError, RoutingError
-from .routing import UNROUTED, argmax_route, smooth_scores
+from .routes import UNROUTED, argmax_route, smooth_scores
 
 REGION_MODES = ("hard", "soft")
 INSIDE = 0.5  # hard mode: a token is inside a region covering at least this share of it

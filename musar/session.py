@@ -18,13 +18,20 @@ import contextlib
 import contextvars
 import dataclasses
 import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import RoutingError
 from .layout import TokenLayout
 from .regions import step_route
-from .routing import RoutePlan
+from .routes import RoutePlan
+
+if TYPE_CHECKING:
+    from .attachment import Attachment
+    from .planning import Schedule
+    from .settings import RoutingSettings
 
 ACTIVE: contextvars.ContextVar[MusarCall | None] = contextvars.ContextVar("musar_call", default=None)
 KEPT_RUNS = 16  # routes of this many recent runs stay available to the preview
@@ -72,10 +79,12 @@ class RunState:
 
 
 class Recorder:
-    """Shared by a patched MODEL and the preview handle: its recent sampling runs."""
+    """Shared by a patched MODEL and the routing wire to the preview: its recent sampling runs.
+    ``patched`` False: a routing node that left the MODEL as it was (strength 0) - no runs."""
 
-    def __init__(self, captions: tuple[str, ...]):
-        self.captions = captions
+    def __init__(self, captions: tuple[str, ...], patched: bool = True):
+        self.captions = captions if patched else ()
+        self.patched = patched
         self.runs: list[RunState] = []
 
     @property
@@ -117,28 +126,38 @@ class Recorder:
 
 @dataclasses.dataclass
 class MusarCall:
+    """One diffusion-model call, built by ``planning.plan_call`` (or, for a MODEL that carries
+    only a dual LoRA, by the glue with its layout alone)."""
+
     layout: TokenLayout
     plan: RoutePlan = dataclasses.field(default_factory=RoutePlan)
-    routing: object = None  # planning.Routing: the settings resolved for the model
+    settings: RoutingSettings | None = None  # what the user chose (None: nothing routed)
+    schedule: Schedule | None = None  # the settings resolved for the model
     run: RunState | None = None
     kinds: list[int] = dataclasses.field(default_factory=lambda: [0])
     collect: bool = False  # compute route scores in the routing blocks (the next step uses them)
     cached: bool = False  # condition-cache step: conditions' keys/values come from run.kv
+    attachment: Attachment | None = None  # what the patched MODEL carries (subjects, references)
+    model: torch.nn.Module | None = None  # the diffusion model (ComfyUI's Flux module) running it
+    clean_vector: Callable[[torch.Tensor], torch.Tensor] | None = None  # like -> condition vector
     img_in_mode: str = "noisy"
     paired: bool = False  # a block runs with stacked [sampling, clean-condition] modulation
     hook_calls: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    model: object = None  # the diffusion model (ComfyUI's Flux module) running this call
-    source: object = None  # what the routing node attached (subjects, device caches)
-    vec0: object = None  # callable(like) -> the clean-condition modulation vector
+    _clean: torch.Tensor | None = None
     _scores: torch.Tensor | None = None
     _n_scores: int = 0
     _classes: dict = dataclasses.field(default_factory=dict)
 
+    @property
+    def routed(self) -> bool:
+        """The call routes something (an attachment is present)."""
+        return self.attachment is not None
+
     def clean_vec(self, like: torch.Tensor) -> torch.Tensor:
         """The condition modulation vector (timestep 0, guidance 1), computed once per call."""
-        if not isinstance(self.vec0, torch.Tensor):
-            self.vec0 = self.vec0(like)
-        return self.vec0
+        if self._clean is None:
+            self._clean = self.clean_vector(like)
+        return self._clean
 
     def token_classes(self, stream: str) -> torch.Tensor:
         if stream not in self._classes:

@@ -1,19 +1,22 @@
-"""What the user chose on a MUSAR node: one frozen, keyword-only dataclass per node, built from
-the node's inputs by name, and one check function per settings object - the single home of
-every rule and its wording (the primitive checks are in musar/checks.py).
+"""What the user chose on a MUSAR inference node: one frozen, keyword-only dataclass per node,
+each field declared once with ``checks.setting`` (default, rule, tooltip), and one check
+function per settings object - the single home of every rule and its wording (the primitive
+checks are in musar/checks.py). The training nodes' settings live with the trainer
+(musar/train/settings.py).
 
 A check function takes the node's inputs as a mapping; ``None`` means "not known yet" (ComfyUI
 passes None for an input linked from another node at validation time) and skips every rule that
-needs that value. The node calls it from ``validate_inputs`` through ``checks.verdict`` (literal
-values, before anything runs) and the dataclass calls it again on construction (every value,
-linked ones included, at execute time; an empty one is refused). ComfyUI skips its own min /
-max / combo checks for every input that ``validate_inputs`` names, and never checks V3 combos
-or NaN, so the ranges and option lists live here and the node schemas read their min / max /
-step from ``LIMITS``.
+needs that value. The node calls it from ``validate_inputs`` (literal values, before anything
+runs) and the dataclass calls it again on construction (every value, linked ones included, at
+execute time; an empty one is refused). ComfyUI skips its own min / max / combo checks for every
+input that ``validate_inputs`` names, and never checks V3 combos or NaN, so the ranges and
+option lists live here; the node widgets take their min / max / step from the same rules
+(nodes/inputs.py).
 
-Where to add a setting: a field on the node's dataclass (same name and default as the node
-input), its rule in the ``*_RULES`` table (a ``LIMITS`` entry for a number), a cross-field rule
-in the check function if it has one; the node schema reads ``LIMITS[name].schema()``.
+Adding a setting: one ``setting(...)`` field in the class (same name as the node input, its
+rule and tooltip), a cross-field rule in the check function if it has one, then read it where it
+acts; the node's widget, ``validate_inputs`` and settings object follow from the field
+(docs/ARCHITECTURE.md, "A new setting").
 """
 
 from __future__ import annotations
@@ -21,66 +24,64 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from .checks import FLAG, TEXT, Limit, check_values, complete
-from .data.diptych import DEFAULT_PROMPT_TEMPLATE, check_template
-from .data.readers import LAYOUTS
-from .errors import DatasetError, LayoutError, MusarError, RoutingError, TrainingError
+from .checks import FLAG, TEXT, Limit, check_values, complete, rules_of, setting
+from .errors import LayoutError, MusarError, RoutingError
 from .images import CROP_MODES
 from .layout import MAX_REFERENCES, POSITION_MODES
 from .regions import REGION_MODES
-from .routing import parse_blocks
-from .train.config import OPTIMIZERS, PRECISIONS, TrainConfig
+from .routes import parse_blocks
 
-MAX_STEPS = 1_000_000
-LIMITS = {  # every numeric node input: the node schema's min / max / step and its check
-    # MUSAR Apply Routing / Route References, Routing Preview, Subject, Layout Region, Label
-    "start_percent": Limit(0.0, 1.0, 0.01),
-    "end_percent": Limit(0.0, 1.0, 0.01),
-    "threshold": Limit(0.0, 1.0, 0.01),
-    "smoothing": Limit(1, 15, 2, integer=True),
-    "strength": Limit(0.0, 2.0, 0.05),
-    "step": Limit(-1, 10000, 1, integer=True),
-    "opacity": Limit(0.0, 1.0, 0.05),
-    "reference_size": Limit(64, 2048, 16, integer=True),
-    "region_strength": Limit(0.0, 1.0, 0.05),
-    "reference": Limit(1, MAX_REFERENCES, 1, integer=True),
-    # MUSAR Load Dual LoRA
-    "strength_noisy": Limit(-2.0, 2.0, 0.05),
-    "strength_subject": Limit(-2.0, 2.0, 0.05),
-    # MUSAR Load Diptych Dataset (and reference_size above)
-    "min_quality": Limit(0, 10, 1, integer=True),
-    "target_width": Limit(64, 4096, 16, integer=True),
-    "target_height": Limit(64, 4096, 16, integer=True),
-    "prompt_dropout": Limit(0.0, 1.0, 0.01),
-    "condition_dropout": Limit(0.0, 1.0, 0.01),
-    "seed": Limit(0, 2**31 - 1, 1, integer=True),
-    # MUSAR Train Dual LoRA (and seed above)
-    "steps": Limit(1, MAX_STEPS, 1, integer=True),
-    "learning_rate": Limit(1e-7, 10.0, 1e-5),
-    "noisy_rank": Limit(0, 3072, 1, integer=True),
-    "subject_rank": Limit(0, 3072, 1, integer=True),
-    "batch_size": Limit(1, 64, 1, integer=True),
-    "grad_accumulation": Limit(1, 256, 1, integer=True),
-    "checkpoint_every": Limit(0, MAX_STEPS, 1, integer=True),
-    "validation_every": Limit(0, MAX_STEPS, 1, integer=True),
-}
+# ---- MUSAR Apply Routing (APPLY), MUSAR Route References (REFERENCES) ------------------------
+APPLY, REFERENCES = "apply_routing", "route_references"  # the nodes RoutingSettings serves
+PERCENT = Limit(0.0, 1.0, 0.01)
 
 
-def _rules(*names: str, **rules) -> dict:
-    """A rules table: ``names`` take their ``LIMITS`` entry, ``rules`` are given."""
-    return {**{name: LIMITS[name] for name in names}, **rules}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RoutingSettings:
+    """The inputs of MUSAR Apply Routing and MUSAR Route References (same names, defaults and
+    order as the widgets; each node shows the fields it lists). Tooltips may name ``{what}``
+    (subject / reference) and ``{blocks}`` (an example block list for the node's model)."""
 
+    static_routing: bool = setting(True, FLAG, {
+        APPLY: "Block prompt<->condition and condition<->condition attention (the paper's mask). "
+               "Turn off only to compare.",
+        REFERENCES: "References do not attend to each other (reference i never sees reference "
+                    "j), in every block."})
+    block_prompt_references: bool = setting(False, FLAG, "Also block prompt <-> reference "
+                                            "attention. Off [chosen]: these models were trained "
+                                            "with the prompt seeing the references.",
+                                            nodes=(REFERENCES,))
+    dynamic_routing: bool = setting(True, FLAG, "Route each image token to one {what} from "
+                                    "attention (argmax) between start and end percent.")
+    start_percent: float = setting(0.2, PERCENT, "When dynamic routing starts (0 = first step). "
+                                   "The first steps form the layout, so routing starts later "
+                                   "[chosen 0.2].")
+    end_percent: float = setting(1.0, PERCENT, "When dynamic routing stops (1 = last step).")
+    routing_blocks: str = setting("double", TEXT, "Blocks whose attention decides the route: "
+                                  "'double', 'single', 'all', or items like '{blocks}'.")
+    threshold: float = setting(0.0, PERCENT, "Image tokens whose strongest {what} gets less "
+                               "attention mass than this become background (see no {what}). 0 = off.")
+    smoothing: int = setting(3, Limit(1, 15, 2, integer=True), "Odd box-filter size on the token "
+                             "grid before the argmax (1 = none) [chosen 3].")
+    symmetric: bool = setting(False, FLAG, "Each {what} also sees only the image tokens routed to it.")
+    strength: float = setting(1.0, Limit(0.0, 2.0, 0.05), {
+        APPLY: "Blend of the image tokens' attention with vs. without the subjects (1 = full "
+               "MUSAR, 0 = subjects ignored).",
+        REFERENCES: "Blend of routed with unrouted attention (1 = routed, 0 = the MODEL unchanged)."})
+    condition_cache: bool = setting(False, FLAG, "Reuse condition keys/values after the first step "
+                                    "(faster; an approximation, see README). Off by default.",
+                                    nodes=(APPLY,))
+    positions: str = setting("shared", POSITION_MODES, "Position ids of the references: 'shared' "
+                             "(left of the canvas, OminiControl), 'distinct' (tiled left), "
+                             "'kontext' (for FLUX Kontext models).", nodes=(APPLY,))
 
-# ---- MUSAR Apply Routing, MUSAR Route References --------------------------------------------
-ROUTING_RULES = {"static_routing": FLAG, "dynamic_routing": FLAG, **_rules("start_percent", "end_percent"),
-                 "routing_blocks": TEXT, **_rules("threshold", "smoothing"), "symmetric": FLAG,
-                 **_rules("strength"), "condition_cache": FLAG, "positions": POSITION_MODES,
-                 "block_prompt_references": FLAG}
+    def __post_init__(self):
+        check_routing(complete(self, RoutingError))
 
 
 def check_routing(values: Mapping) -> None:
     """Every rule of the routing nodes' settings; RoutingError naming the input."""
-    v = check_values(RoutingError, values, ROUTING_RULES)
+    v = check_values(RoutingError, values, rules_of(RoutingSettings))
     if "smoothing" in v and v["smoothing"] % 2 == 0:
         raise RoutingError(f"smoothing: expected an odd window size (1, 3, 5 ...), got {v['smoothing']}")
     if "routing_blocks" in v:
@@ -97,52 +98,43 @@ def check_routing(values: Mapping) -> None:
                            "are not recomputed, so their routed view cannot change): turn one off")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RoutingSettings:
-    """MUSAR Apply Routing's inputs (same names, same defaults)."""
-
-    static_routing: bool = True
-    dynamic_routing: bool = True
-    start_percent: float = 0.2
-    end_percent: float = 1.0
-    routing_blocks: str = "double"
-    threshold: float = 0.0
-    smoothing: int = 3
-    symmetric: bool = False
-    strength: float = 1.0
-    condition_cache: bool = False
-    positions: str = "shared"
-    block_prompt_references: bool = False  # MUSAR Route References only [chosen: off]
-
-    def __post_init__(self):
-        check_routing(complete(self, RoutingError))
-
-
 # ---- MUSAR Routing Preview --------------------------------------------------------------------
-PREVIEW_RULES = _rules("step", "opacity")
-
-
-def check_preview(values: Mapping) -> None:
-    """Every rule of MUSAR Routing Preview's settings; RoutingError naming the input."""
-    check_values(RoutingError, values, PREVIEW_RULES)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PreviewSettings:
-    step: int = -1
-    opacity: float = 0.5
+    step: int = setting(-1, Limit(-1, 10000, 1, integer=True),
+                        "Which sampling step's route to show (-1 = the last one).")
+    opacity: float = setting(0.5, Limit(0.0, 1.0, 0.05), "Opacity of the subject colours.")
 
     def __post_init__(self):
         check_preview(complete(self, RoutingError))
 
 
+def check_preview(values: Mapping) -> None:
+    """Every rule of MUSAR Routing Preview's settings; RoutingError naming the input."""
+    check_values(RoutingError, values, rules_of(PreviewSettings))
+
+
 # ---- MUSAR Subject ----------------------------------------------------------------------------
-SUBJECT_RULES = {"caption": TEXT, "crop": CROP_MODES, **_rules("reference_size")}
+REFERENCE_SIZE = Limit(64, 2048, 16, integer=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SubjectSettings:
+    caption: str = setting("a subject", TEXT, "A short name of the subject, e.g. 'a red ceramic "
+                           "mug'.", multiline=False)
+    crop: str = setting("center crop", CROP_MODES, "How the image becomes a reference: center "
+                        "crop to a square, pad to a square, stretch, or keep its aspect ratio.")
+    reference_size: int = setting(512, REFERENCE_SIZE, "Reference side in pixels (longest side "
+                                  "for 'keep aspect'). 512 adds 1024 tokens per subject to FLUX "
+                                  "attention.")
+
+    def __post_init__(self):
+        check_subject(complete(self, LayoutError))
 
 
 def check_subject(values: Mapping) -> None:
     """Every rule of MUSAR Subject's settings; LayoutError naming the input."""
-    v = check_values(LayoutError, values, SUBJECT_RULES)
+    v = check_values(LayoutError, values, rules_of(SubjectSettings))
     if "caption" in v and not v["caption"].strip():
         raise LayoutError("the subject caption is empty: describe the subject in a few words "
                           "(e.g. 'a red ceramic mug')")
@@ -150,41 +142,45 @@ def check_subject(values: Mapping) -> None:
         raise LayoutError(f"reference_size: expected a multiple of 16, got {v['reference_size']}")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SubjectSettings:
-    caption: str = "a subject"
-    crop: str = "center crop"
-    reference_size: int = 512
-
-    def __post_init__(self):
-        check_subject(complete(self, LayoutError))
-
-
 # ---- MUSAR Layout Region ----------------------------------------------------------------------
-REGION_RULES = {"mode": REGION_MODES, "strength": LIMITS["region_strength"]}
-
-
-def check_region_settings(values: Mapping) -> None:
-    """Every rule of MUSAR Layout Region's settings; RoutingError naming the input."""
-    check_values(RoutingError, values, REGION_RULES)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RegionSettings:
-    mode: str = "hard"
-    strength: float = 0.5  # soft mode [chosen]: bias on the attention share, see musar.regions
+    mode: str = setting("hard", REGION_MODES, "'hard': tokens inside see only this condition; "
+                        "'soft': a bias on the dynamic route (needs dynamic routing).")
+    strength: float = setting(0.5, Limit(0.0, 1.0, 0.05), "Soft mode: how much the region raises "
+                              "its condition's share of attention in the route (1 = always wins) "
+                              "[chosen 0.5]. Ignored by hard regions.")
 
     def __post_init__(self):
         check_region_settings(complete(self, RoutingError))
 
 
+def check_region_settings(values: Mapping) -> None:
+    """Every rule of MUSAR Layout Region's settings; RoutingError naming the input."""
+    check_values(RoutingError, values, rules_of(RegionSettings))
+
+
 # ---- MUSAR Reference Label --------------------------------------------------------------------
-LABEL_RULES = {**_rules("reference"), "caption": TEXT, "color": TEXT}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelSettings:
+    reference: int = setting(1, Limit(1, MAX_REFERENCES, 1, integer=True),
+                             "Which reference: 1 = the first ReferenceLatent of the chain.")
+    caption: str = setting("", TEXT, "Its name in the routing legend (empty: 'reference n').",
+                           multiline=False)
+    color: str = setting("", TEXT, "Its colour in the routing overlay as '#RRGGBB' (empty: the "
+                         "palette colour of its place).", multiline=False)
+    strength: float = setting(1.0, Limit(0.0, 1.0, 0.05), "How much the image may attend to "
+                              "this reference: its share of attention is scaled by this (1 = as "
+                              "the model does; 0 = the image does not see it). Lower it for a "
+                              "reference that dominates the others.", optional=True)
+
+    def __post_init__(self):
+        check_label(complete(self, LayoutError))
 
 
 def check_label(values: Mapping) -> None:
     """Every rule of MUSAR Reference Label's settings; LayoutError naming the input."""
-    v = check_values(LayoutError, values, LABEL_RULES)
+    v = check_values(LayoutError, values, rules_of(LabelSettings))
     if "color" in v:
         parse_color(v["color"])
 
@@ -203,125 +199,23 @@ def parse_color(text: str) -> tuple[float, float, float] | None:
                           f"colour, got {text!r}") from None
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LabelSettings:
-    reference: int = 1
-    caption: str = ""
-    color: str = ""
-
-    def __post_init__(self):
-        check_label(complete(self, LayoutError))
-
-
 # ---- MUSAR Load Dual LoRA ---------------------------------------------------------------------
-LORA_RULES = {"lora_name": TEXT, **_rules("strength_noisy", "strength_subject")}
-
-
-def check_lora_settings(values: Mapping) -> None:
-    """Every rule of MUSAR Load Dual LoRA's settings (the file itself is looked up by the node,
-    inside ComfyUI's loras folders); MusarError naming the input."""
-    check_values(MusarError, values, LORA_RULES)
+LORA_STRENGTH = Limit(-2.0, 2.0, 0.05)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoRASettings:
-    lora_name: str
-    strength_noisy: float = 1.0
-    strength_subject: float = 1.0
+    lora_name: str = setting(None, TEXT, "A .safetensors file in models/loras.")
+    strength_noisy: float = setting(1.0, LORA_STRENGTH, "Strength of the noisy-image branch "
+                                    "(generated image tokens).")
+    strength_subject: float = setting(1.0, LORA_STRENGTH, "Strength of the subject branch "
+                                      "(reference image tokens).")
 
     def __post_init__(self):
         check_lora_settings(complete(self, MusarError))
 
 
-# ---- MUSAR Load Diptych Dataset ---------------------------------------------------------------
-DATASET_RULES = {"path": TEXT, "layout": LAYOUTS, **_rules("min_quality", "target_width", "target_height",
-                                                           "reference_size"),
-                 "prompt_template": TEXT, **_rules("prompt_dropout", "condition_dropout", "seed")}
-SIZES = ("target_width", "target_height", "reference_size")
-
-
-def check_dataset(values: Mapping) -> None:
-    """Every rule of MUSAR Load Diptych Dataset's settings (the path is confined to the dataset
-    folders by the node); DatasetError naming the input."""
-    v = check_values(DatasetError, values, DATASET_RULES)
-    odd = [name for name in SIZES if name in v and v[name] % 16]
-    if odd:
-        raise DatasetError(f"{', '.join(odd)} must be multiples of 16 (FLUX latents are 2x2 "
-                           f"packed 8x VAE cells), got {', '.join(str(v[k]) for k in odd)}")
-    if "prompt_template" in v:
-        check_template(v["prompt_template"])
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DatasetSettings:
-    path: str
-    layout: str = "auto"
-    min_quality: int = 5  # [chosen, as OminiControl]
-    target_width: int = 1024
-    target_height: int = 512
-    reference_size: int = 512
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
-    prompt_dropout: float = 0.0
-    condition_dropout: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self):
-        check_dataset(complete(self, DatasetError))
-
-
-# ---- MUSAR Train Dual LoRA, MUSAR Save Dual LoRA ------------------------------------------------
-RESUME = ("none", "latest")
-TRAINING_RULES = {**_rules("steps", "learning_rate", "noisy_rank", "subject_rank", "batch_size",
-                           "grad_accumulation"),
-                  "optimizer": OPTIMIZERS, "precision": PRECISIONS, "gradient_checkpointing": FLAG,
-                  **_rules("seed", "checkpoint_every"), "output_name": TEXT, "resume": RESUME,
-                  **_rules("validation_every")}
-
-
-def check_training(values: Mapping) -> None:
-    """The node's rules of MUSAR Train Dual LoRA's settings (the run folder is resolved by the
-    node; TrainConfig adds the trainer's own rules); TrainingError naming the input."""
-    check_values(TrainingError, values, TRAINING_RULES)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainingSettings:
-    steps: int = 1000
-    learning_rate: float = 1e-4
-    noisy_rank: int = 4
-    subject_rank: int = 64
-    batch_size: int = 1
-    grad_accumulation: int = 1
-    optimizer: str = "adamw"
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    checkpoint_every: int = 500
-    output_name: str = "musar_dual_lora"
-    resume: str = "none"
-    validation_every: int = 0
-
-    def __post_init__(self):
-        check_training(complete(self, TrainingError))
-
-    def config(self) -> TrainConfig:
-        """The trainer's settings (its field names differ where the CLI's do)."""
-        return TrainConfig(
-            steps=self.steps, learning_rate=self.learning_rate, noisy_rank=self.noisy_rank,
-            subject_rank=self.subject_rank, batch_size=self.batch_size,
-            grad_accum=self.grad_accumulation, optimizer=self.optimizer, precision=self.precision,
-            gradient_checkpointing=self.gradient_checkpointing, seed=self.seed,
-            checkpoint_every=self.checkpoint_every, validate_every=self.validation_every)
-
-
-def check_save(values: Mapping) -> None:
-    """MUSAR Save Dual LoRA's setting (the node confines it to models/loras); TrainingError."""
-    check_values(TrainingError, values, {"filename_prefix": TEXT})
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SaveSettings:
-    filename_prefix: str = "musar/dual_lora"
-
-    def __post_init__(self):
-        check_save(complete(self, TrainingError))
+def check_lora_settings(values: Mapping) -> None:
+    """Every rule of MUSAR Load Dual LoRA's settings (the file itself is looked up by the node,
+    inside ComfyUI's loras folders); MusarError naming the input."""
+    check_values(MusarError, values, rules_of(LoRASettings))

@@ -72,7 +72,11 @@ STANDINS = {
               ("ImageScaleToTotalPixels", "megapixels"): 0.04,
               ("ImageScaleToMaxDimension", "largest_size"): 192,
               ("MUSAR_Subject", "reference_size"): 128},
-        variants={("CLIPLoader", "type", "flux2"): {"size": "FLUX.2 tiny (128 wide, 2+2 blocks)",
+        variants={("CLIPLoader", "clip_name", "qwen_3_4b.safetensors"): {
+                      "size": "FLUX.2 [klein] tiny (128 wide, 2+2 blocks, Qwen3 text)", "seed": 0},
+                  ("CLIPLoader", "type", "qwen_image"): {
+                      "size": "Qwen-Image-Edit tiny (64 wide, 2 blocks, Qwen2.5-VL text)", "seed": 0},
+                  ("CLIPLoader", "type", "flux2"): {"size": "FLUX.2 tiny (128 wide, 2+2 blocks)",
                                                     "seed": 0},
                   ("EmptyFlux2LatentImage", None, None): {"size": "FLUX.2 tiny (128 wide, 2+2 blocks)",
                                                           "seed": 0}}),

@@ -102,6 +102,14 @@ def load_pack(pack_dir: str | os.PathLike | None = None):
     return pack
 
 
+def pack_module(pack, name: str):
+    """Module ``name`` (e.g. "nodes.standins", "musar.attention") of the pack as ComfyUI loaded
+    it (``load_pack``), so its classes are the ones ComfyUI executes."""
+    import importlib
+
+    return importlib.import_module(f"{pack.__name__}.{name}")
+
+
 class _ServerStub:
     """What PromptExecutor needs of PromptServer when no server runs: records events."""
 

@@ -5,7 +5,7 @@ the same loaders UNETLoader / DualCLIPLoader / VAELoader use), or tiny random st
 ``model: tiny``. The loop is the one the MUSAR_TrainDualLoRA node runs (nodes/train_glue.py).
 
 Data parallel: ``torchrun --nproc_per_node K -m musar_train --config train.yaml``. Each process
-trains its share of every step's global batch (batch_size x grad_accum samples per process),
+trains its share of every step's global batch (batch_size x grad_accumulation samples per process),
 gradients are averaged over processes (gloo on CPU, nccl on GPU), only process 0 writes
 checkpoints, validation images and the LoRA. Config keys: musar_train/example.yaml and
 docs/TRAINING.md. Exit codes: 0 done, 2 bad command line / config, 4 training failed, 130 stopped.
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
+import dataclasses
 import json
 import logging
 import os
@@ -43,7 +43,9 @@ EXIT_USAGE, EXIT_FAILED, EXIT_STOPPED = 2, 4, 130
 
 
 def _pack_module(pack, name: str):
-    return importlib.import_module(f"{pack.__name__}.{name}")
+    from musar_run import runtime
+
+    return runtime.pack_module(pack, name)
 
 
 def setup_distributed(device: str):
@@ -129,7 +131,8 @@ def _train(cfg: RunConfig, rank: int, world: int, cuda: bool, base: Path) -> int
     dataset = _pack_module(pack, "musar.train.dataset")
     lora = _pack_module(pack, "musar.lora")
     config = mt.TrainConfig.from_mapping(cfg.train)  # cheap checks first
-    data = dataset.open_training_set(**cfg.dataset)
+    settings = _pack_module(pack, "musar.train.settings").DatasetSettings(**cfg.dataset)
+    data = dataset.open_training_set(**dataclasses.asdict(settings))
     out_dir = Path(cfg.output_dir).expanduser()
     store = mt.CheckpointStore(out_dir / "checkpoints", cfg.name, config.keep_checkpoints)
     model, clip, vae, base_name = load_models(cfg, pack)

@@ -3,8 +3,9 @@
     model:    tiny stand-ins ({kind: tiny, size, seed}) or FLUX files
               ({kind: flux, unet, weight_dtype, clip_l, t5, vae}); the string "tiny" is short
               for the default tiny stand-ins
-    dataset:  open_training_set() arguments: path, layout, min_quality, target_size [h, w],
-              cond_size, prompt_template, prompt_dropout, cond_dropout, seed
+    dataset:  the inputs of MUSAR Load Diptych Dataset (musar.train.settings.DatasetSettings):
+              path, layout, min_quality, target_width, target_height, reference_size,
+              prompt_template, prompt_dropout, condition_dropout, seed
     train:    TrainConfig fields (musar/train/config.py), checked by TrainConfig itself
     output:   {dir, name}: checkpoints in <dir>/checkpoints, the LoRA as <dir>/<name>.safetensors
     resume:   none | latest | <checkpoint file>
@@ -24,8 +25,10 @@ TINY_SIZE = "tiny (128 wide, 2+2 blocks)"
 TOP_KEYS = ("model", "dataset", "train", "output", "resume", "cache_dir", "device", "threads")
 MODEL_KEYS = {"tiny": ("kind", "size", "seed"),
               "flux": ("kind", "unet", "weight_dtype", "clip_l", "t5", "vae")}
-DATASET_KEYS = ("path", "layout", "min_quality", "target_size", "cond_size", "prompt_template",
-                "prompt_dropout", "cond_dropout", "seed")
+DATASET_KEYS = ("path", "layout", "min_quality", "target_width", "target_height", "reference_size",
+                "prompt_template", "prompt_dropout", "condition_dropout", "seed")  # = DatasetSettings
+RENAMED = {"target_size": "target_width and target_height", "cond_size": "reference_size",
+           "cond_dropout": "condition_dropout"}  # dataset keys before Dec 2026
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -93,15 +96,6 @@ def _integer(value, key: str, low: int = 0) -> int:
     return value
 
 
-def _target_size(value) -> tuple[int, int]:
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    if not ok:
-        raise ConfigError(f"dataset.target_size: expected [height, width], two positive integers "
-                          f"(e.g. [512, 1024]), got {value!r}")
-    return tuple(value)
-
-
 def _path(value, root: Path) -> str:
     p = Path(str(value)).expanduser()
     return str(p if p.is_absolute() else (root / p).resolve())
@@ -143,10 +137,12 @@ def load_config(path, overrides=()) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}: expected some of {list(TOP_KEYS)}")
     root = path.resolve().parent
+    old = sorted(k for k in (data.get("dataset") or {}) if k in RENAMED)
+    if old:
+        raise ConfigError("dataset key(s) renamed: " + ", ".join(f"{k} -> {RENAMED[k]}" for k in old)
+                          + " (the node, the YAML config and the trainer share one name per setting)")
     dataset = _section(data, "dataset", DATASET_KEYS, ("path",))
     dataset["path"] = _path(dataset["path"], root)
-    if "target_size" in dataset:
-        dataset["target_size"] = _target_size(dataset["target_size"])
     output = _section(data, "output", ("dir", "name"))
     if data.get("device", "auto") not in DEVICES:
         raise ConfigError(f"device {data.get('device')!r}: expected one of {DEVICES}")

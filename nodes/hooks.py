@@ -20,6 +20,7 @@ import functools
 import inspect
 
 import comfy.ldm.flux.layers as flux_layers
+import comfy.ldm.modules.attention as comfy_attention
 import torch
 
 from ..musar.errors import HookError
@@ -34,6 +35,13 @@ def comfy_version() -> str:
         return str(comfyui_version.__version__)
     except (ImportError, AttributeError):
         return "(unknown version)"
+
+
+def describe(value) -> str:
+    """A value as a hook error names it (a tensor by its shape)."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
 
 
 def hook_error(hook: str, found: str, todo: str) -> HookError:
@@ -106,3 +114,22 @@ def block_position(transformer_options: dict) -> tuple[str, int]:
                          "MUSAR routing needs to know which FLUX block runs attention; this "
                          "ComfyUI's FLUX forward does not say")
     return kind, index
+
+
+# ComfyUI's PyTorch kernel is plain SDPA (the override receives it unwrapped): routed attention
+# may run it as the same op that also returns its log-sum-exp; other kernels get key gathers.
+_SDPA = comfy_attention.attention_pytorch
+_SDPA_KERNELS = (_SDPA, getattr(_SDPA, "__wrapped__", _SDPA))
+
+
+def runs_sdpa(func, previous=None) -> bool:
+    """Whether an attention call runs ComfyUI's PyTorch SDPA kernel: ``func`` itself when no
+    other override is installed, else the kernel an override made by ComfyUI's
+    ``ModelPatcher.set_model_optimized_attention`` (core's ModelAttentionBackend) calls, read
+    from that function's closure. Any other override: unknown, so False."""
+    if previous is None:
+        return func in _SDPA_KERNELS
+    if not getattr(previous, "__qualname__", "").startswith("ModelPatcher.set_model_optimized_attention."):
+        return False
+    cells = [c.cell_contents for c in (getattr(previous, "__closure__", None) or ())]
+    return any(c in _SDPA_KERNELS for c in cells if callable(c))

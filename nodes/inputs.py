@@ -1,25 +1,73 @@
-"""Number widgets of the MUSAR nodes, with min / max / step from the one ``LIMITS`` table.
+"""Node inputs from the settings classes: each setting is declared once (musar.checks.setting:
+default, rule, tooltip) and a node builds from that declaration
 
-The checks themselves live in musar/ (musar/checks.py primitives, one check function per
-settings object in musar/settings.py); every node follows the same pattern::
+* its widgets (``widgets``): Boolean, Int / Float with the rule's min / max / step, Combo with
+  the rule's options, String - so a widget never offers a value its own check refuses;
+* its ``validate_inputs`` (``validation``): a classmethod whose signature names exactly the
+  settings' inputs (never ``**kwargs``, which would switch ComfyUI's own checks off for every
+  input of the node) and runs the settings' check on the literal values plus the node's lookups
+  (a file or folder input confined to ComfyUI's folders);
+* its settings object (``settings_of``): the dataclass built from the node's inputs by name,
+  which checks every value again, linked ones included::
 
-    @classmethod
-    def validate_inputs(cls, a, b):                  # literal values; None = linked
-        return verdict(check_x, dict(a=a, b=b))      # + lookups=... for files and folders
-    @classmethod
-    def execute(cls, ..., a, b):
-        settings = XSettings(a=a, b=b)               # every value: empty or bad -> MusarError
+      inputs=[io.Model.Input("model", ...), *widgets(RoutingSettings, APPLY, what="subject")]
+      validate_inputs = validation(RoutingSettings, check_routing, APPLY)
+      def execute(cls, model, **inputs):
+          settings = settings_of(RoutingSettings, inputs, APPLY)
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
+
 from comfy_api.latest import io
 
-from ..musar.settings import LIMITS
+from ..musar.checks import FLAG, TEXT, Limit, declared, input_names, verdict
 
 
-def number(name: str, default, tooltip: str, limit: str | None = None, **kw):
-    """An Int (whole-number limit) or Float input ``name`` bounded by ``LIMITS[limit or name]``."""
-    bounds = LIMITS[limit or name]
-    kind = io.Int if bounds.integer else io.Float
-    return kind.Input(name, default=default, **bounds.schema(), tooltip=tooltip, **kw)
+def widget(field, node: str | None = None, **fmt):
+    """The ComfyUI input of one declared settings field."""
+    meta = field.metadata
+    rule, tooltip, extra = meta["rule"], meta["tooltip"], dict(meta["widget"])
+    if isinstance(tooltip, Mapping):
+        tooltip = tooltip[node]
+    tooltip = tooltip.format(**fmt) if fmt else tooltip
+    default = {} if field.default is None else {"default": field.default}
+    if isinstance(rule, Limit):
+        kind = io.Int if rule.integer else io.Float
+        return kind.Input(field.name, **default, **rule.schema(), tooltip=tooltip, **extra)
+    if isinstance(rule, tuple):
+        return io.Combo.Input(field.name, options=list(rule), **default, tooltip=tooltip, **extra)
+    if rule == FLAG:
+        return io.Boolean.Input(field.name, **default, tooltip=tooltip, **extra)
+    if rule == TEXT:
+        return io.String.Input(field.name, **default, tooltip=tooltip, **extra)
+    raise TypeError(f"no widget for the rule {rule!r} of {field.name}")
+
+
+def widgets(cls, node: str | None = None, overrides: Mapping | None = None, **fmt) -> list:
+    """The widgets of a settings class's inputs for ``node``, in declaration order;
+    ``overrides`` replaces the widget of a named input (e.g. a combo of files)."""
+    overrides = overrides or {}
+    return [overrides.get(f.name) or widget(f, node, **fmt) for f in declared(cls, node)]
+
+
+def validation(cls, check: Callable[[Mapping], object], node: str | None = None,
+               **lookups: Callable) -> classmethod:
+    """A ``validate_inputs`` classmethod naming exactly the inputs of ``cls`` shown on ``node``."""
+    names = input_names(cls, node)
+
+    def validate_inputs(_cls, **values):
+        return verdict(check, {name: values.get(name) for name in names}, **lookups)
+
+    params = [inspect.Parameter("cls", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+               for name in names]
+    validate_inputs.__signature__ = inspect.Signature(params)  # what ComfyUI reads (getfullargspec)
+    return classmethod(validate_inputs)
+
+
+def settings_of(cls, inputs: Mapping, node: str | None = None):
+    """The settings object of a node's inputs (its other inputs - model, images - left out)."""
+    return cls(**{name: inputs[name] for name in input_names(cls, node) if name in inputs})

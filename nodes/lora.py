@@ -7,13 +7,12 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..musar.checks import verdict
 from ..musar.errors import LoRAFormatError
 from ..musar.lora import target_modules
 from ..musar.omini import check_fits, load_lora_file
 from ..musar.settings import LoRASettings, check_lora_settings
-from . import patcher
-from .inputs import number
+from . import families, patcher
+from .inputs import settings_of, validation, widgets
 
 _CACHE: dict = {}
 
@@ -38,7 +37,7 @@ def read_lora(name: str):
 
 
 def apply_dual_lora(model, lora, strength_noisy: float, strength_subject: float):
-    dm = patcher.flux_model(model)
+    dm = families.subject_model(model)
     names = target_modules(len(dm.double_blocks), len(dm.single_blocks))
     check_fits(lora, patcher.model_shapes(model, names + list(lora.modules)), dm.hidden_size)
     return patcher.apply_lora(model, lora, strength_noisy, strength_subject)
@@ -58,26 +57,19 @@ class MusarLoadDualLoRA(io.ComfyNode):
                 "LoRAs (PEFT/diffusers keys) as the subject branch."),
             inputs=[
                 io.Model.Input("model", tooltip="The FLUX.1 model to adapt."),
-                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
-                               tooltip="A .safetensors file in models/loras."),
-                number("strength_noisy", 1.0,
-                       "Strength of the noisy-image branch (generated image tokens)."),
-                number("strength_subject", 1.0,
-                       "Strength of the subject branch (reference image tokens)."),
+                *widgets(LoRASettings, overrides={"lora_name": io.Combo.Input(
+                    "lora_name", options=folder_paths.get_filename_list("loras"),
+                    tooltip="A .safetensors file in models/loras.")}),
             ],
             outputs=[io.Model.Output()],
         )
 
-    @classmethod
-    def validate_inputs(cls, lora_name, strength_noisy, strength_subject):
-        return verdict(check_lora_settings, dict(lora_name=lora_name, strength_noisy=strength_noisy,
-                                                 strength_subject=strength_subject), lora_name=lora_path)
+    validate_inputs = validation(LoRASettings, check_lora_settings, lora_name=lora_path)
 
     @classmethod
-    def execute(cls, model, lora_name, strength_noisy, strength_subject) -> io.NodeOutput:
-        patcher.flux_model(model)
-        settings = LoRASettings(lora_name=lora_name, strength_noisy=strength_noisy,
-                                strength_subject=strength_subject)
+    def execute(cls, model, **inputs) -> io.NodeOutput:
+        families.subject_model(model)
+        settings = settings_of(LoRASettings, inputs)
         lora_path(settings.lora_name)  # a missing file is an error even at strength 0
         if settings.strength_noisy == 0 and settings.strength_subject == 0:
             return io.NodeOutput(model)

@@ -18,49 +18,24 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 
-import comfy.ldm.flux.model
-import comfy.ldm.modules.attention
-import comfy.model_base
 import comfy.patcher_extension
 import torch
 from comfy.ldm.flux.layers import timestep_embedding
 from comfy_execution.utils import get_executing_context
 
-from ..musar import attention, flux_forward, planning, references, session
+from ..musar import attachment, attention, flux_forward, planning, references, session
 from ..musar.errors import ModelError
 from ..musar.layout import TokenLayout
 from ..musar.references import ReferenceLabels
 from ..musar.settings import RoutingSettings
-from . import hooks, lora_modules, routed
+from . import families, hooks, lora_modules
 
 logger = logging.getLogger(__name__)
 KEY = "musar"
-ROUTING = "musar_routing"
+ATTACHMENT = "musar_attachment"  # transformer_options key: the musar.attachment.Attachment
 RUN = "musar_run"
 WRAPPERS = comfy.patcher_extension.WrappersMP
-
-
-def flux_model(model, flux2: bool = False):
-    """The FLUX diffusion model inside a ModelPatcher, or a ModelError saying what it is. FLUX.1
-    always; FLUX.2 [dev] (global modulation) only where ``flux2`` (reference routing)."""
-    base = getattr(model, "model", None)
-    dm = getattr(base, "diffusion_model", None)
-    if not isinstance(base, comfy.model_base.Flux) or not isinstance(dm, comfy.ldm.flux.model.Flux):
-        raise ModelError(f"MUSAR works with FLUX.1 and FLUX.2 models; this MODEL is "
-                         f"{type(base).__name__} / {type(dm).__name__}. Load FLUX with UNETLoader.")
-    if isinstance(base, comfy.model_base.Flux2) and flux2:
-        return dm
-    if isinstance(base, comfy.model_base.Flux2):
-        raise ModelError("this is a FLUX.2 model: MUSAR subjects and the dual LoRA need FLUX.1's "
-                         "per-block modulation (MUSAR Subject / Apply Routing / Load Dual LoRA "
-                         "are FLUX.1 only). FLUX.2's own ReferenceLatent references can be "
-                         "routed with MUSAR Route References")
-    if dm.params.global_modulation:
-        raise ModelError("this FLUX variant (Chroma: global modulation) is not the FLUX.1 "
-                         "architecture MUSAR adapts")
-    return dm
 
 
 def model_shapes(model, names) -> dict[str, tuple[int, int]]:
@@ -88,17 +63,17 @@ def apply_lora(model, lora, s_noisy: float, s_subject: float):
 def apply_routing(model, subjects, settings: RoutingSettings):
     """A clone of ``model`` with ``subjects`` routed under ``settings`` (joining the references
     a MUSAR Route References already routes); returns it with the Recorder of its runs."""
-    dm = flux_model(model)
-    previous = model.model_options["transformer_options"].get(ROUTING)
-    return _install(model, dm, *routed.join(previous, settings, subjects=subjects))
+    dm = families.subject_model(model)
+    previous = model.model_options["transformer_options"].get(ATTACHMENT)
+    return _install(model, dm, *attachment.join(previous, settings, subjects=subjects))
 
 
 def route_references(model, labels: ReferenceLabels, settings: RoutingSettings):
     """A clone of ``model`` whose ReferenceLatent references are routed under ``settings``
-    (FLUX.1 Kontext and FLUX.2 [dev]), joining the MUSAR subjects it may already route."""
-    dm = flux_model(model, flux2=True)
-    previous = model.model_options["transformer_options"].get(ROUTING)
-    return _install(model, dm, *routed.join(previous, settings, references=labels))
+    (every family of ``families``), joining the MUSAR subjects it may already route."""
+    dm = families.reference_model(model)
+    previous = model.model_options["transformer_options"].get(ATTACHMENT)
+    return _install(model, dm, *attachment.join(previous, settings, references=labels))
 
 
 def _install(model, dm, subjects, references, settings: RoutingSettings):
@@ -112,15 +87,16 @@ def _install(model, dm, subjects, references, settings: RoutingSettings):
                          "apply MUSAR routing before it (MUSAR must run the blocks itself)")
     if len(subjects):
         hooks.block_modulation()  # HookError now, not at the first step, on an unknown ComfyUI
-    routed.check_regions(subjects, references, settings)
+    attachment.check_regions(subjects, references, settings)
     hard = subjects.has_hard_region or (references is not None and references.has_hard_region)
     sampling = model.get_model_object("model_sampling")
-    routing = planning.resolve(settings, sampling.percent_to_sigma, len(dm.double_blocks),
-                               len(dm.single_blocks), hard_regions=hard)
+    schedule = planning.resolve(settings, sampling.percent_to_sigma, *families.depths(dm),
+                                hard_regions=hard)
     recorder = session.Recorder(tuple(s.caption for s in subjects.subjects))
     m = model.clone()
     to = m.model_options["transformer_options"]
-    to[ROUTING] = routed.Routed(subjects, references, routing, recorder, model.model.process_latent_in)
+    to[ATTACHMENT] = attachment.Attachment(subjects, references, schedule, recorder,
+                                           model.model.process_latent_in)
     if len(subjects):
         for kind, count in (("double_block", len(dm.double_blocks)),
                             ("single_block", len(dm.single_blocks))):
@@ -146,22 +122,22 @@ def _outer_sample(executor, *args, **kwargs):
     Before the first step: the references the conditioning holds and the regions on this
     canvas are checked (``references.run_conditions``)."""
     guider = executor.class_obj
-    routing = guider.model_options["transformer_options"].get(ROUTING)
-    if routing is None:
+    attached = guider.model_options["transformer_options"].get(ATTACHMENT)
+    if attached is None:
         return executor(*args, **kwargs)
     noise = args[0] if args else kwargs["noise"]
-    if routing.has_subjects:
-        references.check_subject_methods(_reference_methods(guider))
+    if attached.has_subjects:
+        references.check_subject_methods(families.reference_methods(guider))
     n_refs = 0
-    if routing.routes_references:
+    if attached.routes_references:
         n_refs = references.reference_count(
             [len(c.get("reference_latents") or ()) for conds in guider.conds.values()
-             for c in conds], routing.references)
+             for c in conds], attached.references)
     patch = guider.model_patcher.model.diffusion_model.patch_size
-    conditions = references.run_conditions(routing.subjects.subjects, routing.references, n_refs,
-                                           _grid(noise.shape[-2], noise.shape[-1], patch))
+    conditions = references.run_conditions(attached.subjects.subjects, attached.references, n_refs,
+                                           families.grid_of(noise.shape[-2], noise.shape[-1], patch))
     context = get_executing_context()
-    run = routing.recorder.begin(None if context is None else (context.prompt_id, context.node_id))
+    run = attached.recorder.begin(None if context is None else (context.prompt_id, context.node_id))
     run.conditions = conditions
     guider.model_options["transformer_options"][RUN] = run  # a per-sample copy, not the MODEL's
     out = executor(*args, **kwargs)
@@ -169,64 +145,48 @@ def _outer_sample(executor, *args, **kwargs):
     return out
 
 
-def _reference_methods(guider) -> set[str]:
-    """The reference methods this run's conditionings use: each one's own, else the model's
-    default (an object patch, e.g. core's FluxKVCache, may have changed it)."""
-    try:
-        default = guider.model_patcher.get_model_object("diffusion_model.params.default_ref_method")
-    except AttributeError:
-        default = None
-    return {c.get("reference_latents_method", default) for conds in guider.conds.values()
-            for c in conds if c.get("reference_latents")}
-
-
-def _grid(h: int, w: int, patch: int) -> tuple[int, int]:
-    return (h + patch // 2) // patch, (w + patch // 2) // patch
-
-
-def _diffusion_model_wrapper(executor, x, timestep, context, y, guidance, ref_latents, control,
-                             transformer_options, **kwargs):
+def _diffusion_model_wrapper(executor, *args, **kwargs):
     dm = executor.class_obj
-    grid = _grid(x.shape[-2], x.shape[-1], dm.patch_size)
-    refs = tuple(math.prod(_grid(r.shape[-2], r.shape[-1], dm.patch_size)) for r in ref_latents or ())
-    routing = transformer_options.get(ROUTING)
-    if routing is None or not routing.active:
+    call_args = families.CallArgs.bind(dm, args, kwargs)
+    x, context, to = call_args.get("x"), call_args.get("context"), call_args.get("transformer_options")
+    grid = families.grid_of(x.shape[-2], x.shape[-1], dm.patch_size)
+    refs = tuple(families.tokens_of(r, dm.patch_size) for r in call_args.get("ref_latents") or ())
+    attached = to.get(ATTACHMENT)
+    if attached is None or not attached.active:
         base = TokenLayout(context.shape[1], grid[0] * grid[1], extra_len=sum(refs))
         with session.activate(session.MusarCall(base, model=dm)):
-            return executor(x, timestep, context, y, guidance, ref_latents, control,
-                            transformer_options, **kwargs)
-    schedule = transformer_options.get("sample_sigmas")
-    routed = routing.routes_references
+            return call_args.call(executor)
+    schedule = to.get("sample_sigmas")
+    routed = attached.routes_references
     shape = planning.CallShape(
         prompt_len=context.shape[1], grid=grid, extra_len=0 if routed else sum(refs),
         reference_lens=refs if routed else (), batch=x.shape[0],
-        kinds=tuple(transformer_options.get("cond_or_uncond", [0])),
-        sigma=float(transformer_options["sigmas"].max()), device=x.device,
-        schedule=None if schedule is None else tuple(schedule.tolist()))
-    run = transformer_options.get(RUN) or routing.recorder.latest or routing.recorder.begin()
-    regions = getattr(getattr(run, "conditions", None), "regions", None)
-    call = planning.plan_call(routing.routing, run, shape, routing.caption_lens,
-                              routing.image_lens, regions)
-    call.model, call.source = dm, routing
-    call.vec0 = functools.partial(_clean_vec, dm, y, guidance is not None, x.shape[0])
-    if kwargs.get("attention_mask") is not None:
+        kinds=tuple(to.get("cond_or_uncond", [0])), sigma=float(to["sigmas"].max()),
+        device=x.device, schedule=None if schedule is None else tuple(schedule.tolist()))
+    run = to.get(RUN) or attached.recorder.latest or attached.recorder.begin()
+    conditions = getattr(run, "conditions", None)
+    clean = None if not attached.has_subjects else functools.partial(
+        _clean_vec, dm, call_args.get("y"), call_args.get("guidance") is not None, x.shape[0])
+    call = planning.plan_call(attached, run, shape, getattr(conditions, "regions", None), model=dm,
+                              clean_vector=clean, weights=getattr(conditions, "weights", ()))
+    extra = call_args.get("kwargs") or {}  # FLUX takes a conditioning mask here (Qwen by name)
+    if extra.get("attention_mask") is not None:
         logger.warning("MUSAR: a conditioning attention_mask cannot be combined with routed "
                        "tokens and is not applied")
-        kwargs = {**kwargs, "attention_mask": None}
-    if not call.cached and routing.has_subjects:
-        _, caps = routing.tokens(x.device, x.dtype)
-        context = torch.cat([context] + [c.to(context).expand(context.shape[0], -1, -1) for c in caps], 1)
+        call_args.set(kwargs={**extra, "attention_mask": None})
+    if not call.cached and attached.has_subjects:
+        _, caps = attached.tokens(x.device, x.dtype)
+        call_args.set(context=torch.cat(
+            [context] + [c.to(context).expand(context.shape[0], -1, -1) for c in caps], 1))
     # Routed attention goes in per call, around whatever attention override the MODEL has now:
     # a node applied after this one (core's ModelAttentionBackend) replaces the MODEL's
     # override, and routing must stay on whatever the order.
-    override = transformer_options.get("optimized_attention_override")
+    override = to.get("optimized_attention_override")
     if not getattr(override, "musar", False):
-        transformer_options = {**transformer_options,
-                               "optimized_attention_override": _AttentionOverride(override)}
+        call_args.set(transformer_options={**to, "optimized_attention_override": _AttentionOverride(override)})
     with session.activate(call):
-        out = executor(x, timestep, context, y, guidance, ref_latents, control, transformer_options,
-                       **kwargs)
-    _check_hooks_ran(call, routing.has_subjects)
+        out = call_args.call(executor)
+    _check_hooks_ran(call, attached.has_subjects)
     call.finish()
     return out
 
@@ -251,13 +211,13 @@ def _clean_vec(dm, y, with_guidance: bool, batch: int, like: torch.Tensor) -> to
 
 def _post_input(args):
     call = session.ACTIVE.get()
-    if call is None or call.source is None or call.cached:
+    if call is None or not call.routed or call.cached:
         return args
     img, b = args["img"], args["img"].shape[0]
-    packed, _ = call.source.tokens(img.device, img.dtype)
+    packed, _ = call.attachment.tokens(img.device, img.dtype)
     with call.subject_img_in():
         ic = call.model.img_in(packed)
-    ids = call.source.ids.to(args["img_ids"])
+    ids = call.attachment.ids.to(args["img_ids"])
     return {**args, "img": torch.cat([img, ic.expand(b, -1, -1)], 1),
             "img_ids": torch.cat([args["img_ids"], ids.expand(b, -1, -1)], 1)}
 
@@ -277,12 +237,12 @@ class _BlockPatch:
         call = session.ACTIVE.get()
         if call is not None:
             call.hook_calls["block"] += 1
-        if call is None or call.source is None or call.cached:
+        if call is None or not call.routed or call.cached:
             return extra["original_block"](args)
         vec, lay = args["vec"], call.layout
         if not isinstance(vec, torch.Tensor) or vec.ndim != 2:
             raise hooks.hook_error(f"the FLUX {self.kind} patch's args['vec']",
-                                   f"arrived as {_describe(vec)}, not one (batch, width) vector",
+                                   f"arrived as {hooks.describe(vec)}, not one (batch, width) vector",
                                    "MUSAR subjects modulate per segment from FLUX.1's vector")
         mod = hooks.block_modulation()
         pair = mod.stack(vec, call.clean_vec(vec))
@@ -304,28 +264,6 @@ class _BlockPatch:
         return self
 
 
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    return type(value).__name__
-
-
-# ComfyUI's PyTorch kernel is plain SDPA (the override receives it unwrapped): routed attention
-# may run it as the same op that also returns its log-sum-exp; other kernels get key gathers.
-_SDPA = comfy.ldm.modules.attention.attention_pytorch
-_SDPA_KERNELS = (_SDPA, getattr(_SDPA, "__wrapped__", _SDPA))
-
-
-def _backend_of(override):
-    """The kernel an override installed by ComfyUI's ``ModelPatcher.set_model_optimized_attention``
-    (core's ModelAttentionBackend node) calls, read from that function's closure; None for any
-    other override (its kernel is unknown, so routed attention gathers keys through it)."""
-    if not getattr(override, "__qualname__", "").startswith("ModelPatcher.set_model_optimized_attention."):
-        return None
-    cells = [c.cell_contents for c in (getattr(override, "__closure__", None) or ())]
-    return next((c for c in cells if c in _SDPA_KERNELS), None)
-
-
 class _AttentionOverride:
     """Routed attention through ComfyUI's active kernel (or an override already installed)."""
 
@@ -338,16 +276,18 @@ class _AttentionOverride:
         return self
 
     def __call__(self, func, q, k, v, heads, *args, mask=None, transformer_options=None, **kwargs):
+        if args:  # optimized_attention_masked(q, k, v, heads, mask, ...) passes the mask by position
+            mask, args = args[0], args[1:]
+
         def kernel(q_, k_, v_, mask_=None):
             kw = dict(kwargs, skip_reshape=True, mask=mask_, transformer_options=transformer_options)
             if self.previous is not None:
                 return self.previous(func, q_, k_, v_, heads, *args, **kw)
             return func(q_, k_, v_, heads, *args, **kw)
 
-        sdpa = func if self.previous is None else _backend_of(self.previous)
-        kernel.lse = attention.SDPA_LSE if sdpa in _SDPA_KERNELS else None
+        kernel.lse = attention.SDPA_LSE if hooks.runs_sdpa(func, self.previous) else None
         call = session.ACTIVE.get()
-        if call is None or call.source is None:
+        if call is None or not call.routed:
             return kernel(q, k, v, mask)
         call.hook_calls["attention"] += 1
         block = hooks.block_position(transformer_options or {})

@@ -16,16 +16,23 @@ text encoder is the tiny FLUX.1 one (Mistral's tokenizer data is not available o
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 
 import comfy.ldm.flux.model
+import comfy.ldm.qwen_image.model
+import comfy.ldm.wan.vae
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
+import comfy.sd1_clip
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.text_encoders.flux
+import comfy.text_encoders.llama
+import comfy.text_encoders.qwen_image
+import comfy.text_encoders.qwen_vl
 import comfy.utils
 import torch
 from comfy.ldm.models.autoencoder import AutoencoderKL
@@ -82,6 +89,12 @@ def detected_fields(unet_config: dict) -> dict:
     return config
 
 
+def _norm_scale(key: str, value: torch.Tensor) -> bool:
+    """A 1-D weight of a module named norm* (Qwen-Image's norm_q, norm_added_k ...)."""
+    parts = key.split(".")
+    return value.ndim == 1 and len(parts) > 1 and parts[-2].startswith("norm")
+
+
 def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> dict:
     """Deterministic weights: N(0, std) matrices, zero biases, unit norm scales (batch-norm
     statistics: zero mean, unit variance)."""
@@ -90,7 +103,8 @@ def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> 
     for key, value in sorted(module.state_dict().items()):
         if key.endswith("num_batches_tracked"):
             out[key] = value.clone()
-        elif key.endswith(".scale") or key.endswith("norm.weight") or key.endswith("running_var"):
+        elif key.endswith(".scale") or key.endswith("norm.weight") or key.endswith("running_var") \
+                or _norm_scale(key, value):
             out[key] = torch.ones(value.shape, dtype=torch.float32)
         elif key.endswith("bias") or key.endswith("running_mean"):
             out[key] = torch.zeros(value.shape, dtype=torch.float32)
@@ -101,6 +115,7 @@ def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> 
 
 STANDIN_GAIN = 1.13  # matrix weights N(0, (gain / sqrt(fan_in))^2): std 0.1 at width 128
 STANDIN_QK_SCALE = 2.0  # the q / k RMSNorm scales: attention 4x sharper than at scale 1
+QK_NORMS = ("query_norm", "key_norm", "norm_q", "norm_k", "norm_added_q", "norm_added_k")
 
 
 def standin_state_dict(module: torch.nn.Module, seed: int) -> dict:
@@ -117,7 +132,7 @@ def standin_state_dict(module: torch.nn.Module, seed: int) -> dict:
     for key, value in sd.items():
         if value.ndim >= 2 and value.is_floating_point():
             value = value * (STANDIN_GAIN / value.shape[-1] ** 0.5)
-        elif "query_norm" in key or "key_norm" in key:
+        elif any(f"{name}." in key for name in QK_NORMS):
             value = value * STANDIN_QK_SCALE
         out[key] = value
     return out
@@ -144,11 +159,6 @@ def build_flux(unet_config: dict, state_dict: dict | None = None, seed: int = 0,
     model.load_model_weights({k: v.to(dtype) for k, v in sd.items()}, "")
     return comfy.model_patcher.ModelPatcher(
         model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
-
-
-def save_flux_file(patcher, path: str, config: dict) -> None:
-    sd = {k: v.contiguous() for k, v in patcher.model.diffusion_model.state_dict().items()}
-    comfy.utils.save_torch_file(sd, path, metadata={CONFIG_METADATA_KEY: json.dumps(config)})
 
 
 def infer_flux_config(sd: dict) -> dict:
@@ -213,3 +223,129 @@ def build_flux2_vae(seed: int = 0, width: int = 32) -> comfy.sd.VAE:
     vae = comfy.sd.VAE(sd=sd, config={"params": params}, dtype=torch.float32)
     vae.latent_channels, vae.downscale_ratio, vae.upscale_ratio = 128, 16, 16
     return vae
+
+
+# ---- Qwen-Image (Edit 2509 / 2511) -------------------------------------------------------------
+QWEN_TE_WIDTH = 64  # the tiny Qwen2.5-VL's hidden size = the MMDiT's text width
+
+
+def qwen_image_unet_config(heads: int = 2, head_dim: int = 32, depth: int = 2,
+                           ref_method: str = "index") -> dict:
+    """A Qwen-Image MMDiT config at a tiny width (real: 24 heads x 128, 60 blocks, text 3584):
+    its RoPE axes in Qwen's 16:56:56 proportion. ``ref_method`` "index_timestep_zero" is
+    Qwen-Image-Edit-2511 (ComfyUI 0.33+; older ComfyUI has no such option)."""
+    config = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
+                  num_layers=depth, attention_head_dim=head_dim, num_attention_heads=heads,
+                  joint_attention_dim=QWEN_TE_WIDTH, axes_dims_rope=tuple(axes_for(head_dim)))
+    accepted = inspect.signature(comfy.ldm.qwen_image.model.QwenImageTransformer2DModel).parameters
+    if "default_ref_method" in accepted:
+        config["default_ref_method"] = ref_method
+    elif ref_method != "index":
+        raise ModelError(f"this ComfyUI's Qwen-Image has no reference method {ref_method!r} "
+                         "(Qwen-Image-Edit-2511 needs ComfyUI 0.33 or newer)")
+    return config
+
+
+def build_qwen_image(unet_config: dict, seed: int = 0, dtype: torch.dtype = torch.float32,
+                     compute_dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
+    """A Qwen-Image(-Edit) ModelPatcher through ComfyUI's supported_models.QwenImage."""
+    cfg = comfy.supported_models.QwenImage(dict(unet_config))
+    cfg.set_inference_dtype(dtype, compute_dtype)
+    model = cfg.get_model({})
+    sd = standin_state_dict(model.diffusion_model, seed)
+    model.load_model_weights({k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}, "")
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+class _TinyQwenVL(comfy.text_encoders.llama.Qwen25_7BVLI):
+    """Qwen2.5-VL (ComfyUI's class, its language model and vision tower) at a tiny size: the
+    language model from the config, the vision tower 32 wide and one layer deep (the real one
+    is 1280 wide, 32 deep and would not fit a CPU test)."""
+
+    def __init__(self, config_dict, dtype, device, operations):
+        torch.nn.Module.__init__(self)
+        config = comfy.text_encoders.llama.Qwen25_7BVLI_Config(**config_dict)
+        self.num_layers = config.num_hidden_layers
+        self.model = comfy.text_encoders.llama.Llama2_(config, device=device, dtype=dtype, ops=operations)
+        self.visual = comfy.text_encoders.qwen_vl.Qwen2VLVisionTransformer(
+            hidden_size=32, output_hidden_size=config.hidden_size, intermediate_size=64, num_heads=2,
+            num_layers=1, device=device, dtype=dtype, ops=operations)
+        self.dtype = dtype
+
+
+class _TinyQwenVLModel(comfy.text_encoders.qwen_image.Qwen25_7BVLIModel):
+    def __init__(self, device="cpu", layer="last", layer_idx=None, dtype=None, attention_mask=True,
+                 model_options=None):
+        comfy.sd1_clip.SDClipModel.__init__(
+            self, device=device, layer=layer, layer_idx=layer_idx, dtype=dtype,
+            textmodel_json_config=dict(hidden_size=QWEN_TE_WIDTH, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=2,
+                                       num_key_value_heads=1),
+            special_tokens={"pad": 151643}, layer_norm_hidden_state=False, model_class=_TinyQwenVL,
+            enable_attention_masks=attention_mask, return_attention_masks=attention_mask,
+            model_options=model_options or {})
+
+
+class _TinyQwenImageTE(comfy.text_encoders.qwen_image.QwenImageTEModel):
+    def __init__(self, device="cpu", dtype=None, model_options=None):
+        comfy.sd1_clip.SD1ClipModel.__init__(self, device=device, dtype=dtype, name="qwen25_7b",
+                                             clip_model=_TinyQwenVLModel, model_options=model_options or {})
+
+
+def build_qwen_clip(seed: int = 0) -> comfy.sd.CLIP:
+    """Qwen-Image's text encoder (Qwen2.5-VL with its vision tower, its real tokenizer and its
+    edit templates) at a tiny width: TextEncodeQwenImageEditPlus runs on it as on the real one."""
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.qwen_image.QwenImageTokenizer,
+                                                    _TinyQwenImageTE)
+    clip = comfy.sd.CLIP(target=target, model_options={"dtype": torch.float32})
+    clip.cond_stage_model.load_state_dict(seeded_state_dict(clip.cond_stage_model, seed, 0.2), strict=False)
+    return clip
+
+
+def build_wan_vae(seed: int = 0, width: int = 8) -> comfy.sd.VAE:
+    """Qwen-Image's VAE shape (Wan 2.1: 16 channels, 8x down, video latents) at a tiny width,
+    recognised by ComfyUI's own VAE detection."""
+    module = comfy.ldm.wan.vae.WanVAE(dim=width, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                      attn_scales=[], temperal_downsample=[False, True, True])
+    return comfy.sd.VAE(sd=seeded_state_dict(module, seed, 0.05), dtype=torch.float32)
+
+
+# ---- FLUX.2 [klein] ----------------------------------------------------------------------------
+KLEIN_TE_WIDTH = 32  # tiny Qwen3's hidden size; klein taps three layers: text width 3 x this
+
+
+def klein_unet_config(hidden: int = 128, heads: int = 4, depth: int = 2, single_depth: int = 2) -> dict:
+    """FLUX.2 [klein]: the FLUX.2 architecture without guidance embedding, text from Qwen3."""
+    return flux2_unet_config(hidden, heads, depth, single_depth, context_dim=3 * KLEIN_TE_WIDTH,
+                             guidance=False)
+
+
+def build_klein_clip(seed: int = 0) -> comfy.sd.CLIP:
+    """FLUX.2 [klein]'s text encoder (Qwen3 with its tokenizer and template, three layers tapped)
+    at a tiny width. Needs a ComfyUI that has klein (0.33 or newer)."""
+    flux_te = comfy.text_encoders.flux
+    if not hasattr(flux_te, "KleinTokenizer"):
+        raise ModelError("this ComfyUI has no FLUX.2 [klein] text encoder (added after 0.3.75)")
+
+    class TinyQwen3(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", layer=(0, 1, 2), layer_idx=None, dtype=None,
+                     attention_mask=True, model_options=None):
+            super().__init__(device=device, layer=list(layer), layer_idx=layer_idx, dtype=dtype,
+                             textmodel_json_config=dict(hidden_size=KLEIN_TE_WIDTH, intermediate_size=64,
+                                                        num_hidden_layers=3, num_attention_heads=2,
+                                                        num_key_value_heads=1),
+                             special_tokens={"pad": 151643}, layer_norm_hidden_state=False,
+                             model_class=comfy.text_encoders.llama.Qwen3_4B,
+                             enable_attention_masks=attention_mask,
+                             return_attention_masks=attention_mask, model_options=model_options or {})
+
+    class TinyKleinTE(flux_te.Flux2TEModel):
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            super().__init__(device=device, dtype=dtype, name="qwen3_4b", model_options=model_options or {},
+                             clip_model=TinyQwen3)
+
+    target = comfy.supported_models_base.ClipTarget(flux_te.KleinTokenizer, TinyKleinTE)
+    clip = comfy.sd.CLIP(target=target, model_options={"dtype": torch.float32})
+    clip.cond_stage_model.load_state_dict(seeded_state_dict(clip.cond_stage_model, seed, 0.2), strict=False)
+    return clip

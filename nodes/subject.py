@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..musar.checks import verdict
 from ..musar.errors import LayoutError
-from ..musar.images import CROP_MODES, prepare_reference
+from ..musar.images import prepare_reference
 from ..musar.layout import MAX_SUBJECTS, check_subject_count
 from ..musar.settings import SubjectSettings, check_subject
 from ..musar.subjects import Subject, SubjectSet
-from .inputs import number
+from .inputs import settings_of, validation, widgets
 from .types import REGION, SUBJECTS
 
 MAX_CAPTION_TOKENS = 77
@@ -48,13 +47,7 @@ class MusarSubject(io.ComfyNode):
                 io.Image.Input("image", tooltip="The reference picture of this subject (one image)."),
                 io.Vae.Input("vae", tooltip="The VAE of the FLUX model (ae.safetensors)."),
                 io.Clip.Input("clip", tooltip="FLUX's text encoder (DualCLIPLoader, type flux)."),
-                io.String.Input("caption", default="a subject", multiline=False,
-                                tooltip="A short name of the subject, e.g. 'a red ceramic mug'."),
-                io.Combo.Input("crop", options=list(CROP_MODES), default="center crop",
-                               tooltip="How the image becomes a reference: center crop to a "
-                                       "square, pad to a square, stretch, or keep its aspect ratio."),
-                number("reference_size", 512, "Reference side in pixels (longest side for 'keep aspect'). "
-                       "512 adds 1024 tokens per subject to FLUX attention."),
+                *widgets(SubjectSettings),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional: only reference tokens mostly inside the mask "
                                       "(white) are used; the mask must match the image size."),
@@ -67,14 +60,12 @@ class MusarSubject(io.ComfyNode):
             outputs=[SUBJECTS.Output(display_name="subjects")],
         )
 
-    @classmethod
-    def validate_inputs(cls, caption=None, crop=None, reference_size=None):
-        return verdict(check_subject, dict(caption=caption, crop=crop, reference_size=reference_size))
+    validate_inputs = validation(SubjectSettings, check_subject)
 
     @classmethod
-    def execute(cls, image, vae, clip, caption, crop, reference_size, mask=None, subjects=None,
-                region=None) -> io.NodeOutput:
-        settings = SubjectSettings(caption=caption, crop=crop, reference_size=reference_size)
+    def execute(cls, image, vae, clip, mask=None, subjects=None, region=None,
+                **inputs) -> io.NodeOutput:
+        settings = settings_of(SubjectSettings, inputs)
         chain = subjects if subjects is not None else SubjectSet()
         check_subject_count(len(chain) + 1)  # before the (slow) encoding
         pixels, small_mask = prepare_reference(image, settings.reference_size, settings.crop, mask)

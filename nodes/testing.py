@@ -14,8 +14,22 @@ FLUX2_SIZES = {
 }
 
 
+KLEIN = "FLUX.2 [klein] tiny (128 wide, 2+2 blocks, Qwen3 text)"
+QWEN = "Qwen-Image-Edit tiny (64 wide, 2 blocks, Qwen2.5-VL text)"
+QWEN_2511 = "Qwen-Image-Edit-2511 tiny (64 wide, 2 blocks, Qwen2.5-VL text)"
+OTHERS = (KLEIN, QWEN, QWEN_2511)
+
+
 def build_standins(size: str, seed: int):
-    """(MODEL, CLIP, VAE) stand-ins of the named size (FLUX.1, or FLUX.2 with its VAE shape)."""
+    """(MODEL, CLIP, VAE) stand-ins of the named size and family, each with its own text
+    encoder and the VAE of its latent shape."""
+    if size == KLEIN:
+        return (standins.build_flux(standins.klein_unet_config(), seed=seed),
+                standins.build_klein_clip(seed), standins.build_flux2_vae(seed))
+    if size in (QWEN, QWEN_2511):
+        method = "index_timestep_zero" if size == QWEN_2511 else "index"
+        return (standins.build_qwen_image(standins.qwen_image_unet_config(ref_method=method), seed=seed),
+                standins.build_qwen_clip(seed), standins.build_wan_vae(seed))
     if size in FLUX2_SIZES:
         model = standins.build_flux(standins.flux2_unet_config(**FLUX2_SIZES[size]), seed=seed)
         return model, standins.build_clip(seed), standins.build_flux2_vae(seed)
@@ -31,15 +45,15 @@ class TinyFluxLoader(io.ComfyNode):
             display_name="MUSAR Tiny FLUX Stand-ins (testing)",
             category="MUSAR/testing",
             description=(
-                "Builds a FLUX-architecture MODEL (FLUX.1, or FLUX.2 [dev] with its global "
-                "modulation), a FLUX dual text encoder (CLIP-L + T5) and a VAE of the model's "
-                "latent shape from real ComfyUI classes with tiny widths and seeded random "
-                "weights. It exercises the whole MUSAR pipeline on a CPU in seconds; the images "
-                "it makes are noise, not art. Use UNETLoader / DualCLIPLoader / CLIPLoader / "
-                "VAELoader for real FLUX."),
+                "Builds a MODEL of a routed family (FLUX.1; FLUX.2 [dev]; FLUX.2 [klein] with "
+                "its Qwen3 text encoder; Qwen-Image-Edit 2509 / 2511 with its Qwen2.5-VL text "
+                "encoder and vision tower), its text encoder (CLIP) and a VAE of its latent "
+                "shape from real ComfyUI classes with tiny widths and seeded random weights. It "
+                "exercises the whole MUSAR pipeline on a CPU in seconds; the images it makes are "
+                "noise, not art. Use UNETLoader / CLIPLoader / VAELoader for real models."),
             is_experimental=True,
             inputs=[
-                io.Combo.Input("size", options=[*SIZES, *FLUX2_SIZES], default=next(iter(SIZES)),
+                io.Combo.Input("size", options=[*SIZES, *FLUX2_SIZES, *OTHERS], default=next(iter(SIZES)),
                                tooltip="Architecture, width and depth of the stand-in transformer."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, step=1,
                              control_after_generate=False,
@@ -50,8 +64,9 @@ class TinyFluxLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, size=None):
-        if size is not None and size not in SIZES and size not in FLUX2_SIZES:
-            return f"size: unknown option {size!r}, expected one of {', '.join(map(repr, [*SIZES, *FLUX2_SIZES]))}"
+        known = [*SIZES, *FLUX2_SIZES, *OTHERS]
+        if size is not None and size not in known:
+            return f"size: unknown option {size!r}, expected one of {', '.join(map(repr, known))}"
         return True
 
     @classmethod

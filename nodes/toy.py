@@ -12,6 +12,10 @@ run on them unchanged (docs/TOY_WORLD.md).
   embedding + position term + the previous word's context term); the end token has no word
   embedding of its own. Pooled = the toy encoder's pooled vector.
 - MODEL: the FLUX checkpoint through ``standins.load_flux_file`` (config in its metadata).
+- The multi-reference base (``toyworld.train_refbase``): a checkpoint named ``toy_flux_refs*``
+  comes with its own text encoder file, ``toy_ref_text_encoder.safetensors``: the world's words
+  plus ``toyworld.multiref.REF_WORDS`` ("image", "at", digits). Every other checkpoint loads
+  ``toy_text_encoder.safetensors`` as before.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ..musar.checks import verdict
 from ..musar.errors import ModelError, MusarError
 from ..musar.paths import folder_file, folder_files
 from ..toyworld.codec import CellCodec
+from ..toyworld.multiref import REF_WORDS
 from ..toyworld.textenc import ToyTextEncoder, contextual
 from . import standins
 
@@ -44,6 +49,7 @@ WEIGHTS_ENV = "MUSAR_TOY_WEIGHTS"
 MODEL_PATTERN = "toy_flux*.safetensors"
 CODEC_FILE, TEXT_FILE, BASE_FILE = "toy_codec.safetensors", "toy_text_encoder.safetensors", "toy_flux.safetensors"
 PAD_ID, END_ID, ID_SHIFT = 0, 1, 1
+REF_MODEL_PREFIX, REF_TEXT_FILE = "toy_flux_refs", "toy_ref_text_encoder.safetensors"  # multi-reference base
 
 
 # ---- VAE ---------------------------------------------------------------------------------------
@@ -186,15 +192,22 @@ def load_codec(folder: Path) -> CellCodec:
     return CellCodec.from_state_dict(_load(folder, CODEC_FILE))
 
 
-def load_text_encoder(folder: Path) -> ToyTextEncoder:
-    return ToyTextEncoder.from_state_dict(_load(folder, TEXT_FILE))
+def load_text_encoder(folder: Path, name: str = TEXT_FILE) -> ToyTextEncoder:
+    """The toy text encoder file ``name`` of ``folder``; the multi-reference base's file has the
+    extra words ``REF_WORDS``."""
+    return ToyTextEncoder.from_state_dict(_load(folder, name), REF_WORDS if name == REF_TEXT_FILE else ())
+
+
+def text_file_for(model_file: str) -> str:
+    """The text encoder file that goes with checkpoint ``model_file``."""
+    return REF_TEXT_FILE if Path(str(model_file)).name.startswith(REF_MODEL_PREFIX) else TEXT_FILE
 
 
 def load_toy_world(folder: Path, model_file: str = BASE_FILE):
     """(MODEL patcher, CLIP, VAE) of the toy world in ``folder`` (scripts pass their own folder;
     the node goes through :func:`model_path`)."""
     model, _ = standins.load_flux_file(str(_path(folder, model_file)))
-    return model, build_clip(load_text_encoder(folder)), build_vae(load_codec(folder))
+    return model, build_clip(load_text_encoder(folder, text_file_for(model_file))), build_vae(load_codec(folder))
 
 
 def model_files() -> list[str]:

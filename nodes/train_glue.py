@@ -27,7 +27,7 @@ from ..musar.errors import TrainingError
 from ..musar.settings import RoutingSettings
 from ..musar.subjects import Subject, SubjectSet
 from ..musar.train import Callbacks, Encoders, Trainer, placeholder_image, render_loss_curve
-from . import patcher
+from . import families, patcher
 from .lora import apply_dual_lora
 from .subject import encode_caption
 
@@ -52,11 +52,11 @@ def to_image(pil) -> torch.Tensor:
 
 def check_model(model) -> None:
     """A plain FLUX.1 MODEL: no MUSAR routing or dual-LoRA object patches on it."""
-    patcher.flux_model(model)
+    families.subject_model(model)
     to = model.model_options.get("transformer_options", {})
     wrapped = [k for k, v in model.object_patches.items() if getattr(v, "_musar_branches", None)]
-    if to.get(patcher.ROUTING) is not None or wrapped:
-        what = "MUSAR Apply Routing" if to.get(patcher.ROUTING) is not None else "MUSAR Load Dual LoRA"
+    if to.get(patcher.ATTACHMENT) is not None or wrapped:
+        what = "MUSAR Apply Routing" if to.get(patcher.ATTACHMENT) is not None else "MUSAR Load Dual LoRA"
         raise TrainingError(f"the MODEL already has MUSAR patches ({what}); expected the plain FLUX "
                             "model: connect the loader's MODEL straight to MUSAR Train Dual LoRA")
 
@@ -185,7 +185,7 @@ def run_training(model, clip, vae, training_set, config, store, *, cache_dir, re
                           base_model=base_model or type(model.model.model_config).__name__)
         progress = Progress(node_id, config.steps)
         validator = Validator(model, clip, vae, training_set, config.seed) \
-            if validate and config.validate_every else None
+            if validate and config.validation_every else None
         callbacks = Callbacks(should_stop=progress.should_stop, on_step=progress.on_step,
                               validate=validator, before_training=lambda: load_plain(model),
                               interrupts=(mm.InterruptProcessingException,))

@@ -8,6 +8,8 @@
 - ``musar_kontext_references``    FLUX.1 Kontext [dev], two references, routed (KSampler).
 - ``musar_regions``               Kontext with a hard layout region per reference, drawn from
                                   the bundled layout picture ``musar_layout_two_regions.png``.
+- ``musar_qwen_edit_references``  Qwen-Image-Edit (2509 or 2511), three pictures, routed.
+- ``musar_klein_references``      FLUX.2 [klein], two references, routed (ComfyUI 0.33+).
 """
 
 from __future__ import annotations
@@ -52,6 +54,47 @@ reference). FluxKontextMultiReferenceLatentMethod picks how the references are p
 HEADLESS
 python -m musar_run workflows/{name}.json --models /path/to/ComfyUI/models
 (--tiny runs the same graph on random stand-ins: a pipeline check only)
+"""
+QWEN_NOTE = """MODEL FILES (ComfyUI/models/...)
+- diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors (Qwen-Image-Edit-2509) or
+  qwen_image_edit_2511_bf16.safetensors (2511: its timestep-zero references are recognised
+  from the file; ComfyUI 0.33 or newer)
+- text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors  (Load CLIP, type qwen_image)
+- vae/qwen_image_vae.safetensors
+No MUSAR weights: MUSAR Route References only routes attention between the model's own
+reference images.
+
+PICTURES AND REFERENCES
+TextEncodeQwenImageEditPlus puts each picture into the prompt ("Picture 1: ...", its vision
+tokens). The references themselves come from the chain below it: each picture -> scale ->
+VAE Encode -> ReferenceLatent, in the same order (reference n = picture n). Leave the text
+node's vae input empty, so the references are not added twice; the chain lets you choose
+their size (the text node would always make them ~1 MP).
+The pictures' vision tokens stay with the prompt: the language model has already mixed every
+picture into every later prompt token, so no prompt token belongs to one picture alone.
+
+ROUTING
+Static routing: references never attend to each other. Dynamic routing: every image region
+attends to one reference. MUSAR Reference Label strength < 1 for a reference that dominates.
+
+HEADLESS
+python -m musar_run workflows/{name}.json --models /path/to/ComfyUI/models
+(--tiny runs the same graph on random Qwen-Image stand-ins: a pipeline check only)
+"""
+KLEIN_NOTE = """MODEL FILES (ComfyUI/models/...)  -  ComfyUI 0.33 or newer
+- diffusion_models/flux-2-klein-4b.safetensors (or the 9B file)
+- text_encoders/qwen_3_4b.safetensors (9B: qwen_3_8b.safetensors)  (Load CLIP, type flux2)
+- vae/flux2-vae.safetensors
+No MUSAR weights: MUSAR Route References only routes attention between klein's own reference
+images (ReferenceLatent).
+
+REFERENCES
+Each MUSAR Example Image -> scale -> VAE Encode -> ReferenceLatent (chain one per reference).
+The distilled klein samples in 4 steps at CFG 1 (the base model: more steps, CFG > 1).
+
+HEADLESS
+python -m musar_run workflows/{name}.json --models /path/to/ComfyUI/models
+(--tiny runs the same graph on random FLUX.2 [klein] stand-ins: a pipeline check only)
 """
 AB_EXTRA = """
 A/B COMPARISON (routed vs unrouted)
@@ -195,6 +238,69 @@ def build_kontext(demo, info, name, regions=False):
     return b.workflow()
 
 
+def build_qwen(demo, info, name):
+    b = demo.Builder(info)
+    images = ["musar_red_mug.png", "musar_yellow_duck.png", "musar_green_cactus.png"]
+    captions = [demo.IMAGES[i][1] for i in images]
+    b.note(1, (-470, 0), (440, 760), QWEN_NOTE.format(name=name))
+    b.add(2, "UNETLoader", (0, 0), {"unet_name": "qwen_image_edit_2509_fp8_e4m3fn.safetensors",
+                                    "weight_dtype": "default"})
+    b.add(3, "CLIPLoader", (0, 130), {"clip_name": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                                      "type": "qwen_image", "device": "default"})
+    b.add(4, "VAELoader", (0, 300), {"vae_name": "qwen_image_vae.safetensors"})
+    latents, label = _references(b, demo, images, captions, (4, 0), 20)
+    prompt = (f"Picture 1's {captions[0][2:]}, picture 2's {captions[1][2:]} and picture 3's "
+              f"{captions[2][2:]} together on a wooden table, photo.")
+    b.add(5, "TextEncodeQwenImageEditPlus", (780, 420), {"prompt": prompt},
+          {"clip": (3, 0), **{f"image{i + 1}": (20 + 10 * i, 0) for i in range(3)}},
+          title="TextEncodeQwenImageEditPlus (pictures in the prompt)", size=(420, 240))
+    last = _chain(b, 5, latents, 780, 700)
+    b.add(8, "TextEncodeQwenImageEditPlus", (780, 920), {"prompt": ""}, {"clip": (3, 0)},
+          title="Negative", size=(420, 160))
+    b.add(10, "MUSAR_RouteReferences", (380, 0), {}, {"model": (2, 0), "labels": (label, 0)},
+          size=(360, 400))
+    b.add(14, "EmptySD3LatentImage", (1240, 560), {"width": 1024, "height": 1024, "batch_size": 1},
+          title="EmptySD3LatentImage")
+    b.add(16, "KSampler", (1240, 0), {"seed": 42, "steps": 20, "cfg": 2.5, "sampler_name": "euler",
+                                      "scheduler": "simple", "denoise": 1.0},
+          {"model": (10, 0), "positive": (last, 0), "negative": (8, 0), "latent_image": (14, 0)},
+          size=(315, 480))
+    _outputs(b, 80, name, (16, 0), (4, 0), (10, 1), 1600, 600)
+    b.group("Models", [2, 3, 4, 10], "#3f789e")
+    return b.workflow()
+
+
+def build_klein(demo, info, name):
+    b = demo.Builder(info)
+    images = ["musar_blue_teapot.png", "musar_yellow_duck.png"]
+    captions = [demo.IMAGES[i][1] for i in images]
+    b.note(1, (-470, 0), (440, 560), KLEIN_NOTE.format(name=name))
+    b.add(2, "UNETLoader", (0, 0), {"unet_name": "flux-2-klein-4b.safetensors", "weight_dtype": "default"})
+    b.add(3, "CLIPLoader", (0, 130), {"clip_name": "qwen_3_4b.safetensors", "type": "flux2",
+                                      "device": "default"})
+    b.add(4, "VAELoader", (0, 300), {"vae_name": "flux2-vae.safetensors"})
+    latents, label = _references(b, demo, images, captions, (4, 0), 20)
+    prompt = (f"The {captions[0][2:]} from image 1 and the {captions[1][2:]} from image 2 on a "
+              "window sill in the morning sun, photo.")
+    b.add(5, "CLIPTextEncode", (780, 420), {"text": prompt}, {"clip": (3, 0)}, size=(420, 200))
+    last = _chain(b, 5, latents, 780, 660)
+    b.add(10, "MUSAR_RouteReferences", (380, 0), {}, {"model": (2, 0), "labels": (label, 0)},
+          size=(360, 400))
+    b.add(11, "RandomNoise", (1240, 0), {"noise_seed": 42}, title="RandomNoise")
+    b.add(12, "KSamplerSelect", (1240, 110), {"sampler_name": "euler"}, title="KSamplerSelect")
+    b.add(13, "Flux2Scheduler", (1240, 200), {"steps": 4, "width": 1024, "height": 1024},
+          title="Flux2Scheduler")
+    b.add(14, "EmptyFlux2LatentImage", (1240, 340), {"width": 1024, "height": 1024, "batch_size": 1})
+    b.add(15, "BasicGuider", (1240, 480), {}, {"model": (10, 0), "conditioning": (last, 0)},
+          title="BasicGuider")
+    b.add(16, "SamplerCustomAdvanced", (1240, 600), {}, {
+        "noise": (11, 0), "guider": (15, 0), "sampler": (12, 0), "sigmas": (13, 0),
+        "latent_image": (14, 0)}, size=(315, 330), title="SamplerCustomAdvanced")
+    _outputs(b, 80, name, (16, 0), (4, 0), (10, 1), 1600, 600)
+    b.group("Models", [2, 3, 4, 10], "#3f789e")
+    return b.workflow()
+
+
 def _region_labels(b, captions):
     """Layout picture -> one mask per colour -> hard MUSAR Layout Region -> Reference Label."""
     b.add(40, "MUSAR_ExampleImage", (-470, 760), {"image": LAYOUT}, title="Layout (red: 1, blue: 2)",
@@ -223,4 +329,8 @@ def workflows(demo, info) -> dict:
                                      ["musar_green_cactus.png", "musar_blue_teapot.png"]),
         "musar_regions": (build_kontext(demo, info, "musar_regions", regions=True),
                           ["musar_green_cactus.png", "musar_blue_teapot.png"]),
+        "musar_qwen_edit_references": (build_qwen(demo, info, "musar_qwen_edit_references"),
+                                       ["musar_red_mug.png", "musar_yellow_duck.png", "musar_green_cactus.png"]),
+        "musar_klein_references": (build_klein(demo, info, "musar_klein_references"),
+                                   ["musar_blue_teapot.png", "musar_yellow_duck.png"]),
     }

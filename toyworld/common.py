@@ -8,7 +8,6 @@ so the tensors a script trains on are exactly what the inference graph computes.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -48,7 +47,9 @@ def setup(threads: int | None = None, base_dir: str | os.PathLike | None = None)
 
 def module(pack, name: str):
     """A pack submodule as ComfyUI loaded it (``nodes.toy``, ``musar.flux_forward`` ...)."""
-    return importlib.import_module(f"{pack.__name__}.{name}")
+    from musar_run import runtime
+
+    return runtime.pack_module(pack, name)
 
 
 def log_setup(verbose: bool = False) -> None:

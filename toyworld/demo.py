@@ -19,7 +19,6 @@ docs/images/toy_demo.png).
 from __future__ import annotations
 
 import copy
-import importlib
 import sys
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def _pack(name: str):
     """A pack module as ComfyUI loaded it (the runner has loaded the pack)."""
     from musar_run import runtime
 
-    return importlib.import_module(f"{runtime.load_pack().__name__}.{name}")
+    return runtime.pack_module(runtime.load_pack(), name)
 
 
 def select_lora(prompt: dict, lora: str) -> None:

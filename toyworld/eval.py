@@ -200,29 +200,37 @@ def evaluate(args) -> list[dict]:
 
 def merge(args) -> list[dict]:
     """``--merge``: the parts' cases must be identical (same --counts and --seed)."""
-    import shutil
-
     from . import world as W
 
-    metas = [json.loads((part / "cases.json").read_text()) for part in args.merge]
+    cases, conditions, records = merge_parts(args.merge, args.out)
+    figures(args, W, cases, conditions)
+    return records
+
+
+def merge_parts(parts: list[Path], out: Path) -> tuple[list[dict], list[str], list[dict]]:
+    """Combine the records of evaluations run side by side on the same cases and disjoint
+    conditions into ``out`` (cases.json, records.jsonl, models.json, images); refuses parts made on
+    other cases or with other model files. Returns (cases, conditions, records)."""
+    import shutil
+
+    metas = [json.loads((part / "cases.json").read_text()) for part in parts]
     if any(m["cases"] != metas[0]["cases"] for m in metas):
         raise SystemExit("--merge: the parts were run on different cases; use the same --counts and --seed")
     conditions = [c for m in metas for c in m["conditions"]]
     if len(set(conditions)) != len(conditions):
         raise SystemExit(f"--merge: the parts overlap in their conditions ({conditions})")
-    digests = [json.loads(p.read_text()) for p in (part / MODELS_FILE for part in args.merge) if p.is_file()]
+    digests = [json.loads(p.read_text()) for p in (part / MODELS_FILE for part in parts) if p.is_file()]
     shared = {k: v for d in digests for k, v in d.items()}
     if any(shared[k] != v for d in digests for k, v in d.items()):
         raise SystemExit("--merge: the parts were made with different model files (their models.json differ)")
-    records = [r for part in args.merge for r in read_records(part / "records.jsonl")]
-    check_models(args.out, shared, False)
-    common.write_json({"cases": metas[0]["cases"], "conditions": conditions}, args.out / "cases.json")
-    (args.out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    for part in args.merge:
+    records = [r for part in parts for r in read_records(part / "records.jsonl")]
+    check_models(out, shared, False)
+    common.write_json({"cases": metas[0]["cases"], "conditions": conditions}, out / "cases.json")
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for part in parts:
         if (part / "images").is_dir():
-            shutil.copytree(part / "images", args.out / "images", dirs_exist_ok=True)
-    figures(args, W, metas[0]["cases"], conditions)
-    return records
+            shutil.copytree(part / "images", out / "images", dirs_exist_ok=True)
+    return metas[0]["cases"], conditions, records
 
 
 def figures(args, W, cases: list[dict], conditions: list[str]) -> None:

@@ -101,8 +101,8 @@ def run_case(pack, W, det, runner, case: dict, variant: str) -> dict:
     s = det.score(out["images"][0], placed_of(W, case))
     rec = {"id": case["id"], "variant": variant, "right": s["right"], "entangled": s["entangled"],
            "duplicated": s["duplicated"]}
-    handle = runner.last.output("10")[1] if settings["dynamic_routing"] else None
-    run = handle.recorder.latest if handle is not None and handle.recorder is not None else None
+    recorder = runner.last.output("10")[1] if settings["dynamic_routing"] else None
+    run = recorder.latest if recorder is not None else None
     if run is not None and run.routes:
         rec["routes"] = [route_shares(W, r[0].numpy(), case) for _, r in run.routes]
     return rec

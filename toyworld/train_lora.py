@@ -79,14 +79,14 @@ def train(args) -> dict:
     train_mod, lora_mod = module(pack, "musar.train"), module(pack, "musar.lora")
     t0 = time.perf_counter()
     data = module(pack, "musar.train.dataset").open_training_set(
-        export(pack, args.work, args.pairs, args.seed), target_size=(128, 256), cond_size=128,
+        export(pack, args.work, args.pairs, args.seed), target_width=256, target_height=128, reference_size=128,
         prompt_template=module(pack, "toyworld.world").DIPTYCH_TEMPLATE, prompt_dropout=args.prompt_dropout,
         seed=args.seed)
     config = train_mod.TrainConfig(
         steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup, noisy_rank=args.noisy_rank,
         subject_rank=args.subject_rank, batch_size=args.batch, seed=args.seed, attention=args.attention,
         t_std=args.t_std,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=2, validate_every=0)
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=2, validation_every=0)
     model, clip, vae = toy.load_toy_world(args.weights, toy.BASE_FILE)
     store = train_mod.CheckpointStore(args.work / "ckpt", f"toy_lora_{args.attention}", keep=2)
     result, _, _ = glue.run_training(model, clip, vae, data, config, store, cache_dir=args.work / "cache",

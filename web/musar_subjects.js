@@ -16,7 +16,8 @@ function drawChip(node, ctx) {
   const { index, known } = subjectIndex(node);
   node.musarSubject = { index, known }; // read by tests and other extensions
   const color = subjectColor(known ? index : null);
-  const text = known ? `subject ${index}` : node.mode === 4 ? "bypassed" : "subject ?";
+  // index counts from 0 (the palette's order); people count from 1, as the node titles do
+  const text = known ? `subject ${index + 1}` : node.mode === 4 ? "bypassed" : "subject ?";
   const th = titleHeight();
   ctx.save();
   ctx.font = `${globalThis.LiteGraph?.NODE_TEXT_SIZE ?? 14}px sans-serif`;
@@ -26,7 +27,7 @@ function drawChip(node, ctx) {
   let label = text;
   let chipW = ctx.measureText(label).width + 24;
   if (node.size[0] - chipW - 8 < titleEnd) {
-    label = known ? String(index) : "?"; // narrow node: keep the title readable
+    label = known ? String(index + 1) : "?"; // narrow node: keep the title readable
     chipW = ctx.measureText(label).width + 24;
   }
   const x = node.size[0] - chipW - 8;

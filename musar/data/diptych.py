@@ -7,7 +7,7 @@
    the target;
 3. target = the two target panels side by side (each centre-cropped and resized to
    H x W/2), left/right order seeded; conditions = [cond_A, cond_B] centre-cropped and resized
-   to cond_size^2; captions = [item_A, item_B]; prompt = the template filled from the two
+   to reference_size^2; captions = [item_A, item_B]; prompt = the template filled from the two
    target panels' descriptions;
 4. prompt dropout -> prompt ""; cond dropout -> that condition and its caption are removed
    (the target still shows both subjects; with both dropped the sample has no condition).
@@ -54,16 +54,16 @@ def sample_rng(seed: int, index: int, purpose: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def _check_settings(target_size, cond_size, prompt_dropout, cond_dropout) -> None:
+def _check_settings(target_size, reference_size, prompt_dropout, condition_dropout) -> None:
     if target_size is not None:
         ok = (isinstance(target_size, (tuple, list)) and len(target_size) == 2
               and all(isinstance(v, int) and v > 0 for v in target_size))
         if not ok:
             raise DatasetError(f"target_size should be (height, width) positive ints, "
                                f"got {target_size!r}")
-    if not isinstance(cond_size, int) or cond_size <= 0:
-        raise DatasetError(f"cond_size should be a positive int, got {cond_size!r}")
-    for name, p in (("prompt_dropout", prompt_dropout), ("cond_dropout", cond_dropout)):
+    if not isinstance(reference_size, int) or reference_size <= 0:
+        raise DatasetError(f"reference_size should be a positive int, got {reference_size!r}")
+    for name, p in (("prompt_dropout", prompt_dropout), ("condition_dropout", condition_dropout)):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise DatasetError(f"{name} should be a probability in [0, 1], got {p!r}")
 
@@ -118,20 +118,20 @@ class DiptychPlan:
 class DiptychBuilder:
     """Two-subject samples from a PairDataset; see the module doc."""
 
-    def __init__(self, pairs: PairDataset, seed: int, target_size=(512, 1024), cond_size=512,
+    def __init__(self, pairs: PairDataset, seed: int, target_size=(512, 1024), reference_size=512,
                  prompt_template: str = DEFAULT_PROMPT_TEMPLATE, prompt_dropout: float = 0.0,
-                 cond_dropout: float = 0.0):
+                 condition_dropout: float = 0.0):
         if not isinstance(pairs, PairDataset):
             raise DatasetError(f"DiptychBuilder needs single-subject pairs (a PairDataset), got "
                                f"{type(pairs).__name__}; use MultiSubjectSource for samples")
-        _check_settings(target_size, cond_size, prompt_dropout, cond_dropout)
+        _check_settings(target_size, reference_size, prompt_dropout, condition_dropout)
         if target_size[1] < 2:
             raise DatasetError(f"target_size width must be >= 2, got {target_size!r}")
         check_template(prompt_template)
         self.pairs, self.seed = pairs, int(seed)
-        self.target_size, self.cond_size = tuple(target_size), cond_size
+        self.target_size, self.reference_size = tuple(target_size), reference_size
         self.prompt_template = prompt_template
-        self.prompt_dropout, self.cond_dropout = float(prompt_dropout), float(cond_dropout)
+        self.prompt_dropout, self.condition_dropout = float(prompt_dropout), float(condition_dropout)
         self._items = [_normal(item) for item in pairs.items]
         distinct = set(self._items)
         if len(distinct) < 2:
@@ -152,7 +152,7 @@ class DiptychBuilder:
         tgt = (pair_a.panels[1 - plan.cond_panels[0]], pair_b.panels[1 - plan.cond_panels[1]])
         target = _compose(tgt if plan.a_left else tgt[::-1], h, w)
         conds = (pair_a.panels[plan.cond_panels[0]], pair_b.panels[plan.cond_panels[1]])
-        kept = [(fit(c, self.cond_size, self.cond_size), item)
+        kept = [(fit(c, self.reference_size, self.reference_size), item)
                 for c, item, keep in zip(conds, plan.items, plan.keep_conds, strict=True) if keep]
         prompt = "" if plan.drop_prompt else self._prompt(plan, pair_a, pair_b)
         return MultiSubjectSample(cond_images=tuple(c for c, _ in kept),
@@ -177,7 +177,7 @@ class DiptychBuilder:
         cond_panels = (rng.randrange(2), rng.randrange(2))
         a_left = rng.random() < 0.5
         drop_prompt = rng.random() < self.prompt_dropout
-        keep_conds = (rng.random() >= self.cond_dropout, rng.random() >= self.cond_dropout)
+        keep_conds = (rng.random() >= self.condition_dropout, rng.random() >= self.condition_dropout)
         plan = DiptychPlan(keys=(pair_a.key, pair_b.key), items=(pair_a.item, pair_b.item),
                            cond_panels=cond_panels, a_left=a_left, drop_prompt=drop_prompt,
                            keep_conds=keep_conds)
@@ -204,19 +204,19 @@ class MultiSubjectSource:
     """Serves ready multi-subject samples through the same ``sample(index)`` interface.
 
     index wraps around the dataset (index % len); conditions are centre-cropped and resized to
-    cond_size^2, the target to target_size (None keeps its size); dropout as DiptychBuilder.
+    reference_size^2, the target to target_size (None keeps its size); dropout as DiptychBuilder.
     """
 
     def __init__(self, dataset: MultiSubjectDataset, seed: int, target_size=(512, 1024),
-                 cond_size: int = 512, prompt_dropout: float = 0.0, cond_dropout: float = 0.0):
+                 reference_size: int = 512, prompt_dropout: float = 0.0, condition_dropout: float = 0.0):
         if not isinstance(dataset, MultiSubjectDataset):
             raise DatasetError(f"MultiSubjectSource needs a MultiSubjectDataset, got "
                                f"{type(dataset).__name__}; use DiptychBuilder for pairs")
-        _check_settings(target_size, cond_size, prompt_dropout, cond_dropout)
+        _check_settings(target_size, reference_size, prompt_dropout, condition_dropout)
         self.dataset, self.seed = dataset, int(seed)
         self.target_size = tuple(target_size) if target_size is not None else None
-        self.cond_size = cond_size
-        self.prompt_dropout, self.cond_dropout = float(prompt_dropout), float(cond_dropout)
+        self.reference_size = reference_size
+        self.prompt_dropout, self.condition_dropout = float(prompt_dropout), float(condition_dropout)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -225,10 +225,10 @@ class MultiSubjectSource:
         rng = sample_rng(self.seed, index, "multi")
         row = self.dataset[index % len(self.dataset)]
         drop_prompt = rng.random() < self.prompt_dropout
-        keeps = [rng.random() >= self.cond_dropout for _ in row.cond_images]
+        keeps = [rng.random() >= self.condition_dropout for _ in row.cond_images]
         target = row.target.copy() if self.target_size is None \
             else fit(row.target, *self.target_size)
-        kept = [(fit(c, self.cond_size, self.cond_size), cap)
+        kept = [(fit(c, self.reference_size, self.reference_size), cap)
                 for c, cap, keep in zip(row.cond_images, row.cond_captions, keeps, strict=True)
                 if keep]
         return MultiSubjectSample(cond_images=tuple(c for c, _ in kept),

@@ -17,7 +17,7 @@ import torch
 from ..errors import TrainingError
 from ..flux_forward import ForwardInputs, musar_forward
 from ..lora import target_modules
-from ..routing import RoutePlan
+from ..routes import RoutePlan
 from .rng import timestep_and_noise
 from .samples import Batch
 

@@ -6,7 +6,7 @@
     result.lora          # DualLoRA (detached copy, file metadata filled in)
 
 Only the LoRA factors are trainable; the base model runs frozen (``frozen_base``) through
-``musar_forward``. One optimizer step = batch_size x grad_accum samples per process (see
+``musar_forward``. One optimizer step = batch_size x grad_accumulation samples per process (see
 samples.py for how samples of different layouts are batched); gradients are averaged over
 processes (distributed.py). Every random choice comes from the run's own generators (rng.py),
 which a checkpoint stores, so a resumed run continues bit-identically on the same hardware.
@@ -103,7 +103,7 @@ class Trainer:
             raise DatasetError("the training dataset is empty: expected at least one usable sample")
         if need > n:
             raise TrainingError(f"one step needs {need} samples (batch_size {self.config.batch_size} x "
-                                f"grad_accum {self.config.grad_accum} x {self.dist.world} processes) "
+                                f"grad_accumulation {self.config.grad_accumulation} x {self.dist.world} processes) "
                                 f"but the dataset has {n}: lower batch_size or add data")
         for name in ("noisy_rank", "subject_rank"):
             rank = getattr(self.config, name)
@@ -223,7 +223,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=False)
         live = from_trainable_live(self.params).modules
         weight, total = 1.0 / len(mine), 0.0
-        for m in range(cfg.grad_accum):
+        for m in range(cfg.grad_accumulation):
             chunk = mine[m * cfg.batch_size:(m + 1) * cfg.batch_size]
             samples = [self._encoded(indices[p]) for p in chunk]
             for group in group_by_layout(samples, cfg.batch_size):
@@ -284,12 +284,12 @@ class Trainer:
                                     self.elapsed))
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 last_ckpt, saved_at = self._save(cb) or last_ckpt, self.step
-            if cfg.validate_every and self.step % cfg.validate_every == 0:
+            if cfg.validation_every and self.step % cfg.validation_every == 0:
                 preview, stopped = self._validate_or_stop(cb, preview)
                 shown = self.step
         if saved_at != self.step and self.step > 0:
             last_ckpt = self._save(cb) or last_ckpt
-        if cfg.validate_every and shown != self.step and not stopped:
+        if cfg.validation_every and shown != self.step and not stopped:
             preview, stopped = self._validate_or_stop(cb, preview)
         self.dist.barrier()
         return self._result(stopped, last_ckpt, preview)

@@ -16,13 +16,14 @@ from pathlib import Path
 from files import ROOT
 from musar_helpers import make_pairs
 
-TRAIN_OK = "model: tiny\ndataset: {path: pairs, target_size: [64, 128], cond_size: 64}\ntrain: {steps: 1}\n"
+TRAIN_OK = ("model: tiny\ndataset: {path: pairs, target_width: 128, target_height: 64, reference_size: 64}\n"
+            "train: {steps: 1}\n")
 CASES = {  # id: (argv after python, config text or None, exit code, stderr regex)
     "train-threads-text": (["-m", "musar_train", "--config", "{cfg}"], TRAIN_OK + "threads: abc\n", 2,
                            r"^error: threads: expected an integer >= 0, got 'abc'"),
     "train-target-size-scalar": (["-m", "musar_train", "--config", "{cfg}"],
                                  "model: tiny\ndataset: {path: pairs, target_size: 5}\n", 2,
-                                 r"^error: dataset.target_size: expected \[height, width\]"),
+                                 r"^error: dataset key\(s\) renamed: target_size -> target_width and target_height"),
     "train-unknown-section": (["-m", "musar_train", "--config", "{cfg}"], TRAIN_OK + "epochs: 3\n", 2,
                               r"^error: unknown section\(s\) \['epochs'\]"),
     "train-device-unknown": (["-m", "musar_train", "--config", "{cfg}"], TRAIN_OK + "device: tpu\n", 2,

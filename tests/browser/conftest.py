@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from importlib import metadata
 import os
 import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest

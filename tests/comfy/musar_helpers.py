@@ -3,7 +3,6 @@ dual LoRAs, an attention spy, and API-prompt builders (ComfyUI is imported only 
 functions that run it, so the adversarial tier - no ComfyUI in its process - builds its prompts
 with the same helpers)."""
 
-import importlib
 import json
 from pathlib import Path
 
@@ -12,7 +11,10 @@ from PIL import Image, ImageDraw
 
 
 def pack_module(pack, name):
-    return importlib.import_module(f"{pack.__name__}.{name}")
+    """A module of the pack as ComfyUI loaded it (``runtime.pack_module``)."""
+    from musar_run import runtime
+
+    return runtime.pack_module(pack, name)
 
 
 def make_subjects(pack, sizes=((8, 8), (8, 12)), caption_lens=(3, 5), seed=0, context_dim=64):
@@ -20,7 +22,7 @@ def make_subjects(pack, sizes=((8, 8), (8, 12)), caption_lens=(3, 5), seed=0, co
     g = torch.Generator().manual_seed(seed)
     out = subj.SubjectSet()
     for i, ((h, w), n) in enumerate(zip(sizes, caption_lens)):
-        out = out.add(subj.Subject(torch.randn(1, 16, h, w, generator=g), f"subject {i}",
+        out = out.add(subj.Subject(torch.randn(1, 16, h, w, generator=g), f"subject {i + 1}",
                                    torch.randn(1, n, context_dim, generator=g)))
     return out
 

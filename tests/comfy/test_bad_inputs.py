@@ -72,11 +72,12 @@ def test_nan_image_is_refused(pack):
     errors = pack_module(pack, "musar.errors")
     image = torch.full((1, 64, 64, 3), float("nan"))
     with pytest.raises(errors.LayoutError, match="NaN"):
-        subject_nodes.MusarSubject.execute(image, None, None, "a thing", "center crop", 64)
+        subject_nodes.MusarSubject.execute(image, None, None, caption="a thing", crop="center crop",
+                                           reference_size=64)
 
 
 def test_non_flux_model_is_refused(pack):
-    routing_nodes = pack_module(pack, "nodes.routing")
+    routing_nodes = pack_module(pack, "nodes.apply_routing")
     lora_nodes = pack_module(pack, "nodes.lora")
     errors = pack_module(pack, "musar.errors")
     cfg = comfy.supported_models.SD3({
@@ -86,30 +87,31 @@ def test_non_flux_model_is_refused(pack):
     cfg.set_inference_dtype(torch.float32, None)
     sd3 = comfy.model_patcher.ModelPatcher(cfg.get_model({}), torch.device("cpu"), torch.device("cpu"))
     with pytest.raises(errors.ModelError, match="FLUX.1"):
-        routing_nodes.MusarApplyRouting.execute(sd3, make_subjects(pack), *ROUTING.values())
+        routing_nodes.MusarApplyRouting.execute(sd3, make_subjects(pack), **ROUTING)
     with pytest.raises(errors.ModelError, match="FLUX.1"):
-        lora_nodes.MusarLoadDualLoRA.execute(sd3, "any.safetensors", 1.0, 1.0)
+        lora_nodes.MusarLoadDualLoRA.execute(sd3, lora_name="any.safetensors", strength_noisy=1.0,
+                                             strength_subject=1.0)
 
 
 def test_subjects_from_another_vae_or_text_encoder_are_refused(pack, tiny_flux):
-    routing_nodes = pack_module(pack, "nodes.routing")
+    routing_nodes = pack_module(pack, "nodes.apply_routing")
     errors = pack_module(pack, "musar.errors")
     model = tiny_flux()
     subj = pack_module(pack, "musar.subjects")
     sd_vae = subj.SubjectSet().add(subj.Subject(torch.randn(1, 4, 8, 8), "x", torch.randn(1, 3, 64)))
     with pytest.raises(errors.LayoutError, match="latent channels"):
-        routing_nodes.MusarApplyRouting.execute(model, sd_vae, *ROUTING.values())
+        routing_nodes.MusarApplyRouting.execute(model, sd_vae, **ROUTING)
     wrong_te = make_subjects(pack, context_dim=32)
     with pytest.raises(errors.LayoutError, match="text encoder"):
-        routing_nodes.MusarApplyRouting.execute(model, wrong_te, *ROUTING.values())
+        routing_nodes.MusarApplyRouting.execute(model, wrong_te, **ROUTING)
 
 
 def test_empty_subject_set_is_refused(pack, tiny_flux):
-    routing_nodes = pack_module(pack, "nodes.routing")
+    routing_nodes = pack_module(pack, "nodes.apply_routing")
     errors = pack_module(pack, "musar.errors")
     subj = pack_module(pack, "musar.subjects")
     with pytest.raises(errors.LayoutError, match="no subjects"):
-        routing_nodes.MusarApplyRouting.execute(tiny_flux(), subj.SubjectSet(), *ROUTING.values())
+        routing_nodes.MusarApplyRouting.execute(tiny_flux(), subj.SubjectSet(), **ROUTING)
 
 
 @pytest.mark.parametrize("content,match", [(b"\x00garbage" * 10, "could not be read"), (None, "unknown layout")])

@@ -135,7 +135,7 @@ def test_attention_without_block_position_is_a_hook_error(pack):
     patcher = pack_module(pack, "nodes.patcher")
     session = pack_module(pack, "musar.session")
     layout = pack_module(pack, "musar.layout")
-    call = session.MusarCall(layout.TokenLayout(2, 4, (1,), (2,)), source=object())
+    call = session.MusarCall(layout.TokenLayout(2, 4, (1,), (2,)), attachment=object())
     q = torch.randn(1, 2, 9, 8)
     with session.activate(call), pytest.raises(errors.HookError, match="block_type"):
         patcher._AttentionOverride()(comfy_attention.attention_pytorch, q, q, q, 2,

@@ -4,6 +4,7 @@ isolation, CFG batching, the condition cache and per-segment modulation."""
 import pytest
 import torch
 from musar_helpers import (
+    ROUTING,
     assert_close,
     assert_routing_acts,
     make_subjects,
@@ -61,7 +62,7 @@ def test_input_model_is_unchanged_after_a_patched_run(pack, model):
     patched, _ = routed(pack, model, make_subjects(pack))
     sample(patched)
     assert torch.equal(sample(model), before)
-    assert "musar_routing" not in model.model_options["transformer_options"]
+    assert "musar_attachment" not in model.model_options["transformer_options"]
 
 
 def test_zero_subjects_is_bit_identical_to_the_unpatched_model(pack, model):
@@ -71,9 +72,8 @@ def test_zero_subjects_is_bit_identical_to_the_unpatched_model(pack, model):
 
 
 def test_routing_node_returns_the_input_model_for_strength_zero(pack, model):
-    routing_nodes = pack_module(pack, "nodes.routing")
-    out = routing_nodes.MusarApplyRouting.execute(
-        model, make_subjects(pack), True, True, 0.2, 1.0, "double", 0.0, 3, False, 0.0, False, "shared")
+    routing_nodes = pack_module(pack, "nodes.apply_routing")
+    out = routing_nodes.MusarApplyRouting.execute(model, make_subjects(pack), **{**ROUTING, "strength": 0.0})
     assert out.result[0] is model
 
 
@@ -198,12 +198,12 @@ def test_condition_tokens_use_clean_modulation(pack, model, monkeypatch):
         clean = call.clean_vec(vec)
         checks.append((vec.clone(), clean.clone()))
         if self.kind == "double_block" and self.index == 0:
-            call.vec0 = vec  # both rows equal -> must reproduce the stock block
+            call._clean = vec  # both rows equal -> must reproduce the stock block
             mine = original(self, {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}, extra)
             stock = extra["original_block"]({**args, "img": args["img"].clone(), "txt": args["txt"].clone()})
             for key in ("img", "txt"):
                 torch.testing.assert_close(mine[key], stock[key], rtol=1e-5, atol=1e-5)
-            call.vec0 = clean
+            call._clean = clean
         return original(self, args, extra)
 
     monkeypatch.setattr(patcher._BlockPatch, "__call__", spy)

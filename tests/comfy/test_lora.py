@@ -56,7 +56,7 @@ def test_lora_node_changes_the_output_and_leaves_the_input_model_alone(pack, mod
     subjects = make_subjects(pack)
     before = sample(model)
     plain_routed, _ = routed(pack, model, subjects)
-    loaded = lora_nodes.MusarLoadDualLoRA.execute(model, name, 1.0, 1.0).result[0]
+    loaded = lora_nodes.MusarLoadDualLoRA.execute(model, lora_name=name, strength_noisy=1.0, strength_subject=1.0).result[0]
     with_lora, _ = routed(pack, loaded, subjects)
     a, b = sample(plain_routed), sample(with_lora)
     assert (a - b).abs().max() > 1e-4
@@ -70,13 +70,13 @@ def test_noisy_and_subject_branches_act_independently(pack, model):
     subjects = make_subjects(pack)
     outs = {}
     for key, (s_n, s_s) in {"none": (0.0, 0.0), "noisy": (1.0, 0.0), "subject": (0.0, 1.0)}.items():
-        loaded = lora_nodes.MusarLoadDualLoRA.execute(model, name, s_n, s_s).result[0]
+        loaded = lora_nodes.MusarLoadDualLoRA.execute(model, lora_name=name, strength_noisy=s_n, strength_subject=s_s).result[0]
         outs[key] = sample(routed(pack, loaded, subjects)[0])
     assert (outs["noisy"] - outs["none"]).abs().max() > 1e-4
     assert (outs["subject"] - outs["none"]).abs().max() > 1e-4
     assert (outs["noisy"] - outs["subject"]).abs().max() > 1e-4
     # without subjects the subject branch has no tokens to act on: bit-identical to no LoRA
-    loaded = lora_nodes.MusarLoadDualLoRA.execute(model, name, 0.0, 1.0).result[0]
+    loaded = lora_nodes.MusarLoadDualLoRA.execute(model, lora_name=name, strength_noisy=0.0, strength_subject=1.0).result[0]
     assert torch.equal(sample(loaded), sample(model))
 
 
@@ -104,7 +104,7 @@ def test_lora_for_another_width_is_refused_before_sampling(pack, model, tiny_flu
     wide = tiny_flux(hidden=256, heads=4)
     name = _save(pack, _random_dual(pack, wide), "wide_dual.safetensors")
     with pytest.raises(errors.LoRAFormatError, match="256 features|different model"):
-        lora_nodes.MusarLoadDualLoRA.execute(model, name, 1.0, 1.0)
+        lora_nodes.MusarLoadDualLoRA.execute(model, lora_name=name, strength_noisy=1.0, strength_subject=1.0)
 
 
 def test_fp8_weights_with_lora_and_routing(pack, standins):

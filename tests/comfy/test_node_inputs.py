@@ -136,25 +136,52 @@ def test_non_finite_literal_numbers_are_refused_naming_the_input(validate_prompt
     _refused_at_validation(validate_prompt, g, node, f"{name}: expected a finite number")
 
 
-def test_every_number_input_takes_its_bounds_from_the_one_limits_table(pack):
-    """The schema's min / max / step are the ones the node's settings check (musar.settings.LIMITS):
-    a widget can never offer a value its own check refuses."""
+SETTINGS_OF = {  # node -> (settings module, class, node key): every widget a node has is a setting
+    "MUSAR_ApplyRouting": ("musar.settings", "RoutingSettings", "apply_routing"),
+    "MUSAR_RouteReferences": ("musar.settings", "RoutingSettings", "route_references"),
+    "MUSAR_RoutingPreview": ("musar.settings", "PreviewSettings", None),
+    "MUSAR_Subject": ("musar.settings", "SubjectSettings", None),
+    "MUSAR_LayoutRegion": ("musar.settings", "RegionSettings", None),
+    "MUSAR_ReferenceLabel": ("musar.settings", "LabelSettings", None),
+    "MUSAR_LoadDualLoRA": ("musar.settings", "LoRASettings", None),
+    "MUSAR_LoadDiptychDataset": ("musar.train.settings", "DatasetSettings", None),
+    "MUSAR_TrainDualLoRA": ("musar.train.settings", "TrainingSettings", None),
+    "MUSAR_SaveDualLoRA": ("musar.train.settings", "SaveSettings", None),
+}
+WIDGETS = ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")
+
+
+def test_every_settings_field_is_a_node_input_and_every_widget_a_settings_field(pack):
+    """The settings class is the one place a node setting is written: the node's widgets are
+    exactly its fields (names, order, defaults), a number's min / max / step are the field's
+    rule (a widget never offers a value its own check refuses), a combo's options are the
+    rule's options, and validate_inputs names exactly those inputs (no **kwargs)."""
+    import inspect
+
     from comfy_api.latest import io
     from musar_helpers import pack_module
 
     import nodes
 
-    limits = pack_module(pack, "musar.settings").LIMITS
-    seen = set()
-    for node_id, cls in nodes.NODE_CLASS_MAPPINGS.items():
-        schema = cls.GET_SCHEMA() if node_id.startswith("MUSAR_") else None
-        if schema is None or schema.category == "MUSAR/testing":
-            continue
-        for inp in schema.inputs:
-            if isinstance(inp, (io.Int.Input, io.Float.Input)):
-                key = "region_strength" if node_id == "MUSAR_LayoutRegion" else inp.id
-                limit = limits[key]
-                assert (inp.min, inp.max, inp.step) == (limit.low, limit.high, limit.step), (node_id, inp.id)
-                assert isinstance(inp, io.Int.Input) == limit.integer, (node_id, inp.id)
-                seen.add(key)
-    assert seen == set(limits)
+    checks = pack_module(pack, "musar.checks")
+    product = {n for n, c in nodes.NODE_CLASS_MAPPINGS.items()
+               if n.startswith("MUSAR_") and c.GET_SCHEMA().category != "MUSAR/testing"
+               and n != "MUSAR_ExampleImage"}
+    assert product == set(SETTINGS_OF)
+    for node_id, (module, name, key) in SETTINGS_OF.items():
+        cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+        settings = getattr(pack_module(pack, module), name)
+        fields = {f.name: f for f in checks.declared(settings, key)}
+        widgets = [i for i in cls.GET_SCHEMA().inputs if i.get_io_type() in WIDGETS]
+        assert [w.id for w in widgets] == list(fields), node_id
+        for w in widgets:
+            f, rule = fields[w.id], fields[w.id].metadata["rule"]
+            if f.default is not None and w.id not in ("lora_name",):
+                assert w.default == f.default, (node_id, w.id)
+            if isinstance(rule, checks.Limit):
+                assert (w.min, w.max, w.step) == (rule.low, rule.high, rule.step), (node_id, w.id)
+                assert isinstance(w, io.Int.Input) == rule.integer, (node_id, w.id)
+            elif isinstance(rule, tuple):
+                assert list(w.options) == list(rule), (node_id, w.id)
+        spec = inspect.getfullargspec(cls.validate_inputs)
+        assert spec.varkw is None and spec.args[1:] == list(fields), node_id

@@ -24,9 +24,9 @@ def _graph(batch=1, steps=3):
 def _expected(pack, result, latent_node, images):
     """Overlay and masks from the route the recorder holds for the run that made the latent."""
     imaging, session = pack_module(pack, "musar.images"), pack_module(pack, "musar.session")
-    handle = result.output("20")[1]
-    run = handle.recorder.find(session.fingerprint(result.output(latent_node)[0]["samples"]))
-    return run, imaging.route_overlay(images, run.routes[-1][1], run.grid, handle.n_subjects, 0.5)
+    recorder = result.output("20")[1]
+    run = recorder.find(session.fingerprint(result.output(latent_node)[0]["samples"]))
+    return run, imaging.route_overlay(images, run.routes[-1][1], run.grid, len(recorder.captions), 0.5)
 
 
 def test_preview_draws_each_batch_images_own_route(pack, run_prompt):

@@ -10,7 +10,7 @@ import comfy.utils
 import folder_paths
 import pytest
 import torch
-from musar_helpers import pack_module, use_dense_reference
+from musar_helpers import ROUTING, pack_module, use_dense_reference
 from safetensors.torch import save_file
 
 import nodes as comfy_nodes
@@ -62,26 +62,27 @@ def test_real_flux_shapes_with_fp8_weights_equal_the_dense_reference(pack, real_
     assert (dm.hidden_size, dm.num_heads, dm.params.axes_dim) == (HIDDEN, 24, [16, 56, 56])
     assert dm.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn
     lora_nodes = pack_module(pack, "nodes.lora")
-    routing_nodes = pack_module(pack, "nodes.routing")
+    routing_nodes = pack_module(pack, "nodes.apply_routing")
     lora_name = _omini_real_size("omini-shape-1x1.safetensors")
     dual = lora_nodes.read_lora(lora_name)
     assert dual.modules["single_blocks.0.linear1"][1].up.shape == (3 * HIDDEN + MLP, 16)
-    model_l = lora_nodes.MusarLoadDualLoRA.execute(model, lora_name, 0.0, 1.0).result[0]
+    model_l = lora_nodes.MusarLoadDualLoRA.execute(model, lora_name=lora_name, strength_noisy=0.0,
+                                                   strength_subject=1.0).result[0]
     subj = pack_module(pack, "musar.subjects")
     g = torch.Generator().manual_seed(1)
     subjects = subj.SubjectSet().add(subj.Subject(torch.randn(1, 16, 8, 8, generator=g), "a mug",
                                                   torch.randn(1, 4, 4096, generator=g)))
     subjects = subjects.add(subj.Subject(torch.randn(1, 16, 8, 12, generator=g), "a cat",
                                          torch.randn(1, 3, 4096, generator=g)))
-    patched, handle = routing_nodes.MusarApplyRouting.execute(
-        model_l, subjects, True, True, 0.0, 1.0, "d0", 0.0, 3, False, 1.0, False, "shared").result
+    patched, recorder = routing_nodes.MusarApplyRouting.execute(
+        model_l, subjects, **{**ROUTING, "start_percent": 0.0, "routing_blocks": "d0"}).result
     out = sample_real(patched)
     assert out.shape == (1, 16, 16, 16) and torch.isfinite(out).all()
-    assert len(handle.recorder.latest.routes) == 1  # step 2 ran with the route of step 1
+    assert len(recorder.latest.routes) == 1  # step 2 ran with the route of step 1
     use_dense_reference(pack, monkeypatch)
     dense = sample_real(patched)
     torch.testing.assert_close(out, dense, rtol=1e-4, atol=1e-4)
-    assert not model.object_patches and "musar_routing" not in model.model_options["transformer_options"]
+    assert not model.object_patches and "musar_attachment" not in model.model_options["transformer_options"]
 
 
 def sample_real(model):

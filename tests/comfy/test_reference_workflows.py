@@ -1,7 +1,8 @@
-"""The shipped reference-routing workflows run headless on the stand-ins: the FLUX.2 ones on the
-FLUX.2 stand-ins (picked by ``--tiny`` from the graph), the Kontext ones on the FLUX.1 ones;
+"""The shipped reference-routing workflows run headless on the stand-ins of their family (picked
+by ``--tiny`` from the graph): FLUX.2 [dev], FLUX.2 [klein] (ComfyUI 0.33+), Qwen-Image-Edit
+(its pictures through TextEncodeQwenImageEditPlus on the tiny Qwen2.5-VL), Kontext on FLUX.1;
 the A/B workflow saves an unrouted and a routed image of the same noise; the regions workflow
-routes exactly its layout's regions. One run goes through ``python -m musar_run`` itself."""
+routes exactly its layout's regions. Runs also go through ``python -m musar_run`` itself."""
 
 import json
 import os
@@ -18,8 +19,20 @@ from musar_run import convert, edits, runtime
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = {name: ROOT / "workflows" / f"{name}.json" for name in (
-    "musar_flux2_references", "musar_flux2_references_ab", "musar_kontext_references", "musar_regions")}
+    "musar_flux2_references", "musar_flux2_references_ab", "musar_kontext_references", "musar_regions",
+    "musar_qwen_edit_references", "musar_klein_references")}
 FLUX2 = "FLUX.2 tiny (128 wide, 2+2 blocks)"
+STANDIN_OF = {"musar_qwen_edit_references": "Qwen-Image-Edit tiny (64 wide, 2 blocks, Qwen2.5-VL text)",
+              "musar_klein_references": "FLUX.2 [klein] tiny (128 wide, 2+2 blocks, Qwen3 text)",
+              "musar_flux2_references": FLUX2, "musar_flux2_references_ab": FLUX2}
+CAPTIONS = {"musar_qwen_edit_references": 3}
+
+
+def needs_klein(name):
+    import comfy.text_encoders.flux
+
+    if "klein" in name and not hasattr(comfy.text_encoders.flux, "KleinTokenizer"):
+        pytest.skip("this ComfyUI has no FLUX.2 [klein] (added after 0.3.75)")
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +55,17 @@ def _of(prompt, kind):
 
 @pytest.mark.parametrize("name", sorted(WORKFLOWS))
 def test_reference_workflow_runs_on_the_standins_of_its_model_family(name, info):
+    needs_klein(name)
     prompt = tiny_prompt(name, info)
     loader = prompt[_of(prompt, "MUSAR_TinyFluxLoader")[0]]
-    assert (loader["inputs"]["size"] == FLUX2) == ("flux2" in name)
+    assert loader["inputs"]["size"] == STANDIN_OF.get(name, "tiny (128 wide, 2+2 blocks)")
     result = runtime.run_prompt(prompt)
     result.raise_for_error()
+    n = CAPTIONS.get(name, 2)
     preview = result.ui[_of(prompt, "MUSAR_RoutingPreview")[0]]
-    assert len(preview["captions"]) == 2 and preview["captions"][0].startswith("a ")
+    assert len(preview["captions"]) == n and preview["captions"][0].startswith("a ")
     overlay, masks = result.output(_of(prompt, "MUSAR_RoutingPreview")[0])
-    assert overlay.shape[1:3] == masks.shape[1:3] and masks.shape[0] == 2
+    assert overlay.shape[1:3] == masks.shape[1:3] and masks.shape[0] == n
     assert masks.sum() > 0  # a route was recorded and drawn
     if name == "musar_regions":  # the layout's regions: red (reference 1) left, blue right
         h, w = masks.shape[1:]
@@ -72,13 +87,17 @@ def test_ab_workflow_samples_one_noise_unrouted_and_routed(info):
     assert unrouted.shape == routed.shape and not torch.equal(unrouted, routed)
 
 
-def test_musar_run_cli_runs_the_flux2_workflow_on_the_standins(tmp_path):
+@pytest.mark.parametrize("name,steps", [("musar_flux2_references", "Flux2Scheduler.steps=2"),
+                                        ("musar_qwen_edit_references", "KSampler.steps=2"),
+                                        ("musar_klein_references", "Flux2Scheduler.steps=2")])
+def test_musar_run_cli_runs_the_reference_workflows_on_the_standins(tmp_path, name, steps):
+    needs_klein(name)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    args = [sys.executable, "-m", "musar_run", str(WORKFLOWS["musar_flux2_references"]), "--tiny",
-            "--output", str(tmp_path), "--set", "Flux2Scheduler.steps=2"]
+    args = [sys.executable, "-m", "musar_run", str(WORKFLOWS[name]), "--tiny",
+            "--output", str(tmp_path), "--set", steps]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    image = tmp_path / "musar_flux2_references_00001_.png"
-    overlay = tmp_path / "musar_flux2_references_routing_00001_.png"
+    image = tmp_path / f"{name}_00001_.png"
+    overlay = tmp_path / f"{name}_routing_00001_.png"
     assert f"saved {image}" in proc.stdout and f"saved {overlay}" in proc.stdout
     assert Image.open(image).size == Image.open(overlay).size == (256, 256)  # --tiny caps the latent

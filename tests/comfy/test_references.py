@@ -81,13 +81,15 @@ def test_routing_off_is_bit_identical_to_the_stock_reference_graph(pack, request
         routed_out = sample_refs(route_refs(pack, model, dynamic=False)[0], conds)
         assert not torch.equal(routed_out, stock)  # static routing does change the result
         assert torch.equal(sample_refs(model, conds), stock)  # the input MODEL is unchanged
-    assert "musar_routing" not in model.model_options["transformer_options"]
+    assert "musar_attachment" not in model.model_options["transformer_options"]
 
 
 def test_strength_zero_returns_the_input_model(pack, flux2):
     nodes = pack_module(pack, "nodes.references")
-    out = nodes.MusarRouteReferences.execute(flux2, True, False, True, 0.2, 1.0, "double", 0.0, 3,
-                                             False, 0.0)
+    out = nodes.MusarRouteReferences.execute(flux2, static_routing=True, block_prompt_references=False,
+                                             dynamic_routing=True, start_percent=0.2, end_percent=1.0,
+                                             routing_blocks="double", threshold=0.0, smoothing=3,
+                                             symmetric=False, strength=0.0)
     assert out.result[0] is flux2
 
 
@@ -204,13 +206,37 @@ def test_subjects_and_references_route_together_in_one_model(pack, flux1, monkey
         patched, _ = route_refs(pack, routed(pack, flux1, subjects)[0], labels, dynamic=True)
     else:
         patched, _ = routed(pack, route_refs(pack, flux1, labels)[0], subjects, dynamic=True)
-    rec = patched.model_options["transformer_options"]["musar_routing"].recorder
+    rec = patched.model_options["transformer_options"]["musar_attachment"].recorder
     seen = spy_layouts(pack, monkeypatch)
     fast = sample_refs(patched, conds, steps=3)
     layout = seen[0][0]
     assert (layout.n_subjects, layout.n_references) == (2, 2)
-    assert rec.latest.conditions.captions == ("subject 0", "subject 1", "ref 1", "reference 2")
+    assert rec.latest.conditions.captions == ("subject 1", "subject 2", "ref 1", "reference 2")
     routes = [r.reshape(8, 8) for _, r in rec.latest.routes]
     assert len(routes) == 3 and all((r[:, :4] == 2).all() and int(r.max()) < 4 for r in routes)
     use_dense_reference(pack, monkeypatch)
     torch.testing.assert_close(fast, sample_refs(patched, conds, steps=3), rtol=1e-4, atol=1e-4)
+
+
+def _strengths(pack, values):
+    refs = pack_module(pack, "musar.references")
+    out = refs.ReferenceLabels()
+    for j, s in enumerate(values):
+        out = out.add(refs.ReferenceLabel(j + 1, strength=s))
+    return out
+
+
+@pytest.mark.parametrize("family", ["flux1", "flux2"])
+def test_reference_strength_equals_the_dense_reference_with_its_bias(pack, request, family, monkeypatch):
+    """Per-reference strength inside real sampling (strengths 1, 0.3, 0): routed sampling equals
+    the dense reference with the same log-weight biases, and the strengths act far above the
+    tolerance (tier 1 proves strength 0 hides the reference from the canvas exactly)."""
+    model = request.getfixturevalue(family)
+    refs = ref_latents(model, 3)
+    conds = ref_conds(model, refs)
+    patched, _ = route_refs(pack, model, _strengths(pack, (1.0, 0.3, 0.0)), dynamic=True)
+    fast = sample_refs(patched, conds)
+    plain = sample_refs(route_refs(pack, model, dynamic=True)[0], conds)
+    assert_routing_acts(fast, plain)
+    use_dense_reference(pack, monkeypatch)
+    assert_close(fast, sample_refs(patched, conds))

@@ -48,7 +48,7 @@ def mt(pack):
 
 def _set(pack, pairs, seed=0):
     ds = pack_module(pack, "musar.train.dataset")
-    return ds.open_training_set(pairs, target_size=(64, 128), cond_size=64,
+    return ds.open_training_set(pairs, target_width=128, target_height=64, reference_size=64,
                                 prompt_template="{item_a} and {item_b}", seed=seed)
 
 
@@ -84,7 +84,7 @@ def test_resume_on_the_tiny_flux_is_bit_identical(pack, glue, mt, standins, pair
     def run(steps, folder, resume=None):
         model, clip, vae = _models(standins)
         config = mt.TrainConfig(steps=steps, learning_rate=1e-3, noisy_rank=2, subject_rank=8,
-                                validate_every=3)
+                                validation_every=3)
         store = mt.CheckpointStore(tmp_path / folder, "run")
         return glue.run_training(model, clip, vae, data, config, store, resume=resume,
                                  cache_dir=tmp_path / "cache")[0]

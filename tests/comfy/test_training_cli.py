@@ -23,9 +23,9 @@ if str(ROOT) not in sys.path:  # the runtime took the repository root off sys.pa
 from musar_train import cli  # noqa: E402
 
 CONFIG = """model: tiny
-dataset: {{path: pairs, target_size: [64, 128], cond_size: 64, seed: 0}}
+dataset: {{path: pairs, target_width: 128, target_height: 64, reference_size: 64, seed: 0}}
 train: {{steps: 6, learning_rate: 1.0e-2, noisy_rank: 4, subject_rank: 16, batch_size: {batch},
-        checkpoint_every: 3, validate_every: 0}}
+        checkpoint_every: 3, validation_every: 0}}
 output: {{dir: {out}, name: lora}}
 threads: 1
 """
@@ -91,7 +91,8 @@ def test_config_errors_are_reported_without_a_traceback(tmp_path, capsys):
 
 @pytest.mark.parametrize("text, code, words", [
     ("model: tiny\ndataset: {path: pairs}\nthreads: abc\n", cli.EXIT_USAGE, "threads: expected an integer"),
-    ("model: tiny\ndataset: {path: pairs, target_size: 5}\n", cli.EXIT_USAGE, "dataset.target_size"),
+    ("model: tiny\ndataset: {path: pairs, target_size: 5}\n", cli.EXIT_USAGE,
+     "target_size -> target_width and target_height"),
     ("model: {kind: tiny, size: huge}\ndataset: {path: pairs}\n", cli.EXIT_USAGE,
      "model.size 'huge': expected one of"),
     ("model: {kind: tiny, seed: x}\ndataset: {path: pairs}\n", cli.EXIT_USAGE, "model.seed"),

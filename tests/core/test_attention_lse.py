@@ -10,10 +10,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_routing as tr  # noqa: E402
+import test_routes as tr  # noqa: E402
 import tiny  # noqa: E402
 
-from musar import attention, attention_lse, routing  # noqa: E402
+from musar import attention, attention_lse, routes  # noqa: E402
 from musar.flux_forward import ForwardInputs, musar_forward  # noqa: E402
 from musar.layout import TokenLayout, grid_ids  # noqa: E402
 
@@ -80,7 +80,7 @@ def test_gather_executor_matches_dense_reference(n, kind):
 def test_a_twin_that_cannot_run_on_the_device_falls_back_to_gathering():
     layout = tr._layout(3)
     q, k, v = tr._qkv(layout)
-    plan = routing.RoutePlan()
+    plan = routes.RoutePlan()
     twin = Recording(device_ok=False)
     attn, plain = kernel_with(twin)
     got = attention.routed_attention(q, k, v, layout, plan, attn)
@@ -139,8 +139,8 @@ def test_large_query_groups_run_in_chunks_that_still_match():
     layout = TokenLayout(prompt_len=4, x_len=64, caption_lens=(2,), image_lens=(6,), extra_len=2)
     q, k, v = tr._qkv(layout, batch=1)
     route = torch.zeros(1, 64, dtype=torch.long)
-    route[0, 1::7] = routing.BACKGROUND  # subject 0's canvas tokens: 55 scattered positions
-    for plan in (routing.RoutePlan(), routing.RoutePlan(route=route)):
+    route[0, 1::7] = routes.BACKGROUND  # subject 0's canvas tokens: 55 scattered positions
+    for plan in (routes.RoutePlan(), routes.RoutePlan(route=route)):
         twin = Recording()
         got = attention.routed_attention(q, k, v, layout, plan, kernel_with(twin)[0])
         torch.testing.assert_close(got, attention.dense_reference(q, k, v, layout, plan),

@@ -55,7 +55,7 @@ def as_array(image):
 
 
 def test_sample_is_two_different_items_drawn_from_their_own_panels(pairs):
-    builder = DiptychBuilder(pairs, seed=3, target_size=(S, 2 * S), cond_size=S)
+    builder = DiptychBuilder(pairs, seed=3, target_size=(S, 2 * S), reference_size=S)
     for index in range(24):
         sample = builder.sample(index)
         plan = builder.plan(index)
@@ -76,7 +76,7 @@ def test_sample_is_two_different_items_drawn_from_their_own_panels(pairs):
 
 
 def test_choices_vary_over_indices(pairs):
-    builder = DiptychBuilder(pairs, seed=0, target_size=(S, 2 * S), cond_size=S)
+    builder = DiptychBuilder(pairs, seed=0, target_size=(S, 2 * S), reference_size=S)
     plans = [builder.plan(i) for i in range(40)]
     assert {p.a_left for p in plans} == {True, False}
     assert {p.cond_panels[0] for p in plans} == {0, 1}
@@ -85,22 +85,22 @@ def test_choices_vary_over_indices(pairs):
 
 
 def test_same_seed_same_sample_in_any_call_order_and_other_seed_differs(pairs):
-    a = DiptychBuilder(pairs, seed=7, target_size=(S, 2 * S), cond_size=S, prompt_dropout=0.3,
-                       cond_dropout=0.3)
-    b = DiptychBuilder(pairs, seed=7, target_size=(S, 2 * S), cond_size=S, prompt_dropout=0.3,
-                       cond_dropout=0.3)
+    a = DiptychBuilder(pairs, seed=7, target_size=(S, 2 * S), reference_size=S, prompt_dropout=0.3,
+                       condition_dropout=0.3)
+    b = DiptychBuilder(pairs, seed=7, target_size=(S, 2 * S), reference_size=S, prompt_dropout=0.3,
+                       condition_dropout=0.3)
     forward = [a.sample(i) for i in range(12)]
     backward = [b.sample(i) for i in reversed(range(12))][::-1]
     for x, y in zip(forward, backward, strict=True):
         assert x.target.tobytes() == y.target.tobytes() and x.prompt == y.prompt
         assert [c.tobytes() for c in x.cond_images] == [c.tobytes() for c in y.cond_images]
         assert x.cond_captions == y.cond_captions and x.key == y.key
-    other = DiptychBuilder(pairs, seed=8, target_size=(S, 2 * S), cond_size=S)
+    other = DiptychBuilder(pairs, seed=8, target_size=(S, 2 * S), reference_size=S)
     assert [other.plan(i) for i in range(12)] != [a.plan(i) for i in range(12)]
 
 
 def test_sizes_follow_target_and_cond_size(pairs):
-    builder = DiptychBuilder(pairs, seed=1, target_size=(48, 80), cond_size=24)
+    builder = DiptychBuilder(pairs, seed=1, target_size=(48, 80), reference_size=24)
     sample = builder.sample(5)
     assert sample.target.size == (80, 48) and sample.target.mode == "RGB"
     assert [c.size for c in sample.cond_images] == [(24, 24), (24, 24)]
@@ -108,12 +108,12 @@ def test_sizes_follow_target_and_cond_size(pairs):
 
 
 def test_dropout_empties_the_prompt_or_removes_conditions_without_changing_the_pick(pairs):
-    plain = DiptychBuilder(pairs, seed=2, target_size=(S, 2 * S), cond_size=S)
-    no_prompt = DiptychBuilder(pairs, seed=2, target_size=(S, 2 * S), cond_size=S,
+    plain = DiptychBuilder(pairs, seed=2, target_size=(S, 2 * S), reference_size=S)
+    no_prompt = DiptychBuilder(pairs, seed=2, target_size=(S, 2 * S), reference_size=S,
                                prompt_dropout=1.0)
-    no_conds = DiptychBuilder(pairs, seed=2, target_size=(S, 2 * S), cond_size=S,
-                              cond_dropout=1.0)
-    half = DiptychBuilder(pairs, seed=2, target_size=(S, 2 * S), cond_size=S, cond_dropout=0.5)
+    no_conds = DiptychBuilder(pairs, seed=2, target_size=(S, 2 * S), reference_size=S,
+                              condition_dropout=1.0)
+    half = DiptychBuilder(pairs, seed=2, target_size=(S, 2 * S), reference_size=S, condition_dropout=0.5)
     counts = set()
     for index in range(16):
         reference = plain.sample(index)
@@ -129,7 +129,7 @@ def test_dropout_empties_the_prompt_or_removes_conditions_without_changing_the_p
 
 
 def test_templates_fill_placeholders_and_reject_unknown_ones(pairs):
-    builder = DiptychBuilder(pairs, seed=4, target_size=(S, 2 * S), cond_size=S,
+    builder = DiptychBuilder(pairs, seed=4, target_size=(S, 2 * S), reference_size=S,
                              prompt_template="{item_left} | {item_right}")
     for index in range(6):
         sample, plan = builder.sample(index), builder.plan(index)
@@ -148,7 +148,7 @@ def test_fewer_than_two_distinct_items_is_an_error(tmp_path):
 
 def test_broken_pairs_are_skipped_counted_and_replaced(tmp_path):
     pairs = write_pairs(tmp_path, corrupt=1)
-    builder = DiptychBuilder(pairs, seed=5, target_size=(S, 2 * S), cond_size=S)
+    builder = DiptychBuilder(pairs, seed=5, target_size=(S, 2 * S), reference_size=S)
     for index in range(20):
         sample = builder.sample(index)
         assert "dog" not in sample.cond_captions and len(sample.cond_images) == 2
@@ -165,14 +165,14 @@ def test_multi_subject_source_resizes_and_seeds_dropout(tmp_path):
         (folder / "sample.json").write_text(json.dumps(
             {"prompt": f"three things {i}", "cond_captions": ["a", "b", "c"]}))
     ds = open_dataset(tmp_path, min_side=8)
-    source = MultiSubjectSource(ds, seed=1, target_size=(S, 2 * S), cond_size=16)
+    source = MultiSubjectSource(ds, seed=1, target_size=(S, 2 * S), reference_size=16)
     sample = source.sample(4)  # wraps to row 1
     assert sample.key == "s1" and sample.prompt == "three things 1"
     assert sample.target.size == (2 * S, S) and [c.size for c in sample.cond_images] == [(16, 16)] * 3
     assert sample.cond_captions == ("a", "b", "c")
-    dropping = MultiSubjectSource(ds, seed=1, target_size=None, cond_size=16, cond_dropout=0.5,
+    dropping = MultiSubjectSource(ds, seed=1, target_size=None, reference_size=16, condition_dropout=0.5,
                                   prompt_dropout=0.5)
-    again = MultiSubjectSource(ds, seed=1, target_size=None, cond_size=16, cond_dropout=0.5,
+    again = MultiSubjectSource(ds, seed=1, target_size=None, reference_size=16, condition_dropout=0.5,
                                prompt_dropout=0.5)
     runs = [(dropping.sample(i).cond_captions, dropping.sample(i).prompt) for i in range(12)]
     assert runs == [(again.sample(i).cond_captions, again.sample(i).prompt) for i in range(12)]

@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from musar import attention, routing
+from musar import attention, routes
 from musar.layout import TokenLayout
 
 # 3 subjects, X 24 x 24: L = 1394, L^2 = 1.9 M elements; the output is 1394 x 64 = 89 k.
@@ -47,15 +47,15 @@ def _route(batch, seed=0):
     """Subjects own vertical bands of the 24 x 24 canvas; a few tokens are background."""
     cols = torch.arange(24).repeat(24)
     route = (cols * LAYOUT.n_subjects // 24).expand(batch, -1).clone()
-    route[:, ::17] = routing.BACKGROUND
+    route[:, ::17] = routes.BACKGROUND
     return route
 
 
 PLANS = {
-    "static": lambda b: routing.RoutePlan(static=True),
-    "dynamic": lambda b: routing.RoutePlan(static=True, route=_route(b)),
-    "dynamic-nostatic": lambda b: routing.RoutePlan(static=False, route=_route(b)),
-    "symmetric": lambda b: routing.RoutePlan(static=True, route=_route(b), symmetric=True),
+    "static": lambda b: routes.RoutePlan(static=True),
+    "dynamic": lambda b: routes.RoutePlan(static=True, route=_route(b)),
+    "dynamic-nostatic": lambda b: routes.RoutePlan(static=False, route=_route(b)),
+    "symmetric": lambda b: routes.RoutePlan(static=True, route=_route(b), symmetric=True),
 }
 
 
@@ -139,7 +139,7 @@ def test_lse_executor_peak_memory_stays_below_a_dense_call(kind):
     the log-sum-exp executor never exceeds one dense SDPA call over all L tokens, whatever the
     route; the gathered K/V buffer of the fallback executor does (the measure can fail)."""
     q, k, v = _qkv()
-    plan = (routing.RoutePlan(route=_scattered_route(q.shape[0])) if kind == "scattered"
+    plan = (routes.RoutePlan(route=_scattered_route(q.shape[0])) if kind == "scattered"
             else PLANS[kind](q.shape[0]))
     dense = _peak(lambda: attention.sdpa(q, k, v))
     routed = _peak(lambda: attention.routed_attention(q, k, v, LAYOUT, plan, attention.sdpa))

@@ -3,10 +3,11 @@ run recorder, without ComfyUI: the glue only feeds ``plan_call`` what the sample
 
 import pytest
 import torch
+from tiny import attachment
 
 from musar import planning
 from musar.errors import RoutingError
-from musar.routing import parse_blocks
+from musar.routes import parse_blocks
 from musar.session import Recorder, RunState, fingerprint
 from musar.settings import RoutingSettings
 
@@ -15,7 +16,7 @@ GRID = (2, 4)
 SEGMENTS = ((3, 2), (4, 4))  # caption_lens, image_lens of two subjects
 
 
-def _routing(**kw):
+def _schedule(**kw):
     percent_to_sigma = lambda p: 1.0 - p  # noqa: E731  (a linear schedule)
     return planning.resolve(RoutingSettings(**{"start_percent": 0.0, **kw}), percent_to_sigma, 2, 2)
 
@@ -25,9 +26,9 @@ def _shape(sigma, batch=1, kinds=(0,), schedule=SCHEDULE):
                               schedule=schedule)
 
 
-def _step(routing, run, sigma, scores=None, **kw):
+def _step(resolved, run, sigma, scores=None, **kw):
     """One model call: plan it, then (as the routing blocks would) hand it route scores."""
-    call = planning.plan_call(routing, run, _shape(sigma, **kw), *SEGMENTS)
+    call = planning.plan_call(attachment(resolved, *SEGMENTS), run, _shape(sigma, **kw))
     if call.collect and scores is not None:
         call.add_scores(scores)
     call.finish()
@@ -51,59 +52,59 @@ def test_resolve_turns_percents_into_a_sigma_window_and_checks_blocks_against_th
 
 
 def test_first_step_is_static_and_later_steps_use_the_previous_steps_route():
-    routing, run = _routing(smoothing=1), RunState()
+    schedule, run = _schedule(smoothing=1), RunState()
     left = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
-    first = _step(routing, run, 1.0, _scores(1, [left]))
+    first = _step(schedule, run, 1.0, _scores(1, [left]))
     assert first.plan.route is None and first.plan.static and first.collect
-    second = _step(routing, run, 0.8, _scores(1, [1 - left]))
+    second = _step(schedule, run, 0.8, _scores(1, [1 - left]))
     assert torch.equal(second.plan.route, left[None])
-    assert torch.equal(_step(routing, run, 0.6).plan.route, (1 - left)[None])
+    assert torch.equal(_step(schedule, run, 0.6).plan.route, (1 - left)[None])
     assert [sigma for sigma, _ in run.routes] == [0.8, 0.6]
     assert second.layout.total == 5 + 3 + 2 + 8 + 4 + 4
 
 
 def test_cond_decides_the_route_for_uncond_and_every_image_keeps_its_own():
-    routing, run = _routing(smoothing=1), RunState()
+    schedule, run = _schedule(smoothing=1), RunState()
     a, b = torch.tensor([0] * 4 + [1] * 4), torch.tensor([1] * 4 + [0] * 4)
     scores = torch.cat([_scores(2, [b, a]), _scores(2, [a, b])])  # rows: uncond (2), cond (2)
-    _step(routing, run, 1.0, scores, batch=4, kinds=(1, 0))
-    call = _step(routing, run, 0.8, batch=4, kinds=(1, 0))
+    _step(schedule, run, 1.0, scores, batch=4, kinds=(1, 0))
+    call = _step(schedule, run, 0.8, batch=4, kinds=(1, 0))
     assert torch.equal(call.plan.route, torch.stack([a, b, a, b]))
     assert torch.equal(run.routes[-1][1], torch.stack([a, b]).to(torch.int16))  # one per image
-    alone = _step(routing, run, 0.8, batch=2, kinds=(0,))  # ComfyUI ran cond apart: same route
+    alone = _step(schedule, run, 0.8, batch=2, kinds=(0,))  # ComfyUI ran cond apart: same route
     assert torch.equal(alone.plan.route, torch.stack([a, b])) and len(run.routes) == 1
 
 
 def test_scores_are_collected_only_when_a_later_step_routes():
-    routing = _routing(start_percent=0.0, end_percent=0.5)  # sigma window [0.5, 1.0]
+    schedule = _schedule(start_percent=0.0, end_percent=0.5)  # sigma window [0.5, 1.0]
     run = RunState()
-    assert _step(routing, run, 1.0).collect  # next step 0.8 routes
-    assert not _step(routing, run, 0.6).collect  # next step 0.4 is outside the window
-    assert not _step(routing, run, 0.4).collect  # the last step: nothing follows
-    assert _step(routing, run, 0.9, schedule=None).collect  # outside a sampler: keep scores
-    assert not _step(_routing(dynamic_routing=False), RunState(), 1.0).collect
+    assert _step(schedule, run, 1.0).collect  # next step 0.8 routes
+    assert not _step(schedule, run, 0.6).collect  # next step 0.4 is outside the window
+    assert not _step(schedule, run, 0.4).collect  # the last step: nothing follows
+    assert _step(schedule, run, 0.9, schedule=None).collect  # outside a sampler: keep scores
+    assert not _step(_schedule(dynamic_routing=False), RunState(), 1.0).collect
 
 
 def test_route_is_dropped_when_the_batch_changes_mid_run():
-    routing, run = _routing(smoothing=1), RunState()
-    _step(routing, run, 1.0, _scores(1, [torch.zeros(8, dtype=torch.long)]))
-    call = _step(routing, run, 0.8, batch=3, kinds=(0,))
+    schedule, run = _schedule(smoothing=1), RunState()
+    _step(schedule, run, 1.0, _scores(1, [torch.zeros(8, dtype=torch.long)]))
+    call = _step(schedule, run, 0.8, batch=3, kinds=(0,))
     assert call.plan.route is None and not call.plan.symmetric
 
 
 def test_symmetric_only_where_a_route_exists():
-    routing, run = _routing(symmetric=True, smoothing=1), RunState()
-    assert not _step(routing, run, 1.0, _scores(1, [torch.zeros(8, dtype=torch.long)])).plan.symmetric
-    assert _step(routing, run, 0.8).plan.symmetric
+    schedule, run = _schedule(symmetric=True, smoothing=1), RunState()
+    assert not _step(schedule, run, 1.0, _scores(1, [torch.zeros(8, dtype=torch.long)])).plan.symmetric
+    assert _step(schedule, run, 0.8).plan.symmetric
 
 
 def test_condition_cache_hits_from_the_second_call_of_the_same_batch():
-    routing, run = _routing(condition_cache=True, dynamic_routing=False), RunState()
-    first = _step(routing, run, 1.0, batch=2, kinds=(1, 0))
+    schedule, run = _schedule(condition_cache=True, dynamic_routing=False), RunState()
+    first = _step(schedule, run, 1.0, batch=2, kinds=(1, 0))
     assert not first.cached
     run.kv[("double", 0)] = "filled by the first call's blocks"
-    assert _step(routing, run, 0.8, batch=2, kinds=(1, 0)).cached
-    other = _step(routing, run, 0.6, batch=1, kinds=(0,))  # another batch layout: recompute
+    assert _step(schedule, run, 0.8, batch=2, kinds=(1, 0)).cached
+    other = _step(schedule, run, 0.6, batch=1, kinds=(0,))  # another batch layout: recompute
     assert not other.cached and run.kv == {}
 
 

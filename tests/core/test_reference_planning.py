@@ -4,10 +4,11 @@ the first step (with dynamic routing off too), and a call with other conditions 
 route's stays static."""
 
 import torch
+from tiny import attachment
 
 from musar import planning
 from musar.regions import Region, region_map
-from musar.routing import UNROUTED
+from musar.routes import UNROUTED
 from musar.session import RunState
 from musar.settings import RoutingSettings
 
@@ -15,7 +16,7 @@ GRID = (2, 4)
 SCHEDULE = (1.0, 0.8, 0.6, 0.0)
 
 
-def _routing(hard_regions=False, **kw):
+def _schedule(hard_regions=False, **kw):
     settings = RoutingSettings(**{"start_percent": 0.0, "smoothing": 1, **kw})
     return planning.resolve(settings, lambda p: 1.0 - p, 2, 2, hard_regions=hard_regions)
 
@@ -32,19 +33,19 @@ def _left_right():
 
 
 def test_routed_references_make_the_layout_and_the_plan():
-    routing, run = _routing(block_prompt_references=True), RunState()
-    call = planning.plan_call(routing, run, _shape(1.0), (), ())
+    schedule, run = _schedule(block_prompt_references=True), RunState()
+    call = planning.plan_call(attachment(schedule), run, _shape(1.0))
     assert call.layout.reference_lens == (3, 5) and call.layout.n_routed == 2
     assert call.plan.block_prompt_references and call.plan.route is None and call.collect
     call.add_scores(torch.tensor([[[0.9, 0.1]] * 8]))
     call.finish()
-    second = planning.plan_call(routing, run, _shape(0.8), (), ())
+    second = planning.plan_call(attachment(schedule), run, _shape(0.8))
     assert torch.equal(second.plan.route, torch.zeros(1, 8, dtype=torch.long))
 
 
 def test_hard_regions_route_from_the_first_step():
-    routing, run = _routing(hard_regions=True), RunState()
-    call = planning.plan_call(routing, run, _shape(1.0, batch=2, kinds=(1, 0)), (), (),
+    schedule, run = _schedule(hard_regions=True), RunState()
+    call = planning.plan_call(attachment(schedule), run, _shape(1.0, batch=2, kinds=(1, 0)),
                               _left_right())
     want = torch.tensor([0, 0, 1, 1] * 2)
     assert torch.equal(call.plan.route, want.expand(2, -1))
@@ -52,20 +53,20 @@ def test_hard_regions_route_from_the_first_step():
 
 
 def test_hard_regions_route_with_dynamic_routing_off_and_collect_nothing():
-    routing, run = _routing(hard_regions=True, dynamic_routing=False), RunState()
+    schedule, run = _schedule(hard_regions=True, dynamic_routing=False), RunState()
     left = torch.zeros(32, 64)
     left[:, :32] = 1
     regions = region_map([Region(left), None], ["reference 1", "reference 2"], GRID)
     for sigma in (1.0, 0.8):
-        call = planning.plan_call(routing, run, _shape(sigma), (), (), regions)
+        call = planning.plan_call(attachment(schedule), run, _shape(sigma), regions)
         assert not call.collect
         assert torch.equal(call.plan.route, torch.tensor([[0, 0, UNROUTED, UNROUTED] * 2]))
 
 
 def test_a_call_without_the_routes_conditions_stays_static_and_collects_nothing():
-    routing, run = _routing(hard_regions=True), RunState()
-    planning.plan_call(routing, run, _shape(1.0), (), (), _left_right())
-    uncond = planning.plan_call(routing, run, _shape(1.0, refs=()), (), (), _left_right())
+    schedule, run = _schedule(hard_regions=True), RunState()
+    planning.plan_call(attachment(schedule), run, _shape(1.0), _left_right())
+    uncond = planning.plan_call(attachment(schedule), run, _shape(1.0, refs=()), _left_right())
     assert uncond.plan.route is None and not uncond.collect and uncond.layout.n_routed == 0
-    one_ref = planning.plan_call(routing, run, _shape(1.0, refs=(4,)), (), (), _left_right())
+    one_ref = planning.plan_call(attachment(schedule), run, _shape(1.0, refs=(4,)), _left_right())
     assert one_ref.plan.route is None  # the route names reference 2, this call has one

@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from musar import attention, routing
+from musar import attention, routes
 from musar.errors import LayoutError
 from musar.layout import NOISY, SUBJECT, TokenLayout
-from musar.routing import BACKGROUND, UNROUTED, RoutePlan
+from musar.routes import BACKGROUND, UNROUTED, RoutePlan
 from tests.core.test_no_lxl import LargestAllocation
 
 
@@ -39,7 +39,7 @@ def _rows(layout, i):
 
 
 def expected_mask(layout, plan, b=0):
-    """The routing rules written out token by token (independent of routing.py's groups)."""
+    """The routing rules written out token by token (independent of routes.py's groups)."""
     L, n, P, X = layout.total, layout.n_routed, layout.prompt, layout.canvas
     m = torch.zeros(L, L, dtype=torch.bool)
     conds = [_rows(layout, i) for i in range(n)]
@@ -96,7 +96,7 @@ def _plans(layout, batch, seed):
 def test_reference_plans_follow_the_rules_token_by_token(n_subjects, n_refs):
     layout = _layout(n_subjects, n_refs, seed=n_refs)
     for name, plan in _plans(layout, 2, seed=n_refs):
-        got = routing.allowed_mask(layout, plan, 2)
+        got = routes.allowed_mask(layout, plan, 2)
         for b in range(2):
             assert torch.equal(got[b], expected_mask(layout, plan, b)), name
 
@@ -117,11 +117,11 @@ def test_routed_attention_with_references_matches_dense_reference(n_subjects, n_
 
 def test_static_routing_blocks_reference_pairs_and_keeps_the_prompt_by_default():
     layout = TokenLayout(prompt_len=2, x_len=4, reference_lens=(3, 2))
-    m = routing.allowed_mask(layout, RoutePlan(), 1)[0]
+    m = routes.allowed_mask(layout, RoutePlan(), 1)[0]
     r0, r1, P, X = layout.reference(0), layout.reference(1), layout.prompt, layout.x
     assert not m[r0, r1].any() and not m[r1, r0].any()
     assert m[r0, P].all() and m[P, r0].all() and m[r0, X].all() and m[X].all()
-    blocked = routing.allowed_mask(layout, RoutePlan(block_prompt_references=True), 1)[0]
+    blocked = routes.allowed_mask(layout, RoutePlan(block_prompt_references=True), 1)[0]
     assert not blocked[r0, P].any() and not blocked[P, r1].any() and blocked[r0, r0].all()
 
 
@@ -148,7 +148,7 @@ def test_a_token_routed_to_a_reference_sees_only_that_condition():
     layout = TokenLayout(prompt_len=2, x_len=4, caption_lens=(1,), image_lens=(2,),
                          reference_lens=(2, 3))
     route = torch.tensor([[1, 2, BACKGROUND, UNROUTED]])
-    m = routing.allowed_mask(layout, RoutePlan(route=route), 1)[0]
+    m = routes.allowed_mask(layout, RoutePlan(route=route), 1)[0]
     x = layout.x.start
     assert m[x, layout.reference(0)].all() and not m[x, layout.reference(1)].any()
     assert not m[x, layout.image(0)].any()
@@ -211,7 +211,35 @@ def test_allowed_fraction_of_static_reference_routing_is_the_closed_form(block):
         prompt_keys = P + X if block else L
         ref_keys = r + X + (0 if block else P)
         want = (P * prompt_keys + X * L + n * r * ref_keys) / L ** 2
-        got = routing.allowed_fraction(layout, RoutePlan(block_prompt_references=block))
+        got = routes.allowed_fraction(layout, RoutePlan(block_prompt_references=block))
         assert got == pytest.approx(want)
         fractions.append(got)
     assert all(a > b for a, b in itertools.pairwise(fractions))
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic", "dense"])
+@pytest.mark.parametrize("executor", ["lse", "gather"])
+def test_reference_strength_weights_the_canvas_attention_like_the_dense_reference(kind, executor):
+    """A canvas query's softmax mass on a weighted reference is scaled by its strength (logits
+    + log w), exactly, by either executor; strength 0 equals removing the reference from the
+    canvas's view; other queries are untouched."""
+    layout = TokenLayout(5, 16, (2,), (4,), reference_lens=(6, 3))
+    q, k, v = (torch.randn(2, 2, layout.total, 8, generator=torch.Generator().manual_seed(i))
+               for i in range(3))
+    route = None if kind != "dynamic" else torch.randint(0, 3, (2, 16), generator=torch.Generator().manual_seed(3))
+    weights = (1.0, 0.25, 0.0)
+    plan = RoutePlan(kind != "dense", route, weights=weights)
+    kernel = attention.sdpa if executor == "lse" else (
+        lambda q_, k_, v_: attention.sdpa(q_, k_, v_))  # no lse twin: the gather executor
+    got = attention.routed_attention(q, k, v, layout, plan, kernel)
+    want = attention.dense_reference(q, k, v, layout, plan)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    unweighted = attention.routed_attention(q, k, v, layout, RoutePlan(kind != "dense", route), kernel)
+    assert (got[:, layout.x] - unweighted[:, layout.x]).abs().max() > 1e-2  # the weights act
+    torch.testing.assert_close(got[:, layout.prompt], unweighted[:, layout.prompt])
+    # strength 0: the canvas never sees reference 2; its keys carry no information to the canvas
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, layout.reference(1)] += 5.0
+    v2[:, :, layout.reference(1)] -= 3.0
+    again = attention.routed_attention(q, k2, v2, layout, plan, kernel)
+    assert torch.equal(again[:, layout.x], got[:, layout.x])

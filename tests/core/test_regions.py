@@ -6,7 +6,7 @@ import torch
 
 from musar.errors import LayoutError, RoutingError
 from musar.regions import Region, check_mask, region_map, step_route
-from musar.routing import BACKGROUND, UNROUTED, route_from_scores
+from musar.routes import BACKGROUND, UNROUTED, argmax_route, smooth_scores
 
 GRID = (4, 6)  # 4 rows x 6 cols of tokens = a 96 x 64 px image
 
@@ -83,7 +83,7 @@ def test_soft_regions_keep_the_threshold_on_the_attention_mass():
 
 def test_no_regions_is_the_plain_argmax_route():
     s = torch.rand(2, 24, 3, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(step_route(s, GRID, 0.2, 3), route_from_scores(s, GRID, 0.2, 3))
+    assert torch.equal(step_route(s, GRID, 0.2, 3), argmax_route(smooth_scores(s, GRID, 3), 0.2))
     assert step_route(None, GRID) is None
 
 

@@ -7,30 +7,28 @@ import re
 
 import pytest
 
-from musar.checks import Limit, number, verdict
+from musar.checks import FLAG, TEXT, Limit, input_names, number, rules_of, verdict
 from musar.errors import DatasetError, LayoutError, MusarError, RoutingError, TrainingError
 from musar.settings import (
-    DATASET_RULES,
-    LABEL_RULES,
-    LIMITS,
-    LORA_RULES,
-    PREVIEW_RULES,
-    REGION_RULES,
-    ROUTING_RULES,
-    SUBJECT_RULES,
-    TRAINING_RULES,
-    DatasetSettings,
+    APPLY,
+    REFERENCES,
+    LabelSettings,
     LoRASettings,
     PreviewSettings,
+    RegionSettings,
     RoutingSettings,
     SubjectSettings,
-    TrainingSettings,
     check_lora_settings,
     check_preview,
     check_routing,
     check_subject,
 )
 from musar.train import TrainConfig
+from musar.train.config import RULES
+from musar.train.settings import DatasetSettings, SaveSettings, TrainingSettings
+
+SETTINGS = (RoutingSettings, PreviewSettings, SubjectSettings, RegionSettings, LabelSettings,
+            LoRASettings, DatasetSettings, TrainingSettings, SaveSettings)
 
 ROUTING_FLOATS = ["start_percent", "end_percent", "threshold", "strength"]
 
@@ -111,9 +109,20 @@ def test_bad_preview_settings_are_routing_errors(values, match):
         PreviewSettings(**values)
 
 
-def test_limits_give_the_node_schema_its_bounds():
-    assert LIMITS["smoothing"].schema() == {"min": 1, "max": 15, "step": 2}
-    assert set(LIMITS) >= {*ROUTING_FLOATS, "smoothing", "step", "opacity", "reference_size"}
+def test_rules_give_the_node_schema_its_bounds():
+    assert rules_of(RoutingSettings)["smoothing"].schema() == {"min": 1, "max": 15, "step": 2}
+    numbers = {name for cls in (RoutingSettings, PreviewSettings, SubjectSettings)
+               for name, rule in rules_of(cls).items() if isinstance(rule, Limit)}
+    assert numbers >= {*ROUTING_FLOATS, "smoothing", "step", "opacity", "reference_size"}
+
+
+def test_each_routing_node_shows_its_own_settings_in_widget_order():
+    assert input_names(RoutingSettings, APPLY) == [
+        "static_routing", "dynamic_routing", "start_percent", "end_percent", "routing_blocks",
+        "threshold", "smoothing", "symmetric", "strength", "condition_cache", "positions"]
+    assert input_names(RoutingSettings, REFERENCES) == [
+        "static_routing", "block_prompt_references", "dynamic_routing", "start_percent",
+        "end_percent", "routing_blocks", "threshold", "smoothing", "symmetric", "strength"]
 
 
 # ---- the primitives (musar/checks.py) and the settings of the LoRA and training nodes ----------
@@ -159,7 +168,7 @@ def test_bad_dataset_settings_are_dataset_errors(values, match):
 
 @pytest.mark.parametrize("values,match", [
     ({"steps": 0}, "steps: expected a whole number from 1 to 1000000, got 0"),
-    ({"subject_rank": 5000}, "subject_rank: expected a whole number from 0 to 3072"),
+    ({"subject_rank": 5000}, "subject_rank: expected a whole number from 0 to 4096"),
     ({"optimizer": "sgd"}, "optimizer: unknown option 'sgd', expected one of 'adamw', 'prodigy'"),
     ({"resume": "/etc/passwd"}, "resume: unknown option '/etc/passwd', expected one of 'none', 'latest'"),
     ({"gradient_checkpointing": "yes"}, "gradient_checkpointing: expected true or false"),
@@ -171,16 +180,38 @@ def test_bad_training_settings_are_training_errors(values, match):
 
 def test_training_settings_build_the_trainers_config_under_its_names():
     config = TrainingSettings(grad_accumulation=4, validation_every=7, learning_rate=1).config()
-    assert (config.grad_accum, config.validate_every, config.learning_rate) == (4, 7, 1.0)
+    assert (config.grad_accumulation, config.validation_every, config.learning_rate) == (4, 7, 1.0)
+    shared = set(input_names(TrainingSettings)) & set(TrainConfig.__dataclass_fields__)
+    assert shared == set(input_names(TrainingSettings)) - {"output_name", "resume"}
     assert TrainConfig(steps=3.0).steps == 3 and type(TrainConfig(steps=3.0).steps) is int
     with pytest.raises(TrainingError, match="nothing would be trained"):  # the trainer's own rule
         TrainingSettings(noisy_rank=0, subject_rank=0).config()
 
 
-def test_every_limit_is_a_rule_of_some_node():
-    used = {id(rule) for table in (ROUTING_RULES, PREVIEW_RULES, SUBJECT_RULES, REGION_RULES, LABEL_RULES,
-                                   LORA_RULES, DATASET_RULES, TRAINING_RULES) for rule in table.values()}
-    assert [name for name, limit in LIMITS.items() if id(limit) not in used] == []
+def test_every_setting_has_one_rule_and_the_training_node_uses_the_trainers_table():
+    """Every field of a node's settings is declared once, with a rule and a tooltip; a training
+    setting's rule is the trainer's own (one table: the node's widget ranges are what the
+    trainer accepts)."""
+    for cls in SETTINGS:
+        fields = dataclasses.fields(cls)
+        assert [f.name for f in fields] == input_names(cls), cls.__name__
+        for f in fields:
+            rule = f.metadata["rule"]
+            assert isinstance(rule, (Limit, tuple)) or rule in (FLAG, TEXT), (cls.__name__, f.name)
+            assert f.metadata["tooltip"], (cls.__name__, f.name)
+    for name, rule in rules_of(TrainingSettings).items():
+        if name in RULES:
+            assert rule is RULES[name], name
+
+
+def test_the_yaml_config_uses_the_nodes_names():
+    """The CLI's dataset section has exactly the node's inputs; old names are refused naming the
+    new ones; TrainConfig's renamed settings too."""
+    from musar_train import config as yaml_config
+
+    assert list(yaml_config.DATASET_KEYS) == input_names(DatasetSettings)
+    with pytest.raises(TrainingError, match="grad_accum -> grad_accumulation"):
+        TrainConfig.from_mapping({"grad_accum": 2})
 
 
 def test_validate_inputs_answer_runs_the_node_lookups_on_known_values_only():

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny  # noqa: E402
 
 from musar.errors import TrainingError  # noqa: E402
-from musar.routing import RoutePlan  # noqa: E402
+from musar.routes import RoutePlan  # noqa: E402
 from musar.train import CheckpointStore, TrainConfig, Trainer, flow  # noqa: E402
 from musar.train.config import trajectory_differences  # noqa: E402
 from musar.train.dataset import open_training_set  # noqa: E402
@@ -24,7 +24,7 @@ FAST = dict(steps=3, learning_rate=3e-3, noisy_rank=2, subject_rank=4, batch_siz
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tiny.make_pair_folder(tmp_path_factory.mktemp("pairs") / "data")
-    return open_training_set(root, target_size=(32, 64), cond_size=32, seed=3)
+    return open_training_set(root, target_width=64, target_height=32, reference_size=32, seed=3)
 
 
 def _run(data, tmp, monkeypatch, **kw):

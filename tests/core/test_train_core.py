@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tiny.make_pair_folder(tmp_path_factory.mktemp("pairs") / "data")
-    return open_training_set(root, target_size=(32, 64), cond_size=32, seed=3)
+    return open_training_set(root, target_width=64, target_height=32, reference_size=32, seed=3)
 
 
 def _trainer(data, tmp, steps, dm=None, store=True, **kw):
@@ -109,7 +109,7 @@ def test_checkpoints_keep_the_last_k_and_leave_no_temp_files(data, tmp_path):
 
 def test_loss_weighting_is_independent_of_how_the_batch_is_split(data, tmp_path):
     a = _trainer(data, tmp_path / "a", 3, batch_size=2, store=False).run()
-    b = _trainer(data, tmp_path / "b", 3, batch_size=1, grad_accum=2, store=False).run()
+    b = _trainer(data, tmp_path / "b", 3, batch_size=1, grad_accumulation=2, store=False).run()
     for (x, y) in zip(a.history.raw, b.history.raw):
         assert x == pytest.approx(y, rel=1e-5)
     for key, pairs in a.lora.modules.items():
@@ -137,11 +137,11 @@ def test_loss_curve_renders():
 # ---- bad input ------------------------------------------------------------------------------
 @pytest.mark.parametrize("settings, words", [
     (dict(optimizer="sgd"), "expected one of 'adamw', 'prodigy'"),
-    (dict(steps=0), "steps: expected a whole number >= 1, got 0"),
+    (dict(steps=0), "steps: expected a whole number from 1 to 1000000, got 0"),
     (dict(noisy_rank=0, subject_rank=0), "nothing would be trained"),
     (dict(precision="fp8"), "expected one of 'fp32', 'bf16'"),
-    (dict(learning_rate=0.0), r"learning_rate: expected a number > 0\.0 and <= 10\.0, got 0\.0"),
-    (dict(batch_size=True), "batch_size: expected a whole number >= 1, got True"),
+    (dict(learning_rate=0.0), r"learning_rate: expected a number from 1e-07 to 10\.0, got 0\.0"),
+    (dict(batch_size=True), "batch_size: expected a whole number from 1 to 1024, got True"),
 ])
 def test_bad_settings_are_training_errors(settings, words):
     with pytest.raises(TrainingError, match=words):
@@ -171,7 +171,7 @@ def test_empty_dataset_folder_is_a_dataset_error(tmp_path):
 
 def test_batch_larger_than_the_dataset(data, tmp_path):
     with pytest.raises(TrainingError, match="one step needs 8 samples .* dataset has 4"):
-        _trainer(data, tmp_path, 2, batch_size=4, grad_accum=2)
+        _trainer(data, tmp_path, 2, batch_size=4, grad_accumulation=2)
 
 
 def test_rank_larger_than_the_model_width(data, tmp_path):
@@ -216,17 +216,17 @@ def test_every_training_error_is_a_musar_error():
 
 def test_samples_without_conditions_or_prompt_train(tmp_path):
     root = tiny.make_pair_folder(tmp_path / "data")
-    dropped = open_training_set(root, target_size=(32, 64), cond_size=32, seed=3,
-                                prompt_dropout=1.0, cond_dropout=1.0)
+    dropped = open_training_set(root, target_width=64, target_height=32, reference_size=32, seed=3,
+                                prompt_dropout=1.0, condition_dropout=1.0)
     result = _trainer(dropped, tmp_path, 2, store=False).run()
     assert result.step == 2 and all(v > 0 for v in result.history.raw)
 
 
 def test_mixed_layouts_in_one_batch_weigh_every_sample_the_same(tmp_path):
     root = tiny.make_pair_folder(tmp_path / "data")
-    mixed = open_training_set(root, target_size=(32, 64), cond_size=32, seed=3, cond_dropout=0.5)
+    mixed = open_training_set(root, target_width=64, target_height=32, reference_size=32, seed=3, condition_dropout=0.5)
     a = _trainer(mixed, tmp_path / "a", 3, batch_size=4, store=False).run()
-    b = _trainer(mixed, tmp_path / "b", 3, batch_size=1, grad_accum=4, store=False).run()
+    b = _trainer(mixed, tmp_path / "b", 3, batch_size=1, grad_accumulation=4, store=False).run()
     assert a.history.raw == pytest.approx(b.history.raw, rel=1e-5)
 
 

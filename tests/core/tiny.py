@@ -142,3 +142,21 @@ def make_pair_folder(root, n_items=4, size=64):
             "item": f"object {i}", "description_0": f"object {i} on a light table",
             "description_1": f"object {i} in a dark room", "category": "toy"}))
     return root
+
+
+def attachment(schedule, caption_lens=(), image_lens=(), references=None):
+    """A ``musar.attachment.Attachment`` for ``schedule`` whose subjects have these caption and
+    image token counts (random latents and caption features; image counts must be 2 or a
+    square of even side), routing ``references`` (ReferenceLabels) when given."""
+    from musar.attachment import Attachment
+    from musar.session import Recorder
+    from musar.subjects import Subject, SubjectSet
+
+    g = torch.Generator().manual_seed(0)
+    subjects = SubjectSet()
+    for i, (n_caption, n_image) in enumerate(zip(caption_lens, image_lens)):
+        side = int(round(n_image ** 0.5))
+        h, w = (2, 4) if n_image == 2 else (2 * side, 2 * side)
+        latent = torch.randn(1, 16, h, w, generator=g)
+        subjects = subjects.add(Subject(latent, f"subject {i + 1}", torch.randn(1, n_caption, 16, generator=g)))
+    return Attachment(subjects, references, schedule, Recorder(()), lambda x: x)

@@ -74,5 +74,5 @@ export function routedCaptions(node) {
   const last = originOf(apply, "subjects");
   if (!last || last === END) return null;
   const chain = subjectChain(last);
-  return chain ? chain.map((n, i) => subjectCaption(n) || `subject ${i}`) : null;
+  return chain ? chain.map((n, i) => subjectCaption(n) || `subject ${i + 1}`) : null;
 }

@@ -16,6 +16,11 @@ prompt <-> reference attention (``block_prompt_references``, off by default [cho
     P      | yes (1) | yes (1)   | no  | yes     | yes
     (1) no when prompt <-> reference blocking is on
 
+Reference strength: ``RoutePlan.weights`` holds one weight per routed entity (1 for subjects);
+a canvas query's softmax mass on entity i's keys is multiplied by ``weights[i]`` (its logits
+raised by log w; 0 = the canvas does not see it). The executors apply it per key segment, exactly,
+without a mask; ``key_bias`` gives the dense reference's additive bias (tests only).
+
 Dynamic routing [chosen reconstruction]: every X token p is routed to one condition r(p)
 (argmax of its attention mass on each condition's image keys) and then sees only that
 condition (plus P and the canvas); background tokens (no condition above the threshold) see no
@@ -31,6 +36,7 @@ L x L mask is ever built. ``allowed_mask`` builds that dense mask for tests only
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import torch
@@ -48,14 +54,22 @@ class RoutePlan:
     route: torch.Tensor | None = None  # (B, x_len) int64 routed-entity index, BACKGROUND, UNROUTED
     symmetric: bool = False
     block_prompt_references: bool = False  # static routing also blocks prompt <-> routed references
+    weights: tuple[float, ...] = ()  # per routed entity: the canvas's attention weight on it (1 = as is)
 
     def __post_init__(self):
         if self.symmetric and self.route is None:
             raise RoutingError("symmetric routing needs a dynamic route (enable dynamic routing)")
+        if any(not 0.0 <= w <= 1.0 for w in self.weights):
+            raise RoutingError(f"reference strengths must be from 0 to 1, got {self.weights}")
+
+    def weighted(self, layout: TokenLayout) -> tuple[tuple[slice, float], ...]:
+        """(segment, weight) of every routed entity whose weight is not 1."""
+        return tuple((seg, w) for i, w in enumerate(self.weights[:layout.n_routed]) if w != 1.0
+                     for seg in layout.condition(i))
 
     @property
     def is_dense(self) -> bool:
-        return not self.static and self.route is None
+        return not self.static and self.route is None and all(w == 1.0 for w in self.weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +84,12 @@ class Group:
     kind: str = "canvas"  # "prompt", "condition" or "canvas": which queries the group holds
     q_parts: tuple[slice, ...] = ()
     k_parts: tuple[slice, ...] = ()
+    k_weights: tuple[tuple[slice, float], ...] = ()  # key segments whose softmax mass is scaled
 
 
-def _group(q, k, kind: str, device=None) -> Group:
-    """Group from segment lists (or a ready index tensor / None), keeping the segments."""
+def _group(q, k, kind: str, device=None, weights: tuple = ()) -> Group:
+    """Group from segment lists (or a ready index tensor / None), keeping the segments;
+    ``weights``: the plan's weighted segments, kept where the group sees them."""
 
     def full(x):
         if not isinstance(x, list):
@@ -83,7 +99,10 @@ def _group(q, k, kind: str, device=None) -> Group:
     def segments(x) -> tuple[slice, ...]:
         return tuple(p for p in x if p.stop > p.start) if isinstance(x, list) else ()
 
-    return Group(full(q), full(k), kind, segments(q), segments(k))
+    seen = segments(k)
+    kept = tuple((s, w) for s, w in weights if k is None or any(
+        p.start <= s.start and s.stop <= p.stop for p in seen))
+    return Group(full(q), full(k), kind, segments(q), seen, kept)
 
 
 def runs(parts) -> list[slice]:
@@ -132,11 +151,12 @@ def static_groups(layout: TokenLayout, plan: RoutePlan, device=None) -> list[Gro
     if not plan.static or n == 0:
         groups = [_group([layout.prompt], None, "prompt", device)]
         groups += [_group(_cond(layout, i), None, "condition", device) for i in range(n)]
-        return [g for g in groups + [_group([layout.canvas], None, "canvas")] if _size(g.q) > 0]
+        canvas = _group([layout.canvas], None, "canvas", weights=plan.weighted(layout))
+        return [g for g in groups + [canvas] if _size(g.q) > 0]
     groups = [_group([layout.prompt], _prompt_keys(layout, plan), "prompt", device)]
     for i in range(n):
         groups.append(_group(_cond(layout, i), _static_keys(layout, plan, i), "condition", device))
-    groups.append(_group([layout.canvas], None, "canvas"))
+    groups.append(_group([layout.canvas], None, "canvas", weights=plan.weighted(layout)))
     return [g for g in groups if _size(g.q) > 0]
 
 
@@ -170,9 +190,9 @@ def dynamic_groups(layout: TokenLayout, plan: RoutePlan, route: torch.Tensor, de
         if q.numel():
             seen = None if i == UNROUTED else [layout.prompt, layout.canvas] + (
                 _cond(layout, i) if i >= 0 else [])
-            groups.append(_group(q.to(device), seen, "canvas", device))
+            groups.append(_group(q.to(device), seen, "canvas", device, plan.weighted(layout)))
     if layout.extra_len:
-        groups.append(_group([layout.extra], everything, "canvas", device))
+        groups.append(_group([layout.extra], everything, "canvas", device, plan.weighted(layout)))
     return [g for g in groups if _size(g.q) > 0]
 
 
@@ -203,6 +223,19 @@ def allowed_mask(layout: TokenLayout, plan: RoutePlan, batch: int) -> torch.Tens
             else:
                 mask[b, q[:, None], _index(g.k)[None, :]] = True
     return mask
+
+
+def key_bias(layout: TokenLayout, plan: RoutePlan, batch: int) -> torch.Tensor:
+    """Dense (B, L, L) additive logit bias of the plan's weights (log w; -inf for weight 0) on
+    the keys each group weights. Slow reference for tests only."""
+    L = layout.total
+    bias = torch.zeros(batch, L, L)
+    for b in range(batch):
+        for g in plan_groups(layout, plan, b):
+            q = _index(g.q)
+            for seg, w in g.k_weights:
+                bias[b, q[:, None], _index(seg)[None, :]] = math.log(w) if w > 0 else float("-inf")
+    return bias
 
 
 def allowed_fraction(layout: TokenLayout, plan: RoutePlan) -> float:
@@ -237,14 +270,6 @@ def argmax_route(scores: torch.Tensor, threshold: float = 0.0, mass: torch.Tenso
         best = (scores if mass is None else mass).gather(-1, route[..., None])[..., 0]
         route = torch.where(best < threshold, torch.full_like(route, BACKGROUND), route)
     return route
-
-
-def route_from_scores(scores: torch.Tensor, grid: tuple[int, int], threshold: float = 0.0,
-                      smoothing: int = 1) -> torch.Tensor:
-    """(B, x_len, N) attention mass per condition -> (B, x_len) route (argmax; BACKGROUND where
-    the winning mass is below ``threshold``). ``smoothing`` k > 1 box-filters each condition's
-    score map on the (rows, cols) token grid before the argmax."""
-    return argmax_route(smooth_scores(scores, grid, smoothing), threshold)
 
 
 _BLOCK_ITEM = re.compile(r"^(d|s)(\d+)(?:-(\d+))?$")

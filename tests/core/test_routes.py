@@ -5,9 +5,10 @@ import itertools
 import pytest
 import torch
 
-from musar import attention, routing
+from musar import attention, routes
 from musar.errors import RoutingError
 from musar.layout import TokenLayout
+from musar.regions import step_route
 
 
 def _layout(n, extra=0, seed=0):
@@ -34,12 +35,12 @@ PLANS = ["static", "dense", "dynamic", "dynamic-nostatic", "symmetric", "symmetr
 def _plan(kind, layout, batch, seed):
     route = _route(layout, batch, seed)
     return {
-        "static": routing.RoutePlan(static=True),
-        "dense": routing.RoutePlan(static=False),
-        "dynamic": routing.RoutePlan(static=True, route=route),
-        "dynamic-nostatic": routing.RoutePlan(static=False, route=route),
-        "symmetric": routing.RoutePlan(static=True, route=route, symmetric=True),
-        "symmetric-nostatic": routing.RoutePlan(static=False, route=route, symmetric=True),
+        "static": routes.RoutePlan(static=True),
+        "dense": routes.RoutePlan(static=False),
+        "dynamic": routes.RoutePlan(static=True, route=route),
+        "dynamic-nostatic": routes.RoutePlan(static=False, route=route),
+        "symmetric": routes.RoutePlan(static=True, route=route, symmetric=True),
+        "symmetric-nostatic": routes.RoutePlan(static=False, route=route, symmetric=True),
     }[kind]
 
 
@@ -59,7 +60,7 @@ def test_cfg_batch_with_shared_route_runs_as_one_group():
     q, k, v = _qkv(layout, batch=4)
     route = _route(layout, 1).expand(4, -1).clone()
     route[2] = _route(layout, 1, seed=7)[0]
-    plan = routing.RoutePlan(route=route)
+    plan = routes.RoutePlan(route=route)
     calls = []
 
     def counting(q_, k_, v_):
@@ -74,7 +75,7 @@ def test_cfg_batch_with_shared_route_runs_as_one_group():
 
 def test_static_mask_is_the_papers_table():
     layout = TokenLayout(prompt_len=2, x_len=3, caption_lens=(1, 1), image_lens=(2, 2))
-    m = routing.allowed_mask(layout, routing.RoutePlan(), 1)[0]
+    m = routes.allowed_mask(layout, routes.RoutePlan(), 1)[0]
     P, X = layout.prompt, layout.x
     c0 = [layout.caption(0).start, *range(layout.image(0).start, layout.image(0).stop)]
     c1 = [layout.caption(1).start, *range(layout.image(1).start, layout.image(1).stop)]
@@ -88,7 +89,7 @@ def test_static_mask_is_the_papers_table():
 def test_dynamic_route_limits_x_to_its_subject():
     layout = TokenLayout(prompt_len=2, x_len=4, caption_lens=(1, 1), image_lens=(2, 2))
     route = torch.tensor([[0, 1, -1, 0]])
-    m = routing.allowed_mask(layout, routing.RoutePlan(route=route), 1)[0]
+    m = routes.allowed_mask(layout, routes.RoutePlan(route=route), 1)[0]
     x = layout.x.start
     img0, img1 = layout.image(0), layout.image(1)
     assert m[x, img0].all() and not m[x, img1].any()
@@ -98,9 +99,9 @@ def test_dynamic_route_limits_x_to_its_subject():
 
 def test_allowed_fraction_shrinks_with_routing():
     layout = TokenLayout(prompt_len=128, x_len=1024, caption_lens=(8,) * 3, image_lens=(1024,) * 3)
-    static = routing.allowed_fraction(layout, routing.RoutePlan())
+    static = routes.allowed_fraction(layout, routes.RoutePlan())
     route = torch.arange(1024).remainder(3)[None]
-    dynamic = routing.allowed_fraction(layout, routing.RoutePlan(route=route))
+    dynamic = routes.allowed_fraction(layout, routes.RoutePlan(route=route))
     assert dynamic < static < 0.7
 
 
@@ -118,21 +119,21 @@ def test_route_threshold_and_smoothing():
     scores = torch.zeros(1, 9, 2)
     scores[0, :, 0] = 0.5
     scores[0, 4, 0], scores[0, 4, 1] = 0.1, 0.6  # one outlier in the middle of subject 0's area
-    assert routing.route_from_scores(scores, (3, 3))[0, 4] == 1
-    assert routing.route_from_scores(scores, (3, 3), smoothing=3)[0, 4] == 0
-    low = routing.route_from_scores(scores * 0.1, (3, 3), threshold=0.2)
-    assert (low == routing.BACKGROUND).all()
+    assert step_route(scores, (3, 3))[0, 4] == 1  # the run-time route of a step
+    assert step_route(scores, (3, 3), smoothing=3)[0, 4] == 0
+    low = step_route(scores * 0.1, (3, 3), threshold=0.2)
+    assert (low == routes.BACKGROUND).all()
 
 
 @pytest.mark.parametrize("spec,err", [("d9", "2 double"), ("x1", "not understood"), ("s3-1", "low to high"), ("s4", "4 single")])
 def test_bad_routing_blocks_are_explained(spec, err):
     with pytest.raises(RoutingError, match=err):
-        routing.parse_blocks(spec, depth=2, single_depth=4)
+        routes.parse_blocks(spec, depth=2, single_depth=4)
 
 
 def test_routing_blocks_parse():
-    assert routing.parse_blocks("d1, s0-1", 2, 4) == {("double", 1), ("single", 0), ("single", 1)}
-    assert len(routing.parse_blocks("all", 2, 4)) == 6
+    assert routes.parse_blocks("d1, s0-1", 2, 4) == {("double", 1), ("single", 0), ("single", 1)}
+    assert len(routes.parse_blocks("all", 2, 4)) == 6
 
 
 @pytest.mark.parametrize("kind", ["static", "dense", "dynamic", "dynamic-nostatic"])

@@ -1,32 +1,45 @@
-"""What a routed MODEL carries (``transformer_options["musar_routing"]``): the MUSAR subjects
-(caption tokens in the text stream, reference tokens appended to the image stream), whether
-the conditioning's ReferenceLatent references are routed (and their labels), the resolved
-routing settings and the recorder of sampling runs. Immutable and shared by clones; the
-patches in ``patcher.py`` read it."""
+"""The **attachment**: what a routed MODEL carries (the ComfyUI glue keeps it in the options key
+``musar_attachment``): the MUSAR subjects (caption tokens in the text stream, reference tokens
+appended to the image stream), whether the conditioning's ReferenceLatent references are routed
+(and their labels), the settings, their schedule for this model and the recorder of sampling
+runs. Immutable and shared by clones.
+
+``join`` holds the rules for a second routing node on a MODEL that already carries one (MUSAR
+Apply Routing and MUSAR Route References share one attachment); ``check_regions`` the rule that
+soft regions need dynamic routing.
+
+The vocabulary of the sampling path, one name each: ``RoutingSettings`` (what the user chose,
+musar/settings.py) -> ``Schedule`` (the settings resolved for one model, musar/planning.py) ->
+``Attachment`` (what the patched MODEL carries, here) -> ``MusarCall`` (one model call: layout,
+``RoutePlan``, run state; musar/session.py). The wire from the routing nodes to the preview
+carries the attachment's ``Recorder``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
-from ..musar import planning
-from ..musar.errors import RoutingError
-from ..musar.layout import subject_ids
-from ..musar.references import ReferenceLabels
-from ..musar.session import Recorder
-from ..musar.settings import RoutingSettings
-from ..musar.subjects import SubjectSet
+from .errors import RoutingError
+from .layout import subject_ids
+from .planning import Schedule
+from .references import ReferenceLabels
+from .session import Recorder
+from .settings import RoutingSettings
+from .subjects import SubjectSet
 
 
-class Routed:
+class Attachment:
     def __init__(self, subjects: SubjectSet, references: ReferenceLabels | None,
-                 routing: planning.Routing, recorder: Recorder, process_latent_in):
+                 schedule: Schedule, recorder: Recorder,
+                 process_latent_in: Callable[[torch.Tensor], torch.Tensor]):
         self.subjects, self.references = subjects, references
-        self.routing, self.recorder = routing, recorder
+        self.schedule, self.recorder = schedule, recorder
         self.process_latent_in = process_latent_in  # VAE latent -> model latent space
         grids = [s.grid for s in subjects.subjects]
-        ids = subject_ids(grids, routing.settings.positions)
+        ids = subject_ids(grids, schedule.settings.positions)
         self.ids = torch.cat([torch.zeros(0, 3)] + [i if s.keep is None else i[s.keep]
                                                     for i, s in zip(ids, subjects.subjects)])
         self.caption_lens = tuple(s.caption_tokens.shape[1] for s in subjects.subjects)
@@ -71,7 +84,7 @@ def check_regions(subjects: SubjectSet, references: ReferenceLabels | None,
                            "route without it)")
 
 
-def join(previous: Routed | None, settings: RoutingSettings, subjects: SubjectSet | None = None,
+def join(previous: Attachment | None, settings: RoutingSettings, subjects: SubjectSet | None = None,
          references: ReferenceLabels | None = None):
     """(subjects, references, settings) of one routing when a routing node (MUSAR Apply Routing:
     ``subjects``; MUSAR Route References: ``references``) patches a MODEL another one already
@@ -88,14 +101,14 @@ def join(previous: Routed | None, settings: RoutingSettings, subjects: SubjectSe
             raise RoutingError("condition_cache cannot be combined with the references MUSAR Route "
                                "References routes on this MODEL (they are not condition tokens "
                                "MUSAR can cache): turn condition_cache off")
-        block = previous.routing.settings.block_prompt_references
+        block = previous.schedule.settings.block_prompt_references
         return subjects, previous.references, dataclasses.replace(settings, block_prompt_references=block)
     if previous.routes_references:
         raise RoutingError("this MODEL already went through MUSAR Route References; use one per "
                            "MODEL")
-    if previous.routing.settings.condition_cache:
+    if previous.schedule.settings.condition_cache:
         raise RoutingError("the MUSAR Apply Routing before this node has condition_cache on, which "
                            "cannot be combined with routed references (they are not condition "
                            "tokens MUSAR can cache): turn condition_cache off")
-    positions = previous.routing.settings.positions
+    positions = previous.schedule.settings.positions
     return previous.subjects, references, dataclasses.replace(settings, positions=positions)
