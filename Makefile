@@ -4,8 +4,9 @@
 PY = $(shell COMFYUI_PATH="$(COMFYUI_PATH)" scripts/env.sh --python)
 export COMFYUI_PATH
 TOY_SIZE ?= small
+SEEDS ?= 0 1 2
 
-.PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy toy-refbase eval-toy-refs lint clean
+.PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy toy-refbase eval-toy-refs replicate lint clean
 
 setup:            ## .venv with CPU torch 2.13.0 + ComfyUI 0.3.75, pack linked; COMFYUI_PATH=<checkout>: that ComfyUI with its own venv (every target)
 	scripts/setup.sh
@@ -51,6 +52,12 @@ eval-toy-refs: setup ## MUSAR Route References on the multi-reference base (off 
 	nice $(PY) -m toyworld.refeval --part regions $(EVAL_ARGS); s=$$?; \
 	wait $$p && [ $$s = 0 ]
 	$(PY) -m toyworld.refeval --merge $(EVAL_ARGS)
+	[ -n "$(EVAL_ARGS)" ] || $(PY) -m toyworld.replication publish-refs
+
+replicate: setup ## the MUSAR result over LoRA seeds 0-2 on the medium base (docs/TOY_WORLD.md §11; needs make toy-base TOY_SIZE=medium): six LoRAs, (a)-(d) on case seed 2 per seed, then the pre-registered analysis -> toyworld/results/primary.md; resumable (a finished stage is skipped), nice'd; SEEDS="1 2" for some seeds
+	for s in $(SEEDS); do for a in static dense; do nice $(PY) -m toyworld.replication train --seed $$s --attention $$a || exit 1; done; \
+	  nice $(PY) -m toyworld.replication eval --seed $$s || exit 1; done
+	$(PY) -m toyworld.replication analyse
 
 bench:            ## performance bench (docs/PERFORMANCE.md): routed vs dense vs naive attention, sampling steps vs ReferenceLatent / text-to-image; prints PASS/MISS per target, never fails the build; report in bench/results/report.md
 	scripts/setup.sh

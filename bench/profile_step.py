@@ -31,7 +31,7 @@ from musar_run import runtime  # noqa: E402
 def _setup(kernel: str):
     shapes, m = sb.SHAPES, sb.MODEL
     pack, _ = sb.bootstrap(kernel)
-    standins = runtime.pack_module(pack, "nodes.standins")
+    standins = runtime.pack_module(pack, "nodes.testing.standins")
     model = standins.build_flux(standins.flux_unet_config(
         m["hidden"], m["heads"], m["depth"], m["single_depth"], m["context_dim"], m["vec_dim"]))
     g = torch.Generator().manual_seed(2)

@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     shapes = QUICK if args.quick else SHAPES
     pack, kernel_name = bootstrap(args.kernel)
-    standins = runtime.pack_module(pack, "nodes.standins")
+    standins = runtime.pack_module(pack, "nodes.testing.standins")
     cfg = standins.flux_unet_config(MODEL["hidden"], MODEL["heads"], MODEL["depth"],
                                     MODEL["single_depth"], MODEL["context_dim"], MODEL["vec_dim"])
     model = standins.build_flux(cfg, seed=0)

@@ -39,13 +39,22 @@ TEXT = "text"
 @dataclasses.dataclass(frozen=True)
 class Limit:
     """Range of a numeric setting: ``low`` .. ``high`` (``high`` may be ``math.inf``; ``above``
-    leaves ``low`` itself out). ``schema()`` gives a node widget its min / max / step."""
+    leaves ``low`` itself out); whole numbers may also have to be ``odd`` or a ``multiple`` of a
+    number (``why`` says why, in the error). ``schema()`` gives a node widget its min / max / step."""
 
     low: float
     high: float
     step: float = 1
     integer: bool = False
     above: bool = False
+    odd: bool = False
+    multiple: int = 1
+    why: str = ""
+
+    def comfy_checks_it(self) -> bool:
+        """A plain whole-number range: ComfyUI's own check (int conversion, min, max) is the
+        whole rule, so a node leaves the input to it (its error marks just that input)."""
+        return self.integer and not self.above and not self.odd and self.multiple == 1
 
     def schema(self) -> dict:
         return {"min": self.low, "max": self.high, "step": self.step}
@@ -102,6 +111,10 @@ def number(error: type[MusarError], name: str, value, limit: Limit):
                     "node or setting that feeds it")
     if value < limit.low or value > limit.high or (limit.above and value == limit.low):
         raise error(f"{name}: expected {kind} {limit.span()}, got {value}")
+    if limit.odd and value % 2 == 0:
+        raise error(f"{name}: expected an odd whole number (1, 3, 5 ...) {limit.span()}, got {value}")
+    if limit.multiple > 1 and value % limit.multiple:
+        raise error(f"{name}: expected a multiple of {limit.multiple}{limit.why} {limit.span()}, got {value}")
     return int(value) if limit.integer else float(value)
 
 

@@ -61,7 +61,7 @@ class RoutingSettings:
                                   "'double', 'single', 'all', or items like '{blocks}'.")
     threshold: float = setting(0.0, PERCENT, "Image tokens whose strongest {what} gets less "
                                "attention mass than this become background (see no {what}). 0 = off.")
-    smoothing: int = setting(3, Limit(1, 15, 2, integer=True), "Odd box-filter size on the token "
+    smoothing: int = setting(3, Limit(1, 15, 2, integer=True, odd=True), "Odd box-filter size on the token "
                              "grid before the argmax (1 = none) [chosen 3].")
     symmetric: bool = setting(False, FLAG, "Each {what} also sees only the image tokens routed to it.")
     strength: float = setting(1.0, Limit(0.0, 2.0, 0.05), {
@@ -82,8 +82,6 @@ class RoutingSettings:
 def check_routing(values: Mapping) -> None:
     """Every rule of the routing nodes' settings; RoutingError naming the input."""
     v = check_values(RoutingError, values, rules_of(RoutingSettings))
-    if "smoothing" in v and v["smoothing"] % 2 == 0:
-        raise RoutingError(f"smoothing: expected an odd window size (1, 3, 5 ...), got {v['smoothing']}")
     if "routing_blocks" in v:
         parse_blocks(v["routing_blocks"])  # syntax only; indices are checked against the model
     if v.get("start_percent", 0.0) > v.get("end_percent", 1.0):
@@ -115,7 +113,8 @@ def check_preview(values: Mapping) -> None:
 
 
 # ---- MUSAR Subject ----------------------------------------------------------------------------
-REFERENCE_SIZE = Limit(64, 2048, 16, integer=True)
+LATENT_CELLS = " (FLUX packs 2 x 2 latent cells of 8 x 8 pixels into a token)"
+REFERENCE_SIZE = Limit(64, 2048, 16, integer=True, multiple=16, why=LATENT_CELLS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -138,8 +137,6 @@ def check_subject(values: Mapping) -> None:
     if "caption" in v and not v["caption"].strip():
         raise LayoutError("the subject caption is empty: describe the subject in a few words "
                           "(e.g. 'a red ceramic mug')")
-    if v.get("reference_size", 16) % 16:
-        raise LayoutError(f"reference_size: expected a multiple of 16, got {v['reference_size']}")
 
 
 # ---- MUSAR Layout Region ----------------------------------------------------------------------

@@ -103,7 +103,7 @@ def load_pack(pack_dir: str | os.PathLike | None = None):
 
 
 def pack_module(pack, name: str):
-    """Module ``name`` (e.g. "nodes.standins", "musar.attention") of the pack as ComfyUI loaded
+    """Module ``name`` (e.g. "nodes.testing.standins", "musar.attention") of the pack as ComfyUI loaded
     it (``load_pack``), so its classes are the ones ComfyUI executes."""
     import importlib
 

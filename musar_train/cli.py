@@ -71,8 +71,8 @@ def load_models(cfg: RunConfig, pack):
     import torch
 
     if cfg.model.get("kind") == "tiny":
-        standins = _pack_module(pack, "nodes.standins")
-        testing = _pack_module(pack, "nodes.testing")
+        standins = _pack_module(pack, "nodes.testing.standins")
+        testing = _pack_module(pack, "nodes.testing.loaders")
         if cfg.model["size"] not in testing.SIZES:
             raise ConfigError(f"model.size {cfg.model['size']!r}: expected one of {list(testing.SIZES)}")
         spec, seed = testing.SIZES[cfg.model["size"]], cfg.model["seed"]

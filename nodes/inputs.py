@@ -3,10 +3,14 @@ default, rule, tooltip) and a node builds from that declaration
 
 * its widgets (``widgets``): Boolean, Int / Float with the rule's min / max / step, Combo with
   the rule's options, String - so a widget never offers a value its own check refuses;
-* its ``validate_inputs`` (``validation``): a classmethod whose signature names exactly the
-  settings' inputs (never ``**kwargs``, which would switch ComfyUI's own checks off for every
-  input of the node) and runs the settings' check on the literal values plus the node's lookups
-  (a file or folder input confined to ComfyUI's folders);
+* its ``validate_inputs`` (``validation``): a classmethod whose signature names the settings'
+  inputs that ComfyUI cannot check itself - numbers (NaN passes its min / max), combos (not
+  checked for V3 nodes), text, flags, whole numbers with a rule beyond their range (odd, a
+  multiple of 16) and the node's lookups (a file or folder confined to ComfyUI's folders) - and
+  runs the settings' check on their literal values. A plain whole-number range is left to
+  ComfyUI (naming an input switches ComfyUI's checks off for it, and ComfyUI reports a failed
+  ``validate_inputs`` on every input it names, so naming fewer marks only the bad input). Never
+  ``**kwargs``: that would switch ComfyUI's checks off for every input of the node;
 * its settings object (``settings_of``): the dataclass built from the node's inputs by name,
   which checks every value again, linked ones included::
 
@@ -55,8 +59,10 @@ def widgets(cls, node: str | None = None, overrides: Mapping | None = None, **fm
 
 def validation(cls, check: Callable[[Mapping], object], node: str | None = None,
                **lookups: Callable) -> classmethod:
-    """A ``validate_inputs`` classmethod naming exactly the inputs of ``cls`` shown on ``node``."""
-    names = input_names(cls, node)
+    """A ``validate_inputs`` classmethod naming the inputs of ``cls`` shown on ``node`` that
+    ComfyUI does not check itself, and every lookup's input."""
+    names = [f.name for f in declared(cls, node) if f.name in lookups or not (
+        isinstance(f.metadata["rule"], Limit) and f.metadata["rule"].comfy_checks_it())]
 
     def validate_inputs(_cls, **values):
         return verdict(check, {name: values.get(name) for name in names}, **lookups)

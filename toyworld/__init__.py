@@ -2,7 +2,7 @@
 
 One package holds the world, its exact measuring instruments, the experiment scripts that train
 and evaluate toy models on it, and their weights (``toyworld/weights``). It is not part of the
-method (``musar/``); the node pack uses only the codec and the text encoder (``nodes/toy.py``,
+method (``musar/``); the node pack uses only the codec and the text encoder (``nodes/testing/toy.py``,
 MUSAR_ToyWorldLoader, category MUSAR/testing).
 
 World and instruments (pure numpy / torch / PIL / pyarrow; import nothing outside this package):

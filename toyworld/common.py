@@ -2,7 +2,7 @@
 encoders as ComfyUI objects, paths, atomic safetensors writes and a small log.
 
 Scripts run inside real ComfyUI (``musar_run.runtime``): the base model is a ComfyUI Flux built
-by ``nodes.standins``, the VAE / CLIP are the ``MUSAR_ToyWorldLoader`` objects of ``nodes.toy``,
+by ``nodes.testing.standins``, the VAE / CLIP are the ``MUSAR_ToyWorldLoader`` objects of ``nodes.testing.toy``,
 so the tensors a script trains on are exactly what the inference graph computes.
 """
 
@@ -46,7 +46,7 @@ def setup(threads: int | None = None, base_dir: str | os.PathLike | None = None)
 
 
 def module(pack, name: str):
-    """A pack submodule as ComfyUI loaded it (``nodes.toy``, ``musar.flux_forward`` ...)."""
+    """A pack submodule as ComfyUI loaded it (``nodes.testing.toy``, ``musar.flux_forward`` ...)."""
     from musar_run import runtime
 
     return runtime.pack_module(pack, name)

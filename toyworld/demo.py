@@ -76,7 +76,7 @@ def select_lora(prompt: dict, lora: str) -> None:
     without that file they are bypassed (their consumers take the MODEL they were given)."""
     import folder_paths
 
-    folder = _pack("nodes.toy").weights_dir()
+    folder = _pack("nodes.testing.toy").weights_dir()
     loaders = [k for k, n in prompt.items() if n["class_type"] == "MUSAR_LoadDualLoRA"]
     if (folder / lora).is_file():
         folder_paths.add_model_folder_path("loras", str(folder), is_default=True)

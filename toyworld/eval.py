@@ -174,7 +174,7 @@ def evaluate(args) -> list[dict]:
     done = {(r["id"], r["condition"], r["variant"]): r for r in read_records(path)}
     loras = {name: (args.loras or args.weights) / name for key, name in LORA_FILES.items()
              if any(CONDITIONS[c][0] == key for c in conditions)}
-    toy = module(pack, "nodes.toy")
+    toy = module(pack, "nodes.testing.toy")
     base = [args.weights / name for name in (toy.BASE_FILE, toy.TEXT_FILE, toy.CODEC_FILE)]
     check_models(args.out, model_digests([*base, *loras.values()]), bool(done))
     common.write_json({"cases": cases, "conditions": conditions}, args.out / "cases.json")

@@ -14,7 +14,7 @@ references do not show and is therefore named [chosen])::
 
 New words ("image", "at", digits) are ``REF_WORDS``: the toy text encoder takes them as
 ``extra_words`` (a word's embedding depends only on (seed, word), so every existing word keeps its
-features); the model's text-encoder file is its own (``nodes.toy.REF_TEXT_FILE``).
+features); the model's text-encoder file is its own (``nodes.testing.toy.REF_TEXT_FILE``).
 
 Training (``step_batch``): scenes of 1-4 training-split identities (equally often, pairwise
 different) in distinct random slots on a random background; image j is the j-th block drawn, so
@@ -41,7 +41,7 @@ from .gate import distinct_identities
 from .world import BACKGROUNDS, BLOCK, CELL, GRID, NAMES, SLOTS, Identity, Placed, World, cell_indices, paint
 
 REF_WORDS = ("image", "at", "1", "2", "3", "4")  # the words the world's vocabulary lacks
-REF_MODEL_FILE = "toy_flux_refs.safetensors"  # nodes.toy gives toy_flux_refs* its own text encoder
+REF_MODEL_FILE = "toy_flux_refs.safetensors"  # nodes.testing.toy gives toy_flux_refs* its own text encoder
 MAX_REFS = 4
 PATCH = 2  # FLUX's patch: a token is 2 x 2 latent pixels (cells)
 REF_PX = BLOCK * CELL  # 48 px reference pictures

@@ -106,7 +106,7 @@ def jobs(cases: list[dict], conditions: list[str]):
 
 def evaluate(args) -> list[dict]:
     pack = common.setup(threads=args.threads)
-    graph, det, toy = (module(pack, m) for m in ("toyworld.graph", "toyworld.detector", "nodes.toy"))
+    graph, det, toy = (module(pack, m) for m in ("toyworld.graph", "toyworld.detector", "nodes.testing.toy"))
     cases, conditions = eval_cases(World(0), counts_of(args.counts), args.seed), args.conditions.split(",")
     path = args.out / "records.jsonl"
     done = {(r["id"], r["condition"], r["variant"]): r for r in read_records(path)}

@@ -115,7 +115,7 @@ def study(args) -> list[dict]:
     variants = args.variants.split(",")
     path = args.out / "records.jsonl"
     done = {(r["id"], r["variant"]): r for r in read_records(path)}
-    toy = module(pack, "nodes.toy")
+    toy = module(pack, "nodes.testing.toy")
     files = [args.weights / name for name in (toy.BASE_FILE, toy.TEXT_FILE, toy.CODEC_FILE)]
     lora = (args.loras or args.weights) / LORA_FILES["static"]
     check_models(args.out, model_digests([*files, lora]), bool(done))

@@ -101,7 +101,9 @@ def clustered_bootstrap(*values, clusters, ratio: bool = False, resamples: int =
     """``values``: per-row arrays x (a mean), x, y (the paired difference of means) or, with
     ``ratio``, x_num, x_den (a ratio of sums) or x_num, x_den, y_num, y_den (a difference of
     ratios); ``clusters``: per row its cluster label(s). Returns the estimate (also as ``diff`` for
-    a difference), the percentile interval over cluster resamples, the rows and the clusters."""
+    a difference, with ``p``: two-sided, 2 x the smaller share of resampled differences on either
+    side of 0, at least 1 / resamples, docs/TOY_WORLD.md §11.2), the percentile interval over
+    cluster resamples, the rows and the clusters."""
     arrays = tuple(np.asarray(v, dtype=np.float64) for v in values)
     n = len(arrays[0])
     allowed = (2, 4) if ratio else (1, 2)
@@ -117,6 +119,9 @@ def clustered_bootstrap(*values, clusters, ratio: bool = False, resamples: int =
     out = {"estimate": observed, "lo": float(lo), "hi": float(hi), "n": n, "clusters": k}
     if len(arrays) == (4 if ratio else 2):
         out["diff"] = observed
+        if len(draws):
+            side = min(float((draws <= 0).mean()), float((draws >= 0).mean()))
+            out["p"] = min(1.0, max(1.0 / len(draws), 2.0 * side))
     return out
 
 

@@ -1,5 +1,5 @@
 """Train the toy world's base model: a tiny FLUX-architecture text-to-image model built through
-ComfyUI's own classes (``nodes.standins.build_flux``), trained with the pack's differentiable
+ComfyUI's own classes (``nodes.testing.standins.build_flux``), trained with the pack's differentiable
 FLUX forward (``musar.flux_forward.musar_forward`` with zero subjects = a plain FLUX forward,
 every weight trainable) on scenes of 1-4 blocks and 128 x 256 diptychs (``toyworld.data``), then
 measured against its gate (``toyworld.gate``).
@@ -73,7 +73,7 @@ def parse(argv=None):
 
 def toy_files(pack, out: Path):
     """Codec and text encoder: loaded from ``out`` when present, else made and written there."""
-    toy = module(pack, "nodes.toy")
+    toy = module(pack, "nodes.testing.toy")
     if not (out / toy.CODEC_FILE).is_file():
         save_safetensors(module(pack, "toyworld.codec").CellCodec.for_world(0).state_dict(), out / toy.CODEC_FILE)
     if not (out / toy.TEXT_FILE).is_file():
@@ -136,7 +136,7 @@ def lr_at(args, step: int) -> float:
 
 
 def init_model(pack, size: str, seed: int):
-    st = module(pack, "nodes.standins")
+    st = module(pack, "nodes.testing.standins")
     config = st.flux_unet_config(**SIZES[size])
     model = st.build_flux(config, seed=seed, std=0.02)  # the init every toy base was trained from
     dm = model.model.diffusion_model
@@ -247,7 +247,7 @@ def save_model(ema: dict, config: dict, path: Path, pack) -> None:
     sd = {k: v.to(torch.float16).contiguous() for k, v in ema.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    comfy.utils.save_torch_file(sd, str(tmp), metadata={module(pack, "nodes.standins").CONFIG_METADATA_KEY:
+    comfy.utils.save_torch_file(sd, str(tmp), metadata={module(pack, "nodes.testing.standins").CONFIG_METADATA_KEY:
                                                           json.dumps(config)})
     os.replace(tmp, path)
 
@@ -255,7 +255,7 @@ def save_model(ema: dict, config: dict, path: Path, pack) -> None:
 def interim_gate(args, pack, ema, config, step: int) -> None:
     """The gate on the EMA weights of this step, appended to <work>/gates.jsonl."""
     folder = args.work / "interim"
-    for name in (module(pack, "nodes.toy").CODEC_FILE, module(pack, "nodes.toy").TEXT_FILE):
+    for name in (module(pack, "nodes.testing.toy").CODEC_FILE, module(pack, "nodes.testing.toy").TEXT_FILE):
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(args.out / name, folder / name)
     save_model(ema, config, folder / "toy_flux.safetensors", pack)

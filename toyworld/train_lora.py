@@ -75,7 +75,7 @@ def export(pack, work: Path, n_pairs: int, seed: int) -> Path:
 
 def train(args) -> dict:
     pack = common.setup(threads=args.threads)
-    toy, glue = module(pack, "nodes.toy"), module(pack, "nodes.train_glue")
+    toy, glue = module(pack, "nodes.testing.toy"), module(pack, "nodes.train_glue")
     train_mod, lora_mod = module(pack, "musar.train"), module(pack, "musar.lora")
     t0 = time.perf_counter()
     data = module(pack, "musar.train.dataset").open_training_set(

@@ -95,7 +95,7 @@ def parse(argv=None):
 
 def ref_toy_files(pack, out: Path):
     """Codec and the multi-reference text encoder: loaded from ``out`` when present, else made there."""
-    toy = module(pack, "nodes.toy")
+    toy = module(pack, "nodes.testing.toy")
     if not (out / toy.CODEC_FILE).is_file():
         save_safetensors(module(pack, "toyworld.codec").CellCodec.for_world(0).state_dict(), out / toy.CODEC_FILE)
     if not (out / toy.REF_TEXT_FILE).is_file():
@@ -214,7 +214,7 @@ def run_loop(args, pack, dm, enc, world, config) -> dict:
 
 def interim_gate(args, pack, ema, config, step: int) -> None:
     """The gate on the EMA weights of this step, appended to <work>/gates.jsonl."""
-    toy, folder = module(pack, "nodes.toy"), args.work / "interim"
+    toy, folder = module(pack, "nodes.testing.toy"), args.work / "interim"
     folder.mkdir(parents=True, exist_ok=True)
     for name in (toy.CODEC_FILE, toy.REF_TEXT_FILE):
         shutil.copy2(args.out / name, folder / name)

@@ -19,10 +19,11 @@ from ..checks import FLAG, TEXT, Limit, check_values, complete, rules_of, settin
 from ..data.diptych import DEFAULT_PROMPT_TEMPLATE, check_template
 from ..data.readers import LAYOUTS
 from ..errors import DatasetError, TrainingError
+from ..settings import LATENT_CELLS, REFERENCE_SIZE
 from .config import RULES, TrainConfig
 
 RESUME = ("none", "latest")
-SIZE = Limit(64, 4096, 16, integer=True)
+SIZE = Limit(64, 4096, 16, integer=True, multiple=16, why=LATENT_CELLS)
 SHARE = Limit(0.0, 1.0, 0.01)
 
 
@@ -37,7 +38,7 @@ class DatasetSettings:
                                "OminiControl [chosen].")
     target_width: int = setting(1024, SIZE, "Width of the two-panel target image.")
     target_height: int = setting(512, SIZE, "Height of the target image.")
-    reference_size: int = setting(512, Limit(64, 2048, 16, integer=True),
+    reference_size: int = setting(512, REFERENCE_SIZE,
                                   "Side of each condition image (centre crop).")
     prompt_template: str = setting(DEFAULT_PROMPT_TEMPLATE, TEXT, "Diptych prompt; placeholders "
                                    "{desc_a} {desc_b} {item_a} {item_b} {desc_left} {desc_right} "
@@ -52,17 +53,10 @@ class DatasetSettings:
         check_dataset(complete(self, DatasetError))
 
 
-SIZES = ("target_width", "target_height", "reference_size")
-
-
 def check_dataset(values: Mapping) -> None:
     """Every rule of the dataset settings (the node confines the path to the dataset folders);
     DatasetError naming the input."""
     v = check_values(DatasetError, values, rules_of(DatasetSettings))
-    odd = [name for name in SIZES if name in v and v[name] % 16]
-    if odd:
-        raise DatasetError(f"{', '.join(odd)} must be multiples of 16 (FLUX latents are 2x2 "
-                           f"packed 8x VAE cells), got {', '.join(str(v[k]) for k in odd)}")
     if "prompt_template" in v:
         check_template(v["prompt_template"])
 

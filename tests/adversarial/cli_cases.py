@@ -37,7 +37,7 @@ CASES = {  # id: (argv after python, config text or None, exit code, stderr rege
                                 TRAIN_OK + "model: {kind: tiny, size: enormous}\n", 2,
                                 r"^error: model.size 'enormous': expected one of"),
     "train-steps-zero": (["-m", "musar_train", "--config", "{cfg}", "--set", "train.steps=0"], TRAIN_OK, 4,
-                         r"^error: TrainingError: steps: expected a whole number >= 1, got 0"),
+                         r"^error: TrainingError: steps: expected a whole number from 1 to \d+, got 0"),
     "run-workflow-missing": (["-m", "musar_run", "{tmp}/nowhere.json"], None, 2, r"^error: cannot read workflow"),
     "run-workflow-not-json": (["-m", "musar_run", "{cfg}"], "{not json", 2, r"^error: cannot read workflow"),
     "run-standin-and-file": (["-m", "musar_run", "workflows/musar_two_subjects.json", "--tiny", "--unet", "x"],

@@ -132,7 +132,7 @@ CASES = [
         put("7", subjects=["64", 0])), Raised("64", "LayoutError", "at most 16", NO_SAMPLE)),
     # ---- MUSAR_RoutingPreview ----------------------------------------------------------------------
     c("preview-step-beyond-run", G, put("12", step=999), Rejected("12", "recorded")),
-    c("preview-step-below-min", G, put("12", step=-7), Rejected("12", "step")),
+    c("preview-step-below-min", G, put("12", step=-7), Refused("12", "smaller than min", "value_smaller_than_min")),
     c("preview-opacity-nan", G, put("12", opacity=NAN), Rejected("12", "opacity", NO_SAMPLE)),
     # ---- MUSAR_LoadDualLoRA: names, values, files ------------------------------------------------
     c("lora-name-dotdot-escape", G, put("2", lora_name=lambda w: UP + SECRET_LORA(w)), Refused("2", "is not in models/loras")),
@@ -168,7 +168,7 @@ CASES = [
     c("dataset-empty-path", T, put("20", path=""), Refused("20", "path is empty")),
     c("dataset-missing-inside", T, put("20", path="nothing_here"), Raised("20", "DatasetError", "does not exist in models/musar_datasets", NO_TRAIN)),
     c("dataset-layout-unknown", T, put("20", layout="webdataset"), Refused("20", "layout: unknown option 'webdataset'")),
-    c("dataset-size-not-16", T, put("20", target_width=136), Refused("20", "multiples of 16")),
+    c("dataset-size-not-16", T, put("20", target_width=136), Refused("20", "multiple of 16")),
     c("dataset-template-format-spec", T, put("20", prompt_template="{desc_a:d}"), Refused("20", r"\{desc_a:d\}.*format spec")),
     c("dataset-template-unknown", T, put("20", prompt_template="{desc_c}"), Refused("20", "unknown placeholder")),
     c("dataset-template-linked-brace", T, put("20", prompt_template=Link("{item_a")), Raised("20", "DatasetError", "not a valid format string", NO_TRAIN)),
@@ -207,7 +207,7 @@ CASES = [
     c("references-blocks-garbage", G, references(routing_blocks="d2-x"), Rejected("47", "not understood|routing_blocks", NO_SAMPLE)),
     c("references-threshold-nan", G, references(threshold=NAN), Rejected("47", "threshold", NO_SAMPLE)),
     c("references-strength-linked-nan", G, references(strength=Link(NAN)), Rejected("47", "strength", NO_SAMPLE)),
-    c("label-reference-zero", G, references(label={"reference": 0}), Rejected("48", "reference", NO_SAMPLE)),
+    c("label-reference-zero", G, references(label={"reference": 0}), Refused("48", "smaller than min", "value_smaller_than_min")),
     c("label-color-garbage", G, references(label={"color": "#GG0000"}), Rejected("48", "(?i)colou?r", NO_SAMPLE)),
     c("label-color-linked", G, references(label={"color": Link("red-ish")}), Rejected("48", "(?i)colou?r", NO_SAMPLE)),
     # ---- MUSAR_ExampleImage (bundled pictures only) -------------------------------------------

@@ -51,7 +51,7 @@ def musar(pack):
 def standins(pack):
     import importlib
 
-    return importlib.import_module(pack.__name__ + ".nodes.standins")
+    return importlib.import_module(pack.__name__ + ".nodes.testing.standins")
 
 
 @pytest.fixture(scope="session")

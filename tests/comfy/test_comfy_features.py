@@ -106,7 +106,7 @@ def test_an_unknown_modulation_convention_is_one_hook_error_naming_the_version(p
 
 
 def flux1_model(pack):
-    standins = pack_module(pack, "nodes.standins")
+    standins = pack_module(pack, "nodes.testing.standins")
     return standins.build_flux(standins.flux_unet_config(), seed=1)
 
 

@@ -51,7 +51,7 @@ def klein_conds(clip, refs, method=None):
 @pytest.mark.parametrize("method", ["index", "index_timestep_zero"])
 def test_routed_klein_references_equal_the_dense_reference(pack, klein, klein_clip, monkeypatch, method):
     conds = klein_conds(klein_clip, ref_latents(klein, 3), method)
-    assert conds[0][0][0].shape[-1] == 3 * pack_module(pack, "nodes.standins").KLEIN_TE_WIDTH
+    assert conds[0][0][0].shape[-1] == 3 * pack_module(pack, "nodes.testing.standins").KLEIN_TE_WIDTH
     patched, rec = route_refs(pack, klein, dynamic=True)
     captured = spy_block_attention(pack, monkeypatch)
     fast = sample_refs(patched, conds)

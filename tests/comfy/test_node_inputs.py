@@ -80,7 +80,7 @@ def _refused_when_run(result, node, match):
     ("20", "threshold", math.nan, "threshold: expected a finite number"),
     ("20", "threshold", 1.5, "threshold: expected a number from 0.0 to 1.0"),
     ("20", "smoothing", 10001, "smoothing: expected a whole number from 1 to 15"),
-    ("20", "smoothing", 4, "odd window"),
+    ("20", "smoothing", 4, "expected an odd whole number"),
     ("20", "routing_blocks", "d99", "2 double blocks"),
     ("20", "routing_blocks", "middle", "not understood"),
     ("20", "start_percent", 0.9, "start_percent (0.9) is after end_percent"),
@@ -155,7 +155,8 @@ def test_every_settings_field_is_a_node_input_and_every_widget_a_settings_field(
     """The settings class is the one place a node setting is written: the node's widgets are
     exactly its fields (names, order, defaults), a number's min / max / step are the field's
     rule (a widget never offers a value its own check refuses), a combo's options are the
-    rule's options, and validate_inputs names exactly those inputs (no **kwargs)."""
+    rule's options, and validate_inputs names those inputs, in order, except the plain
+    whole-number ranges ComfyUI checks itself (no **kwargs)."""
     import inspect
 
     from comfy_api.latest import io
@@ -184,4 +185,7 @@ def test_every_settings_field_is_a_node_input_and_every_widget_a_settings_field(
             elif isinstance(rule, tuple):
                 assert list(w.options) == list(rule), (node_id, w.id)
         spec = inspect.getfullargspec(cls.validate_inputs)
-        assert spec.varkw is None and spec.args[1:] == list(fields), node_id
+        ours = [n for n, f in fields.items() if not (isinstance(f.metadata["rule"], checks.Limit)
+                                                    and f.metadata["rule"].comfy_checks_it())]
+        assert spec.varkw is None and spec.args[1:] == ours, node_id
+        assert all(isinstance(w, io.Int.Input) for w in widgets if w.id not in ours), node_id

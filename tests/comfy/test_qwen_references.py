@@ -25,14 +25,19 @@ REF_SIZES = [(8, 8), (8, 12), (6, 10)]  # latent (h, w) per reference
 
 
 @pytest.fixture(scope="module")
-def qwen(standins):
-    return standins.build_qwen_image(standins.qwen_image_unet_config(), seed=3)
+def builders(pack):
+    return pack_module(pack, "nodes.testing.qwen")
 
 
 @pytest.fixture(scope="module")
-def qwen_2511(standins):
+def qwen(builders):
+    return builders.build_qwen_image(builders.qwen_image_unet_config(), seed=3)
+
+
+@pytest.fixture(scope="module")
+def qwen_2511(builders):
     try:
-        return standins.build_qwen_image(standins.qwen_image_unet_config(ref_method="index_timestep_zero"), seed=3)
+        return builders.build_qwen_image(builders.qwen_image_unet_config(ref_method="index_timestep_zero"), seed=3)
     except Exception as e:  # ModelError of the pack: this ComfyUI has no 2511 method
         pytest.skip(str(e))
 
@@ -132,13 +137,13 @@ def test_qwen_reference_strength_equals_the_dense_reference_with_its_bias(pack, 
     assert_close(fast, sample(patched, cond))
 
 
-def test_the_edit_text_encoder_path_feeds_routed_references(pack, standins, qwen, monkeypatch):
+def test_the_edit_text_encoder_path_feeds_routed_references(pack, builders, qwen, monkeypatch):
     """TextEncodeQwenImageEditPlus on the tiny Qwen2.5-VL: each picture's vision tokens are in
     the prompt ("Picture 1: ..."), and they stay with the prompt when references are routed
     [chosen: the language model has already mixed every picture into every later prompt token,
     so no token of the prompt belongs to one picture alone]: the layout's prompt is the whole
     conditioning, it sees every reference unless prompt <-> reference blocking is on."""
-    clip = standins.build_qwen_clip(0)
+    clip = builders.build_qwen_clip(0)
     encode = comfy_nodes.NODE_CLASS_MAPPINGS["TextEncodeQwenImageEditPlus"]
     pictures = [torch.rand(1, 48, 48, 3, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     out = encode.execute(clip, "the two things together", None, *pictures)

@@ -62,7 +62,7 @@ def test_training_forward_equals_comfyuis_forward_with_index_references(pack, st
 
 
 def test_reference_pictures_reach_the_model_as_the_training_latents(pack):
-    toy = pack_module(pack, "nodes.toy")
+    toy = pack_module(pack, "nodes.testing.toy")
     model, clip, vae = toy.load_toy_world(WEIGHTS_DIR)
     enc = pack_module(pack, "toyworld.data").ToyEncoders(pack, model, clip, vae)
     idents = [Identity.parse(n) for n in ("red and black striped block", "cyan and white plain block")]
@@ -100,7 +100,7 @@ def trained(tmp_path_factory):
 
 
 def test_loader_gives_the_multi_reference_base_its_own_text_encoder(pack, trained):
-    toy = pack_module(pack, "nodes.toy")
+    toy = pack_module(pack, "nodes.testing.toy")
     assert toy.text_file_for(mr.REF_MODEL_FILE) == toy.REF_TEXT_FILE and toy.text_file_for(toy.BASE_FILE) == toy.TEXT_FILE
     _, clip, _ = toy.load_toy_world(trained, mr.REF_MODEL_FILE)
     ids = [t[0] for t in clip.tokenize(mr.ref_prompt(["top left", "bottom right"], "grey"))["t5xxl"][0]]

@@ -38,7 +38,7 @@ def _own_model_folders(monkeypatch):
 
 @pytest.fixture(scope="module")
 def toy(pack):
-    return pack_module(pack, "nodes.toy")
+    return pack_module(pack, "nodes.testing.toy")
 
 
 @pytest.fixture(scope="module")

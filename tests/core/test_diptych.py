@@ -99,7 +99,7 @@ def test_same_seed_same_sample_in_any_call_order_and_other_seed_differs(pairs):
     assert [other.plan(i) for i in range(12)] != [a.plan(i) for i in range(12)]
 
 
-def test_sizes_follow_target_and_cond_size(pairs):
+def test_sizes_follow_target_and_reference_size(pairs):
     builder = DiptychBuilder(pairs, seed=1, target_size=(48, 80), reference_size=24)
     sample = builder.sample(5)
     assert sample.target.size == (80, 48) and sample.target.mode == "RGB"

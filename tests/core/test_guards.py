@@ -1,7 +1,11 @@
-"""Seam guards: musar/ never imports ComfyUI, and tier 1 really runs without ComfyUI."""
+"""Seam guards: musar/ never imports ComfyUI, every package imports only what
+docs/ARCHITECTURE.md's "may import" table lists (the table is the guard's input), and tier 1
+really runs without ComfyUI."""
 
 import ast
 import importlib.util
+import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,3 +59,68 @@ def test_pytest_from_the_repository_root_stops_with_the_tier_commands():
     assert done.returncode == 4, done.stdout + done.stderr
     assert "make test" in done.stdout + done.stderr and "python -m pytest tests/core" in done.stdout + done.stderr
     assert "collected" not in done.stdout
+
+
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+
+def documented_imports() -> dict[str, set[str]]:
+    """{package: allowed roots} from the may-import table of docs/ARCHITECTURE.md."""
+    text = ARCHITECTURE.read_text()
+    table = text.split("<!-- may-import table")[1].split("<!-- end may-import table -->")[0]
+    out = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`") and cells[0] != "`package`":
+            out[cells[0].strip("`")] = set(re.findall(r"`([^`]+)`", cells[1]))
+    return out
+
+
+def _roots(path: Path):
+    """Roots a file imports: absolute as named, relative as ``.<package>`` of the pack."""
+    parts = list(path.relative_to(ROOT).parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            base = parts[:len(parts) - (node.level - 1)]
+            target = base + (node.module.split(".") if node.module else [])
+            yield "." + (target[0] if target else node.names[0].name)
+
+
+def actual_imports(package: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        if "results" in path.parts:
+            continue
+        for root in _roots(path):
+            if root not in STDLIB:
+                found.setdefault(root, []).append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_package_imports_only_what_the_architecture_table_lists():
+    table = documented_imports()
+    assert set(table) == {"musar", "nodes", "musar_run", "musar_train", "toyworld", "bench", "scripts"}
+    for package, allowed in table.items():
+        found = actual_imports(package)
+        extra = {root: files[:3] for root, files in found.items() if root not in allowed}
+        assert not extra, f"{package}/ imports what docs/ARCHITECTURE.md does not list: {extra}"
+        unused = allowed - set(found)
+        assert not unused, f"docs/ARCHITECTURE.md lists for {package}/ what it never imports: {unused}"
+
+
+def test_the_table_guard_sees_a_violation(tmp_path, monkeypatch):
+    bad = ROOT / "musar" / "_guard_probe.py"
+    assert not bad.exists()
+    try:
+        bad.write_text("import comfy\nfrom ..nodes import patcher\n")
+        found = actual_imports("musar")
+        assert "comfy" in found and ".nodes" in found
+        assert not {"comfy", ".nodes"} <= documented_imports()["musar"]
+    finally:
+        bad.unlink()

@@ -18,6 +18,7 @@ from musar.settings import (
     RegionSettings,
     RoutingSettings,
     SubjectSettings,
+    check_label,
     check_lora_settings,
     check_preview,
     check_routing,
@@ -56,7 +57,7 @@ def test_non_finite_preview_opacity_is_refused(bad):
 
 @pytest.mark.parametrize("values,match", [
     ({"smoothing": 10001}, "smoothing: expected a whole number from 1 to 15"),
-    ({"smoothing": 4}, "odd window"),
+    ({"smoothing": 4}, "expected an odd whole number"),
     ({"smoothing": 2.5}, "whole number"),
     ({"strength": 2.5}, "strength: expected a number from 0.0 to 2.0"),
     ({"threshold": -0.1}, "threshold"),
@@ -157,7 +158,7 @@ def test_bad_lora_settings_name_the_input(values, match):
 @pytest.mark.parametrize("values,match", [
     ({"layout": "webdataset"}, "layout: unknown option 'webdataset', expected one of 'auto'"),
     ({"min_quality": 11}, "min_quality: expected a whole number from 0 to 10, got 11"),
-    ({"target_width": 136}, "target_width must be multiples of 16"),
+    ({"target_width": 136}, "target_width: expected a multiple of 16"),
     ({"prompt_dropout": math.nan}, "prompt_dropout: expected a finite number"),
     ({"prompt_template": "{desc_c}"}, "unknown placeholder"),
 ])
@@ -221,3 +222,10 @@ def test_validate_inputs_answer_runs_the_node_lookups_on_known_values_only():
     assert verdict(check_lora_settings, {"lora_name": None}, lora_name=lookup) is True
     assert verdict(check_lora_settings, {"lora_name": "x"}, lora_name=lookup) == "x is not in the folder"
     assert verdict(None, {"image": "y"}, image=lookup) == "y is not in the folder"
+
+
+@pytest.mark.parametrize("bad", [math.nan, -0.1, 1.5, "x"])
+def test_a_reference_strength_outside_0_to_1_or_not_finite_is_refused(bad):
+    with pytest.raises(LayoutError, match="strength"):
+        LabelSettings(strength=bad)
+    assert "strength" in verdict(check_label, {"strength": bad})

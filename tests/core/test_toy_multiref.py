@@ -152,6 +152,9 @@ def test_clustered_bootstrap_resamples_identities_not_rows():
     assert width == pytest.approx(collapsed["hi"] - collapsed["lo"], rel=0.15)
     assert width > 2.5 * (naive["hi"] - naive["lo"])  # rows of one identity are not independent
     diff = clustered_bootstrap(x + 0.5, x, clusters=clusters)
+    assert diff["p"] == pytest.approx(1 / 4000)  # every resample shows the shift: the floor
+    none = clustered_bootstrap(x, x[::-1].copy(), clusters=clusters)
+    assert 0.05 < none["p"] <= 1.0  # no shift at all: far from significant
     assert diff["diff"] == pytest.approx(0.5) and diff["lo"] == pytest.approx(0.5) == pytest.approx(diff["hi"])
     ratio = clustered_bootstrap([1, 1, 2], [2, 2, 2], [0, 0, 0], [1, 1, 1], ratio=True,
                                 clusters=[("a", "b"), ("b",), ("c",)])

@@ -33,16 +33,16 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..musar.checks import verdict
-from ..musar.errors import ModelError, MusarError
-from ..musar.paths import folder_file, folder_files
-from ..toyworld.codec import CellCodec
-from ..toyworld.multiref import REF_WORDS
-from ..toyworld.textenc import ToyTextEncoder, contextual
+from ...musar.checks import verdict
+from ...musar.errors import ModelError, MusarError
+from ...musar.paths import folder_file, folder_files
+from ...toyworld.codec import CellCodec
+from ...toyworld.multiref import REF_WORDS
+from ...toyworld.textenc import ToyTextEncoder, contextual
 from . import standins
 
 logger = logging.getLogger(__name__)
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "toyworld" / "weights"  # the pack root
 # Another folder of toy files, set by whoever runs the process (the toy scripts, their smoke
 # tests), never by a prompt: the loader reads only from this one folder.
 WEIGHTS_ENV = "MUSAR_TOY_WEIGHTS"

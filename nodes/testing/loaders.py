@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from . import standins
+from . import qwen, standins
 
 SIZES = {  # FLUX.1 stand-ins (also what the training CLI's tiny models are)
     "tiny (128 wide, 2+2 blocks)": dict(hidden=128, heads=4, depth=2, single_depth=2),
@@ -28,8 +28,8 @@ def build_standins(size: str, seed: int):
                 standins.build_klein_clip(seed), standins.build_flux2_vae(seed))
     if size in (QWEN, QWEN_2511):
         method = "index_timestep_zero" if size == QWEN_2511 else "index"
-        return (standins.build_qwen_image(standins.qwen_image_unet_config(ref_method=method), seed=seed),
-                standins.build_qwen_clip(seed), standins.build_wan_vae(seed))
+        return (qwen.build_qwen_image(qwen.qwen_image_unet_config(ref_method=method), seed=seed),
+                qwen.build_qwen_clip(seed), qwen.build_wan_vae(seed))
     if size in FLUX2_SIZES:
         model = standins.build_flux(standins.flux2_unet_config(**FLUX2_SIZES[size]), seed=seed)
         return model, standins.build_clip(seed), standins.build_flux2_vae(seed)

@@ -1,0 +1,208 @@
+"""The MUSAR result over training seeds and the pre-registered primary analysis (docs/TOY_WORLD.md
+§11): each stage one command, resumable, nice'd by the Makefile.
+
+    python -m toyworld.replication train --seed 1 --attention static   # one LoRA of one seed
+    python -m toyworld.replication eval --seed 1                       # (a) (b) (c) (d), case seed 2
+    python -m toyworld.replication publish-refs                        # refeval's records -> results
+    python -m toyworld.replication analyse                             # the six primary endpoints
+
+Folders (medium base): ``.cache/toyworld/medium/replication/seed<s>/`` holds the seed's two LoRAs
+(``weights/``), their training work folders and its evaluation (``eval/``). A finished stage
+publishes its records into ``toyworld/results/medium/replication/seed<s>/`` (training logs, gates,
+records.jsonl.gz, cases, model digests, tables); ``publish-refs`` does the same for the Route
+References evaluation (``toyworld/results/refbase/``). ``analyse`` reads only the published records:
+it pools the three seeds per case, runs the identity-clustered bootstrap and Holm's adjustment over
+the six primary tests present and writes ``toyworld/results/primary.json`` and ``primary.md``. No
+record is edited by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import common
+from .stats import clustered_bootstrap, holm
+
+SEEDS = (0, 1, 2)  # training seeds of both LoRA arms [pre-registered]
+CASE_SEED = 2  # fresh test cases (0: the first evaluation, 1: the route study) [pre-registered]
+COUNTS = "2:100,3:200,4:200"
+CONDITIONS = "a,b,c,d"
+PRIMARY = (("R3", "entangled", ("static", "off"), 3), ("R4", "entangled", ("static", "off"), 4),
+           ("M3", "right", ("b", "a"), 3), ("M4", "right", ("b", "a"), 4),
+           ("D3", "right", ("d", "b"), 3), ("D4", "right", ("d", "b"), 4))
+
+
+RESULTS = common.ROOT / "toyworld" / "results"
+PUBLISHED = ("cases.json", "models.json", "summary.json", "table.md")  # + records.jsonl as .gz
+
+
+def seed_folder(seed: int) -> Path:
+    """The seed's LoRAs, their training work folders and its evaluation (cache)."""
+    return common.run_folders("medium")[1] / "replication" / f"seed{seed}"
+
+
+def seed_results(seed: int) -> Path:
+    return RESULTS / "medium" / "replication" / f"seed{seed}"
+
+
+def ref_results() -> Path:
+    return RESULTS / "refbase"
+
+
+def publish(src: Path, dest: Path) -> None:
+    """Copy a finished evaluation's records (gzip'd), cases, model digests and tables from the cache
+    into the committed results; refuses an evaluation without records."""
+    if not (src / "records.jsonl").is_file():
+        raise SystemExit(f"{src}: no records.jsonl -- run the evaluation first")
+    dest.mkdir(parents=True, exist_ok=True)
+    with (src / "records.jsonl").open("rb") as f, gzip.open(dest / "records.jsonl.gz", "wb", mtime=0) as g:
+        shutil.copyfileobj(f, g)
+    for name in PUBLISHED:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+    print(f"published {src} -> {dest}")
+
+
+def train(seed: int, attention: str, extra: list[str]) -> int:
+    folder = seed_folder(seed)
+    done = [folder / "weights" / f"toy_lora_{attention}.safetensors", seed_results(seed) / f"lora_gate_{attention}.json"]
+    if all(path.is_file() for path in done) and not extra:
+        print(f"seed {seed}, {attention}: trained and gated already ({done[0]})")
+        return 0
+    args = [sys.executable, "-m", "toyworld.train_lora", "--size", "medium", "--attention", attention,
+            "--seed", str(seed), "--out", str(folder / "weights"), "--work", str(folder / f"lora_{attention}")]
+    code = subprocess.call(args + extra, cwd=common.ROOT)
+    if code == 0 and not extra:  # the training log (settings, loss curve, time) and the LoRA's gate
+        for name in (f"train_lora_{attention}_log.json", f"lora_gate_{attention}.json"):
+            if (folder / "weights" / name).is_file():
+                seed_results(seed).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(folder / "weights" / name, seed_results(seed) / name)
+    return code
+
+
+def evaluate(seed: int, extra: list[str]) -> int:
+    folder = seed_folder(seed)
+    args = [sys.executable, "-m", "toyworld.eval", "--size", "medium", "--seed", str(CASE_SEED),
+            "--counts", COUNTS, "--conditions", CONDITIONS, "--loras", str(folder / "weights"),
+            "--out", str(folder / "eval")]
+    code = subprocess.call(args + extra, cwd=common.ROOT)
+    if code == 0 and not extra:  # a partial run (--part, --counts ...) is not the pre-registered one
+        publish(folder / "eval", seed_results(seed))
+    return code
+
+
+def pooled(per_seed: list[dict], cases: list[dict], metric: str, conditions: tuple[str, str],
+           n: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """Per case (of n subjects, present in every seed): the mean over seeds of the per-case share
+    of ``metric`` ("right" or "entangled") under each of the two conditions, and the case's
+    identities (its bootstrap clusters)."""
+    x, y, clusters = [], [], []
+    for case in (c for c in cases if c["n"] == n):
+        keys = [(cond, case["id"]) for cond in conditions]
+        if not all(k in data for data in per_seed for k in keys):
+            continue
+        x.append(np.mean([np.mean(data[keys[0]][metric]) for data in per_seed]))
+        y.append(np.mean([np.mean(data[keys[1]][metric]) for data in per_seed]))
+        clusters.append(tuple(case["subjects"]))
+    return np.asarray(x), np.asarray(y), clusters
+
+
+def primary(sources: dict[str, tuple[list[dict], list[dict]]]) -> list[dict]:
+    """The six primary endpoints from ``sources``: "R" (refeval) and "M" (the MUSAR seeds), each
+    (per-case data of every seed, cases). Missing sources leave their endpoints out; Holm runs
+    over the endpoints present (the note says when a part is still missing)."""
+    out = []
+    for name, metric, pair, n in PRIMARY:
+        source = sources.get(name[0] if name[0] == "R" else "M")
+        if source is None:
+            continue
+        x, y, clusters = pooled(source[0], source[1], metric, pair, n)
+        if not len(x):
+            continue
+        result = clustered_bootstrap(x, y, clusters=clusters)
+        out.append({"id": name, "metric": metric, "comparison": f"{pair[0]} - {pair[1]}", "n": n,
+                    "cases": len(x), "diff": result["diff"], "lo": result["lo"], "hi": result["hi"],
+                    "p": result["p"]})
+    for row, adjusted in zip(out, holm([r["p"] for r in out]) if out else []):
+        row.update(p_holm=adjusted, established=adjusted < 0.05)
+    return out
+
+
+def read_eval(folder: Path) -> tuple[list[dict], dict] | None:
+    """(cases, per-case data) of one published evaluation, or None while it is missing."""
+    from .report import per_case
+
+    if not (folder / "records.jsonl.gz").is_file() or not (folder / "cases.json").is_file():
+        return None
+    cases = json.loads((folder / "cases.json").read_text())["cases"]
+    with gzip.open(folder / "records.jsonl.gz", "rt") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return cases, per_case(cases, records)
+
+
+def sources() -> dict[str, tuple[list[dict], list[dict]]]:
+    """What ``primary`` needs from the evaluations finished so far: "M" once every seed is
+    evaluated, "R" once the Route References evaluation is merged."""
+    out = {}
+    seeds = [read_eval(seed_results(seed)) for seed in SEEDS]
+    if all(seeds):
+        out["M"] = ([data for _, data in seeds], seeds[0][0])
+    ref = read_eval(ref_results())
+    if ref:
+        out["R"] = ([ref[1]], ref[0])
+    return out
+
+
+def analyse() -> int:
+    rows = primary(sources())
+    if not rows:
+        print("nothing to analyse yet: no published evaluation")
+        return 1
+    results = RESULTS
+    (results / "primary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["| id | metric | comparison | n | cases | diff [95 %] | p | p (Holm) | established |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['id']} | {r['metric']} | {r['comparison']} | {r['n']} | {r['cases']} | "
+              f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] | {r['p']:.4f} | {r['p_holm']:.4f} | "
+              f"{'yes' if r['established'] else 'no'} |" for r in rows]
+    (results / "primary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="stage", required=True)
+    t = sub.add_parser("train", help="one LoRA of one training seed")
+    t.add_argument("--seed", type=int, choices=SEEDS, required=True)
+    t.add_argument("--attention", choices=("static", "dense"), required=True)
+    e = sub.add_parser("eval", help="conditions (a) (b) (c) (d) on the fresh test cases, one seed")
+    e.add_argument("--seed", type=int, choices=SEEDS, required=True)
+    sub.add_parser("publish-refs", help="copy the finished Route References evaluation into toyworld/results/refbase")
+    sub.add_parser("analyse", help="the pre-registered primary endpoints")
+    args, extra = p.parse_known_args(argv)
+    if args.stage == "train":
+        return train(args.seed, args.attention, extra)
+    if args.stage == "eval":
+        return evaluate(args.seed, extra)
+    if args.stage == "publish-refs":
+        from .refeval import WEIGHTS
+
+        publish(WEIGHTS / "eval", ref_results())
+        for path in (WEIGHTS / "train_refbase_log.json", WEIGHTS / "refbase_gate.json", WEIGHTS / "run" / "gates.jsonl"):
+            if path.is_file():  # the base's training log, its gate and the gates measured on the way
+                shutil.copyfile(path, ref_results() / path.name)
+        return 0
+    return analyse()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
