@@ -179,19 +179,9 @@ def evaluate(args) -> list[dict]:
     check_models(args.out, model_digests([*base, *loras.values()]), bool(done))
     common.write_json({"cases": cases, "conditions": conditions}, args.out / "cases.json")
     todo = [j for j in jobs(cases, conditions) if (j[0]["id"], j[1], j[2]) not in done]
-    t0 = time.perf_counter()
-    with graph.Runner(pack, args.weights, args.out / "comfy", loras) as runner, path.open("a") as log:
-        for k, (case, cond, variant) in enumerate(todo, 1):
-            t = time.perf_counter()
-            out = runner.run(graph_of(pack, W, runner, case, cond, variant == "swap"))
-            rec = {"id": case["id"], "condition": cond, "variant": variant,
-                   "cells": encode_cells(det.read_cells(out["images"][0])), "seconds": round(time.perf_counter() - t, 3)}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            done[(case["id"], cond, variant)] = rec
-            save_images(args, case, cond, variant, out)
-            if k % 50 == 0:
-                logger.info("%d/%d images (%s %s) %.0f s", k, len(todo), cond, case["id"], time.perf_counter() - t0)
+    with graph.Runner(pack, args.weights, args.out / "comfy", loras) as runner:
+        generate(args, runner, det, todo, lambda case, cond, swap: graph_of(pack, W, runner, case, cond, swap),
+                 done, path)
         if args.verify:
             verify(args, pack, W, det, runner, cases, done)
     figures(args, W, cases, conditions)
@@ -287,6 +277,26 @@ def decode_cells(text: str, width: int = 16):
 
 def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def generate(args, runner, det, todo, graph_fn, done: dict, path: Path) -> None:
+    """Each (case, condition, variant) of ``todo`` through ``runner`` (its prompt from
+    ``graph_fn(case, condition, swap)``): one record per image appended to ``path`` (flushed, so
+    an interrupted run resumes after the last image) and put into ``done``; sample images saved."""
+    t0 = time.perf_counter()
+    with path.open("a") as log:
+        for k, (case, cond, variant) in enumerate(todo, 1):
+            t = time.perf_counter()
+            out = runner.run(graph_fn(case, cond, variant == "swap"))
+            rec = {"id": case["id"], "condition": cond, "variant": variant,
+                   "cells": encode_cells(det.read_cells(out["images"][0])),
+                   "seconds": round(time.perf_counter() - t, 3)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            done[(case["id"], cond, variant)] = rec
+            save_images(args, case, cond, variant, out)
+            if k % 50 == 0:
+                logger.info("%d/%d images (%s %s) %.0f s", k, len(todo), cond, case["id"], time.perf_counter() - t0)
 
 
 def save_images(args, case, cond, variant, out) -> None:

@@ -62,6 +62,12 @@ def toy_graph(prompt_text: str, subjects: list[tuple[str, str]], settings: dict 
         chain = [str(21 + 2 * i), 0]
     g["10"] = _node("MUSAR_ApplyRouting", "MUSAR Apply Routing", **{**ROUTING_DEFAULTS, **settings},
                     model=model, subjects=chain)
+    return routed(g)
+
+
+def routed(g: dict) -> dict:
+    """Sample with the routing node "10"'s MODEL; with dynamic routing, also preview its route
+    (the runner reads the overlay's image as the route)."""
     g["11"]["inputs"]["model"] = ["10", 0]
     if g["10"]["inputs"]["dynamic_routing"]:
         g["14"] = _node("MUSAR_RoutingPreview", "Routing preview", step=-1, opacity=0.5, routing=["10", 1],

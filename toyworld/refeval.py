@@ -33,13 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 from . import common
 from .common import module
 from .errors import choose
-from .eval import check_models, encode_cells, merge_parts, model_digests, read_records, save_images
+from .eval import check_models, generate, merge_parts, model_digests, read_records
 from .multiref import EVAL_COUNTS, REF_MODEL_FILE, case_scene, eval_cases
 from .refgate import ref_graph, reference_files
 from .refreport import write_ref_report
@@ -114,20 +113,9 @@ def evaluate(args) -> list[dict]:
     check_models(args.out, model_digests(files), bool(done))
     common.write_json({"cases": cases, "conditions": conditions}, args.out / "cases.json")
     todo = [j for j in jobs(cases, conditions) if (j[0]["id"], j[1], j[2]) not in done]
-    t0 = time.perf_counter()
-    with graph.Runner(pack, args.weights, args.out / "comfy") as runner, path.open("a") as log:
-        for k, (case, cond, variant) in enumerate(todo, 1):
-            t = time.perf_counter()
-            out = runner.run(graph_for(runner, case, cond, variant == "swap", args.model))
-            rec = {"id": case["id"], "condition": cond, "variant": variant,
-                   "cells": encode_cells(det.read_cells(out["images"][0])),
-                   "seconds": round(time.perf_counter() - t, 3)}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            done[(case["id"], cond, variant)] = rec
-            save_images(args, case, cond, variant, out)
-            if k % 50 == 0:
-                logger.info("%d/%d images (%s %s) %.0f s", k, len(todo), cond, case["id"], time.perf_counter() - t0)
+    with graph.Runner(pack, args.weights, args.out / "comfy") as runner:
+        generate(args, runner, det, todo, lambda case, cond, swap: graph_for(runner, case, cond, swap, args.model),
+                 done, path)
     return [done[(c["id"], cond, v)] for c, cond, v in jobs(cases, conditions)]
 
 

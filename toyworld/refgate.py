@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import common
 from .common import run_script, write_json
-from .graph import SAMPLING, _node
+from .graph import SAMPLING, _node, routed
 from .multiref import REF_MODEL_FILE, case_scene, gate_cases, reference_picture
 from .world import BLOCK, CELL, PANEL, SLOTS, Identity, World
 
@@ -97,12 +97,7 @@ def ref_graph(prompt: str, files: list[str], *, seed: int, model_file: str = REF
                     **{**ROUTE_DEFAULTS, **routing})
     if regions is not None:
         g["10"]["inputs"]["labels"] = _regions(g, *regions)
-    g["11"]["inputs"]["model"] = ["10", 0]
-    if g["10"]["inputs"]["dynamic_routing"]:
-        g["14"] = _node("MUSAR_RoutingPreview", "Routing preview", step=-1, opacity=0.5, routing=["10", 1],
-                        images=["12", 0])
-        g["15"] = _node("PreviewImage", "Routing overlay", images=["14", 0])
-    return g
+    return routed(g)
 
 
 def reference_files(runner, names: list[str]) -> list[str]:

@@ -19,8 +19,9 @@ import math
 
 import numpy as np
 
+from .report import comparisons as report_comparisons
 from .report import per_case, table_rows
-from .stats import clustered_bootstrap, holm, mcnemar
+from .stats import clustered_bootstrap, holm
 
 LABELS = {"off": "off (stock graph)", "static": "static routing",
           "dynamic": "static + dynamic (shipped defaults)", "hard": "static + dynamic + hard regions",
@@ -53,26 +54,14 @@ def rows_of(cases: list[dict], data: dict, conditions: list[str], seed: int = 0)
 
 
 def comparisons(cases: list[dict], data: dict, seed: int = 0) -> list[dict]:
-    by_id, out = {c["id"]: c for c in cases}, []
-    for n in sorted({c["n"] for c in cases}):
-        for x, y in PAIRS:
-            ids = [c["id"] for c in cases if c["n"] == n and (x, c["id"]) in data and (y, c["id"]) in data]
-            if not ids:
-                continue
-            mx, my = [data[(x, i)] for i in ids], [data[(y, i)] for i in ids]
-            clusters = [by_id[i]["subjects"] for i in ids]
-            row = {"n": n, "pair": f"{x} - {y}", "cases": len(ids)}
-            for key in ("right", "entangled"):
-                row[key] = _interval([np.mean(m[key]) for m in mx], [np.mean(m[key]) for m in my],
-                                     clusters=clusters, seed=seed)
-            row["leaked"] = _interval([m["leaked"] for m in mx], [m["leaked"] for m in my], clusters=clusters,
-                                      seed=seed)
-            if "T" in mx[0] and "T" in my[0]:
-                row["L_over_T"] = _interval([m["L"] for m in mx], [m["T"] for m in mx], [m["L"] for m in my],
-                                            [m["T"] for m in my], clusters=clusters, ratio=True, seed=seed)
-            for key in ("all_right", "any_entangled"):
-                row[f"mcnemar_{key}"] = mcnemar([m[key] for m in mx], [m[key] for m in my])
-            out.append(row)
+    """``report.comparisons`` over ``PAIRS`` with intervals clustered by identity, plus Holm's
+    adjustment over the table's McNemar tests."""
+    by_id = {c["id"]: c for c in cases}
+
+    def interval(ids, *values, ratio=False):
+        return _interval(*values, clusters=[by_id[i]["subjects"] for i in ids], ratio=ratio, seed=seed)
+
+    out = report_comparisons(cases, data, seed, PAIRS, interval)
     tests = [(row, key) for row in out for key in ("mcnemar_all_right", "mcnemar_any_entangled")]
     for (row, key), p in zip(tests, holm([row[key]["p"] for row, key in tests]) if tests else []):
         row[key]["p_holm"] = p

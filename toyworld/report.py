@@ -76,24 +76,35 @@ def table_rows(cases: list[dict], data: dict, conditions: list[str]) -> list[dic
     return rows
 
 
-def comparisons(cases: list[dict], data: dict, seed: int = 0) -> list[dict]:
-    out = []
+def paired(cases: list[dict], data: dict, pairs):
+    """Per subject count n and pair (x, y) of conditions: (n, x, y, the ids of the cases measured
+    under both, their measurements under x, under y); pairs with no such case are left out."""
     for n in sorted({c["n"] for c in cases}):
-        for x, y in PAIRS:
+        for x, y in pairs:
             ids = [c["id"] for c in cases if c["n"] == n and (x, c["id"]) in data and (y, c["id"]) in data]
-            if not ids:
-                continue
-            mx, my = [data[(x, i)] for i in ids], [data[(y, i)] for i in ids]
-            row = {"n": n, "pair": f"{x} - {y}", "cases": len(ids)}
-            for key in ("right", "entangled"):
-                row[key] = paired_bootstrap([np.mean(m[key]) for m in mx], [np.mean(m[key]) for m in my], seed=seed)
-            row["leaked"] = paired_bootstrap([m["leaked"] for m in mx], [m["leaked"] for m in my], seed=seed)
-            if "T" in mx[0] and "T" in my[0]:
-                row["L_over_T"] = paired_bootstrap([m["L"] for m in mx], [m["T"] for m in mx],
-                                                   [m["L"] for m in my], [m["T"] for m in my], ratio=True, seed=seed)
-            for key in ("all_right", "any_entangled"):
-                row[f"mcnemar_{key}"] = mcnemar([m[key] for m in mx], [m[key] for m in my])
-            out.append(row)
+            if ids:
+                yield n, x, y, ids, [data[(x, i)] for i in ids], [data[(y, i)] for i in ids]
+
+
+def comparisons(cases: list[dict], data: dict, seed: int = 0, pairs=PAIRS, interval=None) -> list[dict]:
+    """Per n and pair: paired intervals of the differences of subject right, entangled, leaked
+    share and L/T, and McNemar tests of all right and any entangled. ``interval(ids, *values,
+    ratio=...)`` makes an interval (default: the paired bootstrap over cases)."""
+    if interval is None:
+        def interval(ids, *values, ratio=False):
+            return paired_bootstrap(*values, ratio=ratio, seed=seed)
+    out = []
+    for n, x, y, ids, mx, my in paired(cases, data, pairs):
+        row = {"n": n, "pair": f"{x} - {y}", "cases": len(ids)}
+        for key in ("right", "entangled"):
+            row[key] = interval(ids, [np.mean(m[key]) for m in mx], [np.mean(m[key]) for m in my])
+        row["leaked"] = interval(ids, [m["leaked"] for m in mx], [m["leaked"] for m in my])
+        if "T" in mx[0] and "T" in my[0]:
+            row["L_over_T"] = interval(ids, [m["L"] for m in mx], [m["T"] for m in mx],
+                                       [m["L"] for m in my], [m["T"] for m in my], ratio=True)
+        for key in ("all_right", "any_entangled"):
+            row[f"mcnemar_{key}"] = mcnemar([m[key] for m in mx], [m[key] for m in my])
+        out.append(row)
     return out
 
 

@@ -18,11 +18,13 @@ train_base_log.json (settings, loss curve, time) and base_gate.json (the gate's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -184,24 +186,57 @@ def settings_of(args) -> dict:
     return {"model": SIZES[args.size], **{k: getattr(args, k) for k in keep}}
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What one toy base training is, for the shared loop: the seeded loss of a step, where the
+    model and its log go, the files an interim model needs beside it and the gate."""
+
+    loss: Callable[[int], torch.Tensor]  # step -> loss on the step's seeded batch
+    ckpt: Path
+    settings: dict
+    model_file: str  # in args.out
+    side_files: tuple[str, ...]  # codec, text encoder: copied next to an interim model
+    log_file: str
+    gate: Callable[[Path, Path, Path], dict]  # (model file, its folder, work folder) -> result
+    gate_file: str
+    name: str  # "base", "refbase": the logger toyworld.<name>
+
+    @property
+    def log(self) -> logging.Logger:
+        return logging.getLogger(f"toyworld.{self.name}")
+
+
 def train(args) -> dict:
     pack = common.setup(threads=args.threads)
     world = module(pack, "toyworld.world").World(seed=0)
     clip, vae = toy_files(pack, args.out)
     model, dm, config = init_model(pack, args.size, args.seed)
     enc = ToyEncoders(pack, model, clip, vae)
-    settings, ckpt = settings_of(args), args.work / "base_ckpt.safetensors"
-    log = run_loop(args, pack, dm, enc, world, settings, ckpt, config)
+    toy = module(pack, "nodes.testing.toy")
+
+    def loss(step: int) -> torch.Tensor:
+        return loss_of(pack, dm, enc, *step_inputs(args, world, enc, step))
+
+    run = Run(loss, args.work / "base_ckpt.safetensors", settings_of(args), "toy_flux.safetensors",
+              (toy.CODEC_FILE, toy.TEXT_FILE), "train_base_log.json", module(pack, "toyworld.gate").base_gate,
+              "base_gate.json", "base")
+    return train_and_gate(args, pack, dm, config, run)
+
+
+def train_and_gate(args, pack, dm, config: dict, run: Run) -> dict:
+    """The loop, then (unless stopped early or --no-gate) the gate of the final EMA model."""
+    log = run_loop(args, pack, dm, config, run)
     if "stopped" in log or args.no_gate:
         return log
-    gate = module(pack, "toyworld.gate")
-    result = gate.base_gate(args.out / "toy_flux.safetensors", args.out, args.work / "gate", args.threads)
-    write_json(result, args.out / "base_gate.json")
-    logger.info("base gate %s: %s", "PASSED" if result["passed"] else "NOT passed", result["summary"])
+    result = run.gate(args.out / run.model_file, args.out, args.work / "gate", args.threads)
+    write_json(result, args.out / run.gate_file)
+    run.log.info("%s gate %s: %s", run.name, "PASSED" if result["passed"] else "NOT passed", result["summary"])
     return {**log, "gate": result}
 
 
-def run_loop(args, pack, dm, enc, world, settings, ckpt, config) -> dict:
+def run_loop(args, pack, dm, config: dict, run: Run) -> dict:
+    """AdamW with warm-up, gradient clipping at 1 and an EMA of the weights; checkpointed every
+    ``--checkpoint-every`` steps (a rerun resumes bit-identically), optional interim gates."""
     with torch.inference_mode(False):
         for p in dm.parameters():  # ComfyUI builds under inference mode: make normal tensors
             p.data = p.data.clone()
@@ -209,15 +244,14 @@ def run_loop(args, pack, dm, enc, world, settings, ckpt, config) -> dict:
         opt = torch.optim.AdamW(dm.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
         ema = {k: v.detach().clone() for k, v in dm.state_dict().items()}
         step, losses, elapsed = 0, [], 0.0
-        if ckpt.is_file():
-            step, losses, elapsed = load_checkpoint(ckpt, dm, ema, opt, settings)
-            logger.info("resumed at step %d", step)
+        if run.ckpt.is_file():
+            step, losses, elapsed = load_checkpoint(run.ckpt, dm, ema, opt, run.settings)
+            run.log.info("resumed at step %d", step)
         clock, stop = Clock(elapsed), args.steps if not args.stop_after else min(args.steps, step + args.stop_after)
         while step < stop:
-            x0, prompts, t, noise = step_inputs(args, world, enc, step)
             for group in opt.param_groups:
                 group["lr"] = lr_at(args, step)
-            loss = loss_of(pack, dm, enc, x0, prompts, t, noise)
+            loss = run.loss(step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
@@ -229,16 +263,16 @@ def run_loop(args, pack, dm, enc, world, settings, ckpt, config) -> dict:
             losses.append(loss.item())
             step += 1
             if step % 25 == 0:
-                logger.info("step %d/%d loss %.4f (mean of 25: %.4f) %.0f s", step, args.steps,
-                            losses[-1], sum(losses[-25:]) / 25, clock())
+                run.log.info("step %d/%d loss %.4f (mean of 25: %.4f) %.0f s", step, args.steps, losses[-1],
+                             sum(losses[-25:]) / 25, clock())
             if step % args.checkpoint_every == 0 or step == stop:
-                save_checkpoint(ckpt, dm, ema, opt, step, losses, clock(), settings)
+                save_checkpoint(run.ckpt, dm, ema, opt, step, losses, clock(), run.settings)
             if args.gate_every and step % args.gate_every == 0 and step < args.steps:
-                interim_gate(args, pack, ema, config, step)
+                interim_gate(args, pack, ema, config, step, run)
     if step < args.steps:
-        logger.info("stopped at step %d of %d (checkpoint %s)", step, args.steps, ckpt)
+        run.log.info("stopped at step %d of %d (checkpoint %s)", step, args.steps, run.ckpt)
         return {"stopped": step}
-    return finish(args, ema, config, losses, clock(), settings)
+    return finish(args, pack, ema, config, losses, clock(), run)
 
 
 def save_model(ema: dict, config: dict, path: Path, pack) -> None:
@@ -252,27 +286,25 @@ def save_model(ema: dict, config: dict, path: Path, pack) -> None:
     os.replace(tmp, path)
 
 
-def interim_gate(args, pack, ema, config, step: int) -> None:
+def interim_gate(args, pack, ema, config, step: int, run: Run) -> None:
     """The gate on the EMA weights of this step, appended to <work>/gates.jsonl."""
     folder = args.work / "interim"
-    for name in (module(pack, "nodes.testing.toy").CODEC_FILE, module(pack, "nodes.testing.toy").TEXT_FILE):
-        folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in run.side_files:
         shutil.copy2(args.out / name, folder / name)
-    save_model(ema, config, folder / "toy_flux.safetensors", pack)
-    result = module(pack, "toyworld.gate").base_gate(folder / "toy_flux.safetensors", folder,
-                                                     args.work / "gate_interim", args.threads)
+    save_model(ema, config, folder / run.model_file, pack)
+    result = run.gate(folder / run.model_file, folder, args.work / "gate_interim", args.threads)
     with (args.work / "gates.jsonl").open("a") as f:
         f.write(json.dumps({"step": step, **result}) + "\n")
-    logger.info("gate at step %d: %s", step, result["summary"])
+    run.log.info("gate at step %d: %s", step, result["summary"])
 
 
-def finish(args, ema, config, losses, seconds: float, settings: dict) -> dict:
-    pack = common.setup(threads=args.threads)
-    save_model(ema, config, args.out / "toy_flux.safetensors", pack)
-    log = {"settings": settings, "params": sum(v.numel() for v in ema.values()), "steps": len(losses),
+def finish(args, pack, ema, config, losses, seconds: float, run: Run) -> dict:
+    save_model(ema, config, args.out / run.model_file, pack)
+    log = {"settings": run.settings, "params": sum(v.numel() for v in ema.values()), "steps": len(losses),
            "seconds": round(seconds, 1), **loss_curve(losses, 100)}
-    write_json(log, args.out / "train_base_log.json")
-    logger.info("done: %d steps in %.0f s, loss %.4f -> %.4f", len(losses), seconds, log["loss_first"] or 0,
+    write_json(log, args.out / run.log_file)
+    run.log.info("done: %d steps in %.0f s, loss %.4f -> %.4f", len(losses), seconds, log["loss_first"] or 0,
                 log["loss_last"] or 0)
     return log
 

@@ -28,16 +28,13 @@ the run (``--gate-every``).
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import shutil
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import common
-from .common import Clock, loss_curve, module, run_script, save_safetensors, write_json
+from .common import module, run_script, save_safetensors
 from .data import ToyEncoders
 from .multiref import (
     DROPOUT,
@@ -52,17 +49,14 @@ from .multiref import (
 )
 from .train_base import (
     SIZES,
+    Run,
     init_model,
-    load_checkpoint,
-    lr_at,
     masked_attention,
-    save_checkpoint,
-    save_model,
     text_batch,
+    train_and_gate,
 )
 from .world import BLOCK
 
-logger = logging.getLogger("toyworld.refbase")
 OUT = common.CACHE_DIR / "refbase"
 
 
@@ -161,79 +155,15 @@ def train(args) -> dict:
     clip, vae = ref_toy_files(pack, args.out)
     model, dm, config = init_model(pack, args.size, args.seed)
     enc = ToyEncoders(pack, model, clip, vae)
-    log = run_loop(args, pack, dm, enc, world, config)
-    if "stopped" in log or args.no_gate:
-        return log
-    result = module(pack, "toyworld.refgate").ref_gate(args.out / REF_MODEL_FILE, args.out, args.work / "gate",
-                                                       args.threads)
-    write_json(result, args.out / "refbase_gate.json")
-    logger.info("refbase gate %s: %s", "PASSED" if result["passed"] else "NOT passed", result["summary"])
-    return {**log, "gate": result}
+    toy = module(pack, "nodes.testing.toy")
 
+    def loss(step: int) -> torch.Tensor:
+        return loss_of(pack, dm, enc, *step_inputs(args, world, enc, step))
 
-def run_loop(args, pack, dm, enc, world, config) -> dict:
-    settings, ckpt = settings_of(args), args.work / "refbase_ckpt.safetensors"
-    with torch.inference_mode(False):
-        for p in dm.parameters():  # ComfyUI builds under inference mode: make normal tensors
-            p.data = p.data.clone()
-        dm.requires_grad_(True)
-        opt = torch.optim.AdamW(dm.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-        ema = {k: v.detach().clone() for k, v in dm.state_dict().items()}
-        step, losses, elapsed = 0, [], 0.0
-        if ckpt.is_file():
-            step, losses, elapsed = load_checkpoint(ckpt, dm, ema, opt, settings)
-            logger.info("resumed at step %d", step)
-        clock, stop = Clock(elapsed), args.steps if not args.stop_after else min(args.steps, step + args.stop_after)
-        while step < stop:
-            batch, x0, t, noise = step_inputs(args, world, enc, step)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(args, step)
-            loss = loss_of(pack, dm, enc, batch, x0, t, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
-            opt.step()
-            decay = min(args.ema, (1 + step) / (10 + step))  # EMA warm-up, as train_base
-            with torch.no_grad():
-                for k, v in dm.state_dict().items():
-                    ema[k].lerp_(v, 1 - decay)
-            losses.append(loss.item())
-            step += 1
-            if step % 25 == 0:
-                logger.info("step %d/%d loss %.4f (mean of 25: %.4f) %.0f s", step, args.steps,
-                            losses[-1], sum(losses[-25:]) / 25, clock())
-            if step % args.checkpoint_every == 0 or step == stop:
-                save_checkpoint(ckpt, dm, ema, opt, step, losses, clock(), settings)
-            if args.gate_every and step % args.gate_every == 0 and step < args.steps:
-                interim_gate(args, pack, ema, config, step)
-    if step < args.steps:
-        logger.info("stopped at step %d of %d (checkpoint %s)", step, args.steps, ckpt)
-        return {"stopped": step}
-    return finish(args, pack, ema, config, losses, clock(), settings)
-
-
-def interim_gate(args, pack, ema, config, step: int) -> None:
-    """The gate on the EMA weights of this step, appended to <work>/gates.jsonl."""
-    toy, folder = module(pack, "nodes.testing.toy"), args.work / "interim"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (toy.CODEC_FILE, toy.REF_TEXT_FILE):
-        shutil.copy2(args.out / name, folder / name)
-    save_model(ema, config, folder / REF_MODEL_FILE, pack)
-    result = module(pack, "toyworld.refgate").ref_gate(folder / REF_MODEL_FILE, folder, args.work / "gate_interim",
-                                                       args.threads)
-    with (args.work / "gates.jsonl").open("a") as f:
-        f.write(json.dumps({"step": step, **result}) + "\n")
-    logger.info("gate at step %d: %s", step, result["summary"])
-
-
-def finish(args, pack, ema, config, losses, seconds: float, settings: dict) -> dict:
-    save_model(ema, config, args.out / REF_MODEL_FILE, pack)
-    log = {"settings": settings, "params": sum(v.numel() for v in ema.values()), "steps": len(losses),
-           "seconds": round(seconds, 1), **loss_curve(losses, 100)}
-    write_json(log, args.out / "train_refbase_log.json")
-    logger.info("done: %d steps in %.0f s, loss %.4f -> %.4f", len(losses), seconds, log["loss_first"] or 0,
-                log["loss_last"] or 0)
-    return log
+    run = Run(loss, args.work / "refbase_ckpt.safetensors", settings_of(args), REF_MODEL_FILE,
+              (toy.CODEC_FILE, toy.REF_TEXT_FILE), "train_refbase_log.json",
+              module(pack, "toyworld.refgate").ref_gate, "refbase_gate.json", "refbase")
+    return train_and_gate(args, pack, dm, config, run)
 
 
 def main(argv=None) -> int:
