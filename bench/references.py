@@ -9,10 +9,12 @@ from musar import routes
 from musar.layout import TokenLayout
 
 TIME_TARGETS = ((4, 0.6), (10, 0.4))  # issue 12: static reference routing vs dense attention
+FAMILY_NAMES = {"flux2": "FLUX.2-like", "qwen": "Qwen-Image-Edit", "klein": "FLUX.2 [klein]"}
 
 
 def section(refs: dict, verdicts: list) -> list[str]:
-    sh = refs["shapes"]
+    sh, family = refs["shapes"], refs.get("family", "flux2")
+    who = "" if family == "flux2" else f" ({FAMILY_NAMES[family]})"
     rows, over, lxl = [], [], []
     for r in refs["per_n"]:
         tp, al, q = r["tensor_peak"], r["allocator_peak"], r["ratios"]
@@ -33,20 +35,21 @@ def section(refs: dict, verdicts: list) -> list[str]:
             if (ref, n) in by:
                 r = by[(ref, n)]
                 got = r["ratios"]["routed/dense"]
-                verdicts.append((f"reference routing (static) <= {limit}x dense at N={n}, "
+                verdicts.append((f"reference routing{who} (static) <= {limit}x dense at N={n}, "
                                  f"{ref}-token references", got <= limit,
                                  f"{got:.2f}x (ideal {r['ideal_static']:.2f}; dynamic "
                                  f"{r['ratios']['routed_dyn/dense']:.2f}x)"))
-    verdicts.append(("reference routing peak memory <= 1.0x dense (all N)", not over,
+    verdicts.append((f"reference routing{who} peak memory <= 1.0x dense (all N)", not over,
                      "over at " + ", ".join(over) if over else "all N within 1.0x (live tensors "
                      "and allocator)"))
-    verdicts.append(("reference routing: no L x L tensor", max(lxl) < 1.0,
+    verdicts.append((f"reference routing{who}: no L x L tensor", max(lxl) < 1.0,
                      f"largest routed tensor <= {max(lxl):.3f} L^2 elements"))
-    return ["## Reference routing vs stock dense attention (FLUX.2-like token counts)", "",
+    prompt = sh["prompt"] if sh["prompt"] is not None else "growing with the pictures (L - canvas - references)"
+    return [f"## Reference routing vs stock dense attention ({FAMILY_NAMES[family]} token counts)", "",
             f"Time: {sh['heads']} head x {sh['head_dim']}; memory: {sh['memory_heads']} heads x "
             f"{sh['head_dim'] // sh['memory_heads']} (same bytes per token; see "
             f"bench/reference_bench.py). Canvas {sh['grid'][0] * sh['grid'][1]} "
-            f"tokens, prompt {sh['prompt']}, N references of the given size, no captions "
+            f"tokens, prompt {prompt}, N references of the given size, no captions "
             "(ReferenceLatent tokens). routed = static reference routing, routed_dyn = + dynamic "
             "routing (canvas cut into N regions); both the log-sum-exp executor. Memory: "
             "live tensors / allocator peak, relative to dense; gather = the gather executor's "

@@ -11,7 +11,8 @@ MB = 2 ** 20
 
 
 def render(att: dict | None, sampling: dict, command: str, seconds: float,
-           refs: dict | None = None) -> str:
+           refs: list[dict | None] | None = None) -> str:
+    """The report; ``refs``: one reference-bench result per family run (None: it failed)."""
     out = ["# MUSAR bench report", ""]
     verdicts: list[tuple[str, bool | None, str]] = []
     first = att or next((s for s in sampling.values() if s), None)
@@ -26,10 +27,11 @@ def render(att: dict | None, sampling: dict, command: str, seconds: float,
         out += _growth(att, verdicts)
     else:
         verdicts.append(("attention bench ran", False, "the attention bench failed (see log)"))
-    if refs:
-        out += references.section(refs, verdicts)
-    elif refs is not None or att is not None:
-        verdicts.append(("reference bench ran", False, "the reference bench failed (see log)"))
+    for result in refs or []:
+        if result:
+            out += references.section(result, verdicts)
+        else:
+            verdicts.append(("reference bench ran", False, "a reference bench failed (see log)"))
     for kernel, s in sampling.items():
         if s:
             out += _sampling(kernel, s, verdicts)

@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sampling-kernels", default="sdpa",
                     help="comma list of ComfyUI attention kernels for the sampling bench: "
                          "sdpa (--use-pytorch-cross-attention), default (sub-quadratic on CPU)")
+    ap.add_argument("--reference-families", default="flux2",
+                    help="comma list of the reference bench's token counts: flux2, qwen, klein "
+                         "(one process each; default flux2)")
     ap.add_argument("--serial", dest="parallel", action="store_false",
                     help="run the benches one after the other (default: two at a time)")
     args = ap.parse_args(argv)
@@ -67,8 +70,10 @@ def main(argv=None) -> int:
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     quick = ["--quick"] if args.quick else []
     kernels = [k.strip() for k in args.sampling_kernels.split(",") if k.strip()]
-    specs = [("attention_bench.py", quick, common.RESULTS / "attention.json"),
-             ("reference_bench.py", quick, common.RESULTS / "references.json")]
+    families = [f.strip() for f in args.reference_families.split(",") if f.strip()]
+    specs = [("attention_bench.py", quick, common.RESULTS / "attention.json")]
+    specs += [("reference_bench.py", [*quick, "--family", f],
+               common.RESULTS / ("references.json" if f == "flux2" else f"references_{f}.json")) for f in families]
     specs += [("sampling_bench.py", [*quick, "--kernel", k], common.RESULTS / f"sampling_{k}.json")
               for k in kernels]
     # Each bench times one torch thread (CPU time, see docs/PERFORMANCE.md), so two run side by
@@ -81,8 +86,8 @@ def main(argv=None) -> int:
             running.append((i, _start(*spec)))
         i, job = running.pop(0)
         results[i] = _finish(job)
-    att, refs = results[0], results[1]
-    sampling = {k: results[i + 2] for i, k in enumerate(kernels)}
+    att, refs = results[0], [results[1 + i] for i in range(len(families))]
+    sampling = {k: results[i + 1 + len(families)] for i, k in enumerate(kernels)}
     given = sys.argv[1:] if argv is None else argv
     command = os.environ.get("MUSAR_BENCH_COMMAND") or " ".join(["python bench/run.py", *given])
     text = report.render(att, sampling, command, time.perf_counter() - t0, refs)
