@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import serverutil
+from playwright.sync_api import Error as PlaywrightError
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -79,7 +80,10 @@ def close_dialogs(ui):
     # toast.removeAll in 1.32.9; newer frontends dropped it (their toasts are closed below)
     ui.js("() => window.comfyAPI.app.app.extensionManager.toast.removeAll?.()")
     for close in ui.page.locator(".p-toast-message .p-toast-close-button").all():
-        close.click()
+        try:  # a toast may time out and leave the DOM between the lookup and the click
+            close.click(timeout=2_000)
+        except PlaywrightError:
+            pass  # gone already; the wait below says whether anything is still shown
     ui.page.wait_for_function(f"() => ({VISIBLE_ALERTS})().length === 0", timeout=5_000)
 
 
