@@ -8,10 +8,12 @@
 #
 # Without arguments the model loaders are replaced by MUSAR_ToyWorldLoader (--toy): the toy FLUX
 # of docs/TOY_WORLD.md with its static-trained toy MUSAR LoRA; the two Subject nodes get two
-# held-out toy subjects (reference images; captions and prompt never name their colours). The
-# workflow runs twice - as shipped (static + dynamic routing) and with routing off on the LoRA
-# trained without routing (output/no_routing) - and `python -m toyworld.demo` puts references,
-# both images and the route side by side in output/toy_demo.png. Extra arguments go to
+# held-out toy subjects (reference images; captions and prompt never name their colours). Then
+# `python -m toyworld.demo` runs six fixed held-out four-subject cases through the shipped
+# four-subject workflow without routing (the LoRA trained without it), with static routing and as
+# shipped, plus Route References off / on on the multi-reference toy base when its weights are
+# there, scores every image with the toy detector and writes output/toy_demo.png (the grid and the
+# tallies) and output/toy_demo.json. Extra arguments go to
 # `python -m musar_run` (see docs/RUNNING.md), e.g. DEMO_ARGS="--set 11.seed=7" keeps the toy model;
 # OUTPUT=dir changes the output folder.
 set -euo pipefail
@@ -24,9 +26,6 @@ for a in "$@"; do
   case "$a" in --tiny|--toy|--models|--models=*|--unet*|--clip-l*|--t5*|--vae*|--lora*) mode= ;; esac
 done
 "$PY" -m musar_run workflows/musar_two_subjects.json --output "$OUT" $mode "$@"
-if [ -n "$mode" ] && [ -f toyworld/weights/toy_lora_dense.safetensors ]; then
-  "$PY" -m musar_run workflows/musar_two_subjects.json --output "$OUT/no_routing" --toy \
-    --set MUSAR_ApplyRouting.static_routing=false --set MUSAR_ApplyRouting.dynamic_routing=false \
-    --set MUSAR_LoadDualLoRA.lora_name=toy_lora_dense.safetensors "$@"
+if [ -n "$mode" ]; then
   "$PY" -m toyworld.demo "$OUT"
 fi

@@ -17,5 +17,5 @@ Stages (run from the repository root; each resumable, inside real ComfyUI via mu
   python -m toyworld.train_base    base model (scenes + diptychs), then its gate
   python -m toyworld.train_lora    dual LoRA through the pack's trainer (--attention static|dense)
   python -m toyworld.eval          the evaluation table through the real ComfyUI graph
-  python -m toyworld.demo          the figure of ``make demo``
+  python -m toyworld.demo          the figure of ``make demo`` (runs its cases)
 """

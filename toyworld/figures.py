@@ -10,20 +10,36 @@ from PIL import Image, ImageDraw, ImageFont
 PANEL, GAP, HEAD = 128, 4, 16
 
 
-def grid(rows: list[list[Image.Image | None]], header: list[str], scale: int = 1) -> Image.Image:
-    """One row per list of images (None leaves a blank), a text header above the columns."""
+def grid(rows: list[list[Image.Image | None]], header: list[str], scale: int = 1,
+         notes: list[list[str | None]] | None = None, title: str | None = None,
+         footer: list[str] = ()) -> Image.Image:
+    """One row per list of images (None leaves a blank), a text header above the columns;
+    optionally a title line above, a note under each image (``notes``, shaped like ``rows``) and
+    lines of text under the grid (``footer``)."""
     side, gap, head = PANEL * scale, GAP * scale, HEAD * scale
+    note_h = head if notes else 0
+    top = head if title else 0
     width = max(len(r) for r in rows) * (side + gap) - gap
-    out = Image.new("RGB", (width, head + len(rows) * (side + gap)), (255, 255, 255))
+    height = top + head + len(rows) * (side + note_h + gap) + len(footer) * head
+    out = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default(size=11 * scale) if scale > 1 else ImageFont.load_default()
+    if title:
+        draw.text((2, 2), title, fill=(0, 0, 0), font=font)
     for i, text in enumerate(header):
-        draw.text((i * (side + gap) + 2, 2), text, fill=(30, 30, 30), font=font)
+        draw.text((i * (side + gap) + 2, top + 2), text, fill=(30, 30, 30), font=font)
     for j, row in enumerate(rows):
+        y = top + head + j * (side + note_h + gap)
         for i, im in enumerate(row):
             if im is not None:
                 tile = im.convert("RGB").resize((side, side), Image.NEAREST)
-                out.paste(tile, (i * (side + gap), head + j * (side + gap)))
+                out.paste(tile, (i * (side + gap), y))
+            note = notes[j][i] if notes and i < len(notes[j]) else None
+            if note:
+                draw.text((i * (side + gap) + 2, y + side + 1), note, fill=(30, 30, 30), font=font)
+    y = top + head + len(rows) * (side + note_h + gap)
+    for k, line in enumerate(footer):
+        draw.text((2, y + k * head), line, fill=(0, 0, 0), font=font)
     return out
 
 

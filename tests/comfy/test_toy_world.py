@@ -208,7 +208,24 @@ def test_toy_demo_gives_the_shipped_workflow_held_out_subjects_without_colour_wo
     assert {n["inputs"]["cfg"] for n in prompt.values() if n["class_type"] == "KSampler"} == \
         {pack_module(pack, "toyworld.graph").SAMPLING["cfg"]}
     assert {n["inputs"]["lora_name"] for n in prompt.values() if n["class_type"] == "MUSAR_LoadDualLoRA"} \
-        == {demo.LORA_FILES["routing"]}
+        == {demo.LORA_FILES["static"]}
+
+
+def test_toy_demo_grid_runs_the_shipped_workflow_and_tallies_what_the_detector_reads(tmp_path, pack, W):
+    """One grid case under each condition (``--quick``) through the shipped four-subject workflow:
+    the tally counts the detector's verdicts of the images the figure shows; the fixed cases are
+    held-out identities of the demo's own case seed."""
+    record = demo.make_demo(tmp_path, count=1, refs=0)
+    assert (tmp_path / "toy_demo.png").is_file()
+    saved = json.loads((tmp_path / "toy_demo.json").read_text())
+    assert saved["grid"] == record["grid"] and set(record["grid"]) == set(demo.GRID_CONDITIONS)
+    for t in record["grid"].values():
+        assert t["cases"] == 1 and t["subjects"] == 4 and 0 <= t["subjects_right"] <= 4
+        assert t["all_right"] == int(t["subjects_right"] == 4)
+    case = demo.grid_cases(W, 1)[0]
+    held = {i.name for i in W.World(0).heldout}
+    assert case["n"] == 4 and set(case["subjects"]) <= held
+    assert demo.grid_cases(W, 1) == [case]  # fixed: the same cases every run
 
 
 def test_toy_loader_reads_only_toy_checkpoints_of_its_weights_folder(tmp_path, monkeypatch, pack, toy):
