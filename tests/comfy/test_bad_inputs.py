@@ -91,6 +91,13 @@ def test_non_flux_model_is_refused(pack):
     with pytest.raises(errors.ModelError, match="FLUX.1"):
         lora_nodes.MusarLoadDualLoRA.execute(sd3, lora_name="any.safetensors", strength_noisy=1.0,
                                              strength_subject=1.0)
+    reference_nodes = pack_module(pack, "nodes.references")
+    routing_defaults = {k: v for k, v in ROUTING.items() if k not in ("condition_cache", "positions")}
+    with pytest.raises(errors.ModelError) as refused:  # the families it does route, by name
+        reference_nodes.MusarRouteReferences.execute(sd3, **routing_defaults)
+    message = str(refused.value)
+    assert all(name in message for name in ("FLUX.1", "Kontext", "FLUX.2", "[klein]", "Qwen-Image", "2511"))
+    assert "SD3" in message  # what arrived
 
 
 def test_subjects_from_another_vae_or_text_encoder_are_refused(pack, tiny_flux):
