@@ -43,10 +43,13 @@ class Outcome:
 
 
 class Events:
-    """The server's websocket messages to this client id, collected on a daemon thread."""
+    """The server's websocket messages to this client id, collected on a daemon thread; a dropped
+    connection (the server closes sockets it cannot serve in time, e.g. on a loaded machine) is
+    opened again with the same client id and counted in ``reconnects``."""
 
     def __init__(self, url: str):
         self.messages: list[dict] = []
+        self.reconnects = 0
         self._changed = threading.Condition()
         self._ws_url = url.replace("http://", "ws://") + f"/ws?clientId={CLIENT_ID}"
         self._ready = threading.Event()
@@ -56,13 +59,20 @@ class Events:
     async def _listen(self) -> None:
         import aiohttp
 
-        async with aiohttp.ClientSession() as session, session.ws_connect(self._ws_url) as ws:
-            self._ready.set()
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    with self._changed:
-                        self.messages.append(json.loads(msg.data))
-                        self._changed.notify_all()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.ws_connect(self._ws_url) as ws:
+                        self._ready.set()
+                        async for msg in ws:
+                            if msg.type == aiohttp.WSMsgType.TEXT:
+                                with self._changed:
+                                    self.messages.append(json.loads(msg.data))
+                                    self._changed.notify_all()
+                except aiohttp.ClientError:
+                    pass  # the server is gone or busy: try again below
+                self.reconnects += 1
+                await asyncio.sleep(0.2)
 
     def mark(self) -> int:
         with self._changed:
@@ -77,7 +87,9 @@ class Events:
                     if predicate(m.get("type"), m.get("data") or {}):
                         return m
                 left = deadline - time.monotonic()
-                assert left > 0, "the awaited websocket message never came"
+                assert left > 0, (f"the awaited websocket message never came ({len(self.messages)} messages, "
+                                  f"{self.reconnects} reconnects; the last: "
+                                  f"{[(m.get('type'), m.get('data')) for m in self.messages[-4:]]})")
                 self._changed.wait(left)
 
 
