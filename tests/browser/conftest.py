@@ -147,7 +147,9 @@ def ui(ui_server):
             pg.on("response", console.on_response)
             pg.goto(ui_server.url + "/")
             pg.wait_for_function(
+                # Note is registered by a frontend extension of its own, at times after ours
                 "() => window.LiteGraph?.registered_node_types?.MUSAR_Subject"
+                " && window.LiteGraph.registered_node_types.Note"
                 " && window.comfyAPI?.app?.app?.graph && window.comfyAPI.app.app.canvas",
                 timeout=60_000)
             yield UI(pg, console, ui_server)
