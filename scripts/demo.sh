@@ -15,7 +15,8 @@
 # there, scores every image with the toy detector and writes output/toy_demo.png (the grid and the
 # tallies) and output/toy_demo.json. Extra arguments go to
 # `python -m musar_run` (see docs/RUNNING.md), e.g. DEMO_ARGS="--set 11.seed=7" keeps the toy model;
-# OUTPUT=dir changes the output folder.
+# OUTPUT=dir changes the output folder; DEMO_QUICK=1 runs one case per panel of the figure (a
+# smoke run: .ci/run on the second ComfyUI version).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # COMFYUI_PATH picks another ComfyUI
 "$ROOT/scripts/setup.sh"
@@ -27,5 +28,5 @@ for a in "$@"; do
 done
 "$PY" -m musar_run workflows/musar_two_subjects.json --output "$OUT" $mode "$@"
 if [ -n "$mode" ]; then
-  "$PY" -m toyworld.demo "$OUT"
+  "$PY" -m toyworld.demo "$OUT" ${DEMO_QUICK:+--quick}
 fi
