@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import common
+from . import common, parked
 from .common import Clock, loss_curve, module, run_script, save_safetensors, write_json
 from .data import ToyEncoders, step_batch
 
@@ -244,6 +244,8 @@ def run_loop(args, pack, dm, config: dict, run: Run) -> dict:
         opt = torch.optim.AdamW(dm.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
         ema = {k: v.detach().clone() for k, v in dm.state_dict().items()}
         step, losses, elapsed = 0, [], 0.0
+        if parked.unpark(run.ckpt, run.settings):
+            run.log.info("continuing from the checkpoint parked in %s", parked.FOLDER)
         if run.ckpt.is_file():
             step, losses, elapsed = load_checkpoint(run.ckpt, dm, ema, opt, run.settings)
             run.log.info("resumed at step %d", step)
