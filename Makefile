@@ -44,7 +44,7 @@ eval-toy: setup   ## toy world stage 3: the evaluation through the real ComfyUI 
 	wait $$p && wait $$q && [ $$s = 0 ]
 	$(PY) -m toyworld.eval --size $(TOY_SIZE) --merge $(EVAL_ARGS)
 
-toy-refbase: setup ## toy world, the multi-reference base (docs/TOY_WORLD.md §10): 1-4 ReferenceLatent pictures ("index" method) placed where the prompt says, dense attention, then its gate -> .cache/toyworld/refbase; resumable, nice'd; REF_ARGS="--steps 20 --no-gate --out /tmp/x --work /tmp/xw" for a smoke run
+toy-refbase: setup ## toy world, the multi-reference base (docs/TOY_WORLD.md §10): 1-4 ReferenceLatent pictures ("index" method) placed where the prompt says, dense attention, then its gate -> .cache/toyworld/refbase; resumable (also from a checkpoint parked in toyworld/checkpoints: python -m toyworld.parked), nice'd; REF_ARGS="--steps 20 --no-gate --out /tmp/x --work /tmp/xw" for a smoke run
 	nice $(PY) -m toyworld.train_refbase $(REF_ARGS)
 
 eval-toy-refs: setup ## MUSAR Route References on the multi-reference base (off / static / dynamic / hard / soft regions; held-out identities, counterfactual swaps; two parts side by side, then merged) -> .cache/toyworld/refbase/eval/table.md; resumable; EVAL_ARGS="--counts 2:4,3:4,4:4" for a quick run
