@@ -6,7 +6,7 @@ export COMFYUI_PATH
 TOY_SIZE ?= small
 SEEDS ?= 0 1 2
 
-.PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy toy-refbase eval-toy-refs replicate lint clean
+.PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy toy-refbase eval-toy-refs eval-toy-cache replicate lint clean
 
 setup:            ## .venv with CPU torch 2.13.0 + ComfyUI 0.3.75, pack linked; COMFYUI_PATH=<checkout>: that ComfyUI with its own venv (every target)
 	scripts/setup.sh
@@ -53,6 +53,13 @@ eval-toy-refs: setup ## MUSAR Route References on the multi-reference base (off 
 	wait $$p && [ $$s = 0 ]
 	$(PY) -m toyworld.refeval --merge $(EVAL_ARGS)
 	[ -n "$(EVAL_ARGS)" ] || $(PY) -m toyworld.replication publish-refs
+
+eval-toy-cache: setup ## isolation and the exact reference cache on the multi-reference base (docs/TOY_WORLD.md §13: off / dynamic / isolated / isolated + cache / core's Flux KV Cache); needs a ComfyUI with FluxKVCache: COMFYUI_PATH=<0.33 checkout> make eval-toy-cache; two parts side by side, merged, published to toyworld/results/refbase/cache; resumable
+	nice $(PY) -m toyworld.refeval --study cache --part plain $(EVAL_ARGS) & p=$$!; \
+	nice $(PY) -m toyworld.refeval --study cache --part isolated $(EVAL_ARGS); s=$$?; \
+	wait $$p && [ $$s = 0 ]
+	$(PY) -m toyworld.refeval --study cache --merge $(EVAL_ARGS)
+	[ -n "$(EVAL_ARGS)" ] || $(PY) -m toyworld.replication publish-cache
 
 replicate: setup ## the MUSAR result over LoRA seeds 0-2 on the medium base (docs/TOY_WORLD.md §11; needs make toy-base TOY_SIZE=medium): six LoRAs, (a)-(d) on case seed 2 per seed, then the pre-registered analysis -> toyworld/results/primary.md; resumable (a finished stage is skipped), nice'd; SEEDS="1 2" for some seeds
 	for s in $(SEEDS); do for a in static dense; do nice $(PY) -m toyworld.replication train --seed $$s --attention $$a || exit 1; done; \

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import common, references
+from bench import cache_bench, common, references
 from bench.attention_bench import region_route
 from musar import routes
 from musar.layout import TokenLayout
@@ -11,8 +11,9 @@ MB = 2 ** 20
 
 
 def render(att: dict | None, sampling: dict, command: str, seconds: float,
-           refs: list[dict | None] | None = None) -> str:
-    """The report; ``refs``: one reference-bench result per family run (None: it failed)."""
+           refs: list[dict | None] | None = None, cache: dict | None = None) -> str:
+    """The report; ``refs``: one reference-bench result per family run (None: it failed);
+    ``cache``: the exact-cache bench's result."""
     out = ["# MUSAR bench report", ""]
     verdicts: list[tuple[str, bool | None, str]] = []
     first = att or next((s for s in sampling.values() if s), None)
@@ -32,6 +33,10 @@ def render(att: dict | None, sampling: dict, command: str, seconds: float,
             out += references.section(result, verdicts)
         else:
             verdicts.append(("reference bench ran", False, "a reference bench failed (see log)"))
+    if cache:
+        out += cache_bench.section(cache, verdicts)
+    else:
+        verdicts.append(("cache bench ran", False, "the cache bench failed (see log)"))
     for kernel, s in sampling.items():
         if s:
             out += _sampling(kernel, s, verdicts)

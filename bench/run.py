@@ -1,5 +1,5 @@
-"""``make bench``: the attention bench, the reference-routing bench and the sampling bench (each
-in its own process, two at a time), then one report with tables and PASS/MISS per target.
+"""``make bench``: the attention bench, the reference-routing bench, the exact-cache bench and the
+sampling bench (each in its own process, two at a time), then one report with tables and PASS/MISS per target.
 Always exits 0: a missed target is a finding to read in the report (bench/results/report.md),
 not a build failure.
 
@@ -76,6 +76,7 @@ def main(argv=None) -> int:
                common.RESULTS / ("references.json" if f == "flux2" else f"references_{f}.json")) for f in families]
     specs += [("sampling_bench.py", [*quick, "--kernel", k], common.RESULTS / f"sampling_{k}.json")
               for k in kernels]
+    specs += [("cache_bench.py", quick, common.RESULTS / "cache.json")]
     # Each bench times one torch thread (CPU time, see docs/PERFORMANCE.md), so two run side by
     # side on the two cores; every ratio is still measured within one process.
     width = 2 if args.parallel else 1
@@ -88,9 +89,10 @@ def main(argv=None) -> int:
         results[i] = _finish(job)
     att, refs = results[0], [results[1 + i] for i in range(len(families))]
     sampling = {k: results[i + 1 + len(families)] for i, k in enumerate(kernels)}
+    cache = results[len(specs) - 1]
     given = sys.argv[1:] if argv is None else argv
     command = os.environ.get("MUSAR_BENCH_COMMAND") or " ".join(["python bench/run.py", *given])
-    text = report.render(att, sampling, command, time.perf_counter() - t0, refs)
+    text = report.render(att, sampling, command, time.perf_counter() - t0, refs, cache)
     (common.RESULTS / "report.md").write_text(text)
     print(text)
     print(f"[bench] report: {common.RESULTS / 'report.md'}")

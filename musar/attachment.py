@@ -6,7 +6,8 @@ runs. Immutable and shared by clones.
 
 ``join`` holds the rules for a second routing node on a MODEL that already carries one (MUSAR
 Apply Routing and MUSAR Route References share one attachment); ``check_regions`` the rule that
-soft regions need dynamic routing.
+soft regions need dynamic routing; ``check_isolation`` the rules of isolation and the condition
+cache.
 
 The vocabulary of the sampling path, one name each: ``RoutingSettings`` (what the user chose,
 musar/settings.py) -> ``Schedule`` (the settings resolved for one model, musar/planning.py) ->
@@ -34,8 +35,12 @@ from .subjects import SubjectSet
 class Attachment:
     def __init__(self, subjects: SubjectSet, references: ReferenceLabels | None,
                  schedule: Schedule, recorder: Recorder,
-                 process_latent_in: Callable[[torch.Tensor], torch.Tensor]):
+                 process_latent_in: Callable[[torch.Tensor], torch.Tensor],
+                 clean_references: bool = False):
         self.subjects, self.references = subjects, references
+        # the routed references are modulated as MUSAR condition tokens (timestep 0, guidance 1)
+        # by the pack's block patches: isolated references on FLUX.1 (``check_isolation``)
+        self.clean_references = clean_references
         self.schedule, self.recorder = schedule, recorder
         self.process_latent_in = process_latent_in  # VAE latent -> model latent space
         grids = [s.grid for s in subjects.subjects]
@@ -53,6 +58,12 @@ class Attachment:
     @property
     def routes_references(self) -> bool:
         return self.references is not None
+
+    @property
+    def modulates_blocks(self) -> bool:
+        """The pack runs the FLUX.1 blocks with per-segment modulation (subjects, or references
+        modulated as conditions)."""
+        return self.has_subjects or self.clean_references
 
     @property
     def active(self) -> bool:
@@ -84,6 +95,27 @@ def check_regions(subjects: SubjectSet, references: ReferenceLabels | None,
                            "route without it)")
 
 
+def check_isolation(subjects: SubjectSet, references: ReferenceLabels | None,
+                    settings: RoutingSettings, per_block_modulation: bool) -> bool:
+    """The rules of ``isolate`` and ``condition_cache`` for one routing (before sampling);
+    returns whether the references are to be modulated as conditions by the pack (isolated
+    references on a model with FLUX.1's per-block modulation: their hidden states then do not
+    depend on the step, which the exact cache needs; FLUX.2 and Qwen-Image take a fixed
+    timestep from ComfyUI's ``index_timestep_zero`` instead, checked when sampling starts)."""
+    if references is None:
+        return False
+    if settings.condition_cache and not settings.isolate:
+        raise RoutingError("condition_cache on MUSAR Route References is exact only for isolated "
+                           "references (otherwise they see the canvas, which changes every step): "
+                           "turn isolate on, or condition_cache off (core's Flux KV Cache node "
+                           "offers the approximate cache)")
+    if settings.isolate and settings.strength != 1.0:
+        raise RoutingError(f"strength {settings.strength} blends in the unrouted attention, in "
+                           "which references see the canvas, and isolate forbids that: set "
+                           "strength to 1 or turn isolate off")
+    return settings.isolate and per_block_modulation and not len(subjects)
+
+
 def join(previous: Attachment | None, settings: RoutingSettings, subjects: SubjectSet | None = None,
          references: ReferenceLabels | None = None):
     """(subjects, references, settings) of one routing when a routing node (MUSAR Apply Routing:
@@ -92,23 +124,24 @@ def join(previous: Attachment | None, settings: RoutingSettings, subjects: Subje
     their position ids and the references their prompt blocking from the node that set them."""
     if previous is None:
         return subjects or SubjectSet(), references, settings
+    if previous.schedule.settings.condition_cache or settings.condition_cache:
+        raise RoutingError("condition_cache cannot cache MUSAR subjects and routed references on "
+                           "one MODEL: turn condition_cache off on both routing nodes (the later "
+                           "node's settings apply to both)")
     if subjects is not None:
         if previous.has_subjects:
             raise RoutingError(f"this MODEL already went through MUSAR Apply Routing (subjects "
                                f"{list(previous.recorder.captions)}); a second one cannot add to "
                                "it: chain every MUSAR Subject into one Apply Routing")
-        if previous.routes_references and settings.condition_cache:
-            raise RoutingError("condition_cache cannot be combined with the references MUSAR Route "
-                               "References routes on this MODEL (they are not condition tokens "
-                               "MUSAR can cache): turn condition_cache off")
+        if previous.clean_references:
+            raise RoutingError("the MUSAR Route References before this node isolates its "
+                               "references on FLUX.1, which modulates them as condition tokens; "
+                               "with MUSAR subjects on the same MODEL, put MUSAR Apply Routing "
+                               "first, or turn isolate off there")
         block = previous.schedule.settings.block_prompt_references
         return subjects, previous.references, dataclasses.replace(settings, block_prompt_references=block)
     if previous.routes_references:
         raise RoutingError("this MODEL already went through MUSAR Route References; use one per "
                            "MODEL")
-    if previous.schedule.settings.condition_cache:
-        raise RoutingError("the MUSAR Apply Routing before this node has condition_cache on, which "
-                           "cannot be combined with routed references (they are not condition "
-                           "tokens MUSAR can cache): turn condition_cache off")
     positions = previous.schedule.settings.positions
     return previous.subjects, references, dataclasses.replace(settings, positions=positions)

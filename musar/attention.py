@@ -1,5 +1,5 @@
-"""Routed attention without an L x L tensor, its dense reference, dynamic-route scores, and
-one FLUX block's attention under MUSAR (``block_attention``).
+"""Routed attention without an L x L tensor, its dense reference and dynamic-route scores (one
+FLUX block's attention under MUSAR, which uses them, is ``block.block_attention``).
 
 ``attn`` arguments are the model's own attention kernel (ComfyUI passes its active backend):
 ``attn(q, k, v) -> (B, Lq, heads * head_dim)`` for q, k, v shaped (B, heads, L*, head_dim).
@@ -371,66 +371,3 @@ def subject_attention_mass(q_x: torch.Tensor, k: torch.Tensor, layout: TokenLayo
         mass = torch.nn.functional.scaled_dot_product_attention(qf[:, :, start:stop], kf, ind)
         out[:, start:stop] = mass[..., :n].mean(dim=1)
     return out
-
-
-def query_rows(call, q_len: int, k_len: int) -> tuple[slice, ...] | None:
-    """The layout segments a block's queries hold (None: every token), from the call and the
-    lengths ComfyUI hands the attention: a condition-cache step runs the prompt and canvas
-    only; ComfyUI's own reference K/V cache (FluxKVCache) drops the routed references' queries
-    and appends their cached keys. Anything else is refused with the lengths it found."""
-    lay = call.layout
-    if call.cached:
-        rows = (lay.prompt, lay.canvas)
-        if q_len == lay.prompt_len + lay.canvas_len:
-            return rows
-    elif q_len == lay.total and k_len == lay.total:
-        return None
-    elif lay.n_references and not lay.n_subjects and k_len == lay.total \
-            and q_len == lay.total - sum(lay.reference_lens):
-        return (slice(0, q_len),)
-    raise RuntimeError(f"MUSAR: attention over {q_len} queries and {k_len} keys, but the routed "
-                       f"layout has {lay.total} tokens (another patch changed the sequence)")
-
-
-def block_attention(call, block: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask,
-                    kernel: Callable) -> torch.Tensor:
-    """One FLUX block's joint attention under MUSAR: condition-cache bookkeeping, route scores
-    in routing blocks, routed attention, and the strength blend of the canvas output. ``call``
-    is the ``session.MusarCall`` of this model call, ``block`` ("double" | "single", index);
-    ``kernel(q, k, v, mask=None)`` is the model's attention function."""
-    if mask is not None and bool((mask != 0).any()):  # Qwen-Image passes its (zero) text mask
-        raise RoutingError("MUSAR: an attention mask that hides tokens reached routed attention "
-                           "(a padded text encoding, or a patch that adds a mask); routing cannot "
-                           "combine with it: encode each prompt on its own")
-    lay, settings, run = call.layout, call.settings, call.run
-    P, C = lay.prompt_len, lay.canvas_len
-    if call.cached:
-        kt, vt, ki, vi = run.kv[block]
-        k = torch.cat([k[:, :, :P], kt, k[:, :, P:], ki], 2)
-        v = torch.cat([v[:, :, :P], vt, v[:, :, P:], vi], 2)
-    elif settings.condition_cache:
-        cond_txt, cond_img = slice(P, lay.txt_len), slice(lay.txt_len + C, lay.total)
-        run.kv[block] = (k[:, :, cond_txt], v[:, :, cond_txt], k[:, :, cond_img], v[:, :, cond_img])
-    rows = query_rows(call, q.shape[2], k.shape[2])
-    local = QueryRows(lay, rows, q.device) if rows is not None else None
-    if call.collect and block in call.schedule.blocks:
-        call.add_scores(subject_attention_mass(q[:, :, local.index(lay.x) if local else lay.x], k, lay))
-    out = routed_attention(q, k, v, lay, call.plan, kernel, rows)
-    if settings.strength != 1.0:
-        _blend(out, q, k, v, lay, local, settings.strength, kernel)
-    return out
-
-
-def _blend(out, q, k, v, lay: TokenLayout, local: QueryRows | None, strength: float, kernel) -> None:
-    """``strength`` < 1 mixes routed attention with the attention the unpatched model computes
-    (keys: every token but MUSAR subjects' condition tokens): for the canvas rows (the canvas
-    without the subjects), and, when references are routed, also for the prompt and reference
-    rows (their stock, unrouted view), so strength 0 is the unpatched model."""
-    P, C = lay.prompt_len, lay.canvas_len
-    keys = torch.cat([torch.arange(P), torch.arange(lay.txt_len, lay.txt_len + C
-                                                    + sum(lay.reference_lens))]).to(q.device)
-    rows = keys if lay.n_references else lay.canvas
-    if local is not None:
-        rows = local.index(rows)
-    base = kernel(q[:, :, rows], k.index_select(2, keys), v.index_select(2, keys))
-    out[:, rows] = base + strength * (out[:, rows] - base)

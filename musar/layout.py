@@ -52,6 +52,7 @@ class TokenLayout:
     image_lens: tuple[int, ...] = ()
     extra_len: int = 0  # E: references after X that are not routed (behave as canvas)
     reference_lens: tuple[int, ...] = ()  # R_1..R_M: routed references
+    clean_references: bool = False  # R_j modulated as condition tokens (isolated, FLUX.1)
 
     def __post_init__(self):
         if len(self.caption_lens) != len(self.image_lens):
@@ -159,9 +160,10 @@ class TokenLayout:
 
     def modulation_dims(self, stream: str) -> list[tuple[int, int, int]]:
         """(start, end, row) ranges for ComfyUI's per-segment modulation: row 0 is the sampling
-        timestep, row 1 the clean-condition vector (timestep 0, guidance 1)."""
+        timestep, row 1 the clean-condition vector (timestep 0, guidance 1). Routed references
+        take the sampling modulation, as stock, unless ``clean_references``."""
         P, T = self.prompt_len, self.txt_len
-        C = self.canvas_len + sum(self.reference_lens)  # references: sampling modulation, as stock
+        C = self.canvas_len + (0 if self.clean_references else sum(self.reference_lens))
         txt = [(0, P, 0), (P, T, 1)]
         img = [(0, C, 0), (C, self.img_len, 1)]
         table = {"txt": txt, "img": img, "joint": txt + [(T + a, T + b, r) for a, b, r in img]}

@@ -70,6 +70,7 @@ class CallShape:
     sigma: float = 1.0  # this call's noise level
     schedule: tuple[float, ...] | None = None  # the sampler's sigmas, None outside a sampler
     device: object = None  # where the call runs (the route is moved there once per call)
+    inputs: tuple = ()  # what cached conditions depend on besides the layout (compared exactly)
 
 
 def plan_call(attachment: Attachment, run: RunState, shape: CallShape,
@@ -83,7 +84,8 @@ def plan_call(attachment: Attachment, run: RunState, shape: CallShape,
     schedule = attachment.schedule
     settings = schedule.settings
     layout = TokenLayout(shape.prompt_len, shape.grid[0] * shape.grid[1], attachment.caption_lens,
-                         attachment.image_lens, shape.extra_len, shape.reference_lens)
+                         attachment.image_lens, shape.extra_len, shape.reference_lens,
+                         attachment.clean_references)
     run.grid = shape.grid
     kinds = list(shape.kinds)
     route = None
@@ -97,13 +99,15 @@ def plan_call(attachment: Attachment, run: RunState, shape: CallShape,
         route = route.to(shape.device)
     fits = len(weights) == layout.n_routed  # another call's conditions (e.g. the uncond): none
     plan = RoutePlan(settings.static_routing, route, settings.symmetric and route is not None,
-                     settings.block_prompt_references, weights if fits else ())
-    batch_key = (tuple(kinds), shape.batch)
-    cached = settings.condition_cache and bool(run.kv) and run.kv_batch == batch_key
-    if settings.condition_cache and not cached:
-        run.kv, run.kv_batch = {}, batch_key
+                     settings.block_prompt_references, weights if fits else (), settings.isolate)
+    cache, cached = None, False
+    if settings.condition_cache:
+        tag = (tuple(kinds), shape.batch, layout.caption_lens, layout.image_lens,
+               layout.reference_lens, layout.extra_len)
+        cache, cached = run.condition_cache(tag, shape.inputs)
     return MusarCall(layout, plan, settings=settings, schedule=schedule, run=run, kinds=kinds,
                      collect=layout.n_routed > 0 and _collect(schedule, shape), cached=cached,
+                     cache=cache,
                      attachment=attachment, model=model, clean_vector=clean_vector)
 
 

@@ -105,6 +105,21 @@ def check_subject_methods(methods: set[str]) -> None:
                           "timestep-zero references on FLUX.2)")
 
 
+def check_cache_methods(methods: set) -> None:
+    """The reference cache is exact only for references modulated at a fixed timestep: on FLUX.2
+    and Qwen-Image that is ComfyUI's ``index_timestep_zero`` (on FLUX.1 the pack modulates
+    isolated references itself and this is not asked)."""
+    other = sorted(str(m) for m in methods if m != TIMESTEP_ZERO)
+    if other:
+        raise LayoutError(f"condition_cache on MUSAR Route References needs the references "
+                          f"modulated at a fixed timestep, but they use the reference method "
+                          f"{other[0]!r}, which modulates them with the sampling timestep, so "
+                          f"their keys change every step: set 'Edit Model Reference Method' to "
+                          f"'{TIMESTEP_ZERO}' (FLUX.2 [klein], Qwen-Image-Edit-2511; on ComfyUI "
+                          "versions that have it), or turn condition_cache off (isolate alone "
+                          "still runs)")
+
+
 def run_conditions(subjects, labels: ReferenceLabels | None, n_references: int,
                    grid: tuple[int, int]) -> Conditions:
     """Names, colours and regions (on the canvas ``grid``) of a run's conditions. ``subjects``

@@ -16,6 +16,13 @@ prompt <-> reference attention (``block_prompt_references``, off by default [cho
     P      | yes (1) | yes (1)   | no  | yes     | yes
     (1) no when prompt <-> reference blocking is on
 
+Isolation (``RoutePlan.isolated``, the ``isolate`` setting; our extension [chosen], not the
+paper's): every condition's queries see only the condition's own tokens (a subject: its caption
+and image tokens; a reference: its tokens), whatever the rest of the plan. The prompt and the
+canvas still see the conditions as the plan allows. An isolated condition whose modulation does
+not depend on the step has the same hidden states, keys and values at every step, which is what
+makes the condition cache exact (``session.ConditionCache``).
+
 Reference strength: ``RoutePlan.weights`` holds one weight per routed entity (1 for subjects);
 a canvas query's softmax mass on entity i's keys is multiplied by ``weights[i]`` (its logits
 raised by log w; 0 = the canvas does not see it). The executors apply it per key segment, exactly,
@@ -55,8 +62,12 @@ class RoutePlan:
     symmetric: bool = False
     block_prompt_references: bool = False  # static routing also blocks prompt <-> routed references
     weights: tuple[float, ...] = ()  # per routed entity: the canvas's attention weight on it (1 = as is)
+    isolated: bool = False  # every condition sees only its own tokens
 
     def __post_init__(self):
+        if self.symmetric and self.isolated:
+            raise RoutingError("symmetric routing lets each condition see the canvas tokens routed "
+                               "to it, which isolation forbids: turn symmetric or isolate off")
         if self.symmetric and self.route is None:
             raise RoutingError("symmetric routing needs a dynamic route (enable dynamic routing)")
         if any(not 0.0 <= w <= 1.0 for w in self.weights):
@@ -69,7 +80,8 @@ class RoutePlan:
 
     @property
     def is_dense(self) -> bool:
-        return not self.static and self.route is None and all(w == 1.0 for w in self.weights)
+        return not self.static and self.route is None and not self.isolated and \
+            all(w == 1.0 for w in self.weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,17 +157,21 @@ def _static_keys(layout: TokenLayout, plan: RoutePlan, i: int) -> list[slice]:
     return own + [layout.prompt] if _sees_prompt(layout, plan, i) else own
 
 
+def _condition_keys(layout: TokenLayout, plan: RoutePlan, i: int) -> list[slice] | None:
+    """What condition i's queries see without a symmetric route: its own tokens when isolated,
+    the static table's row under static routing, else every key (None)."""
+    if plan.isolated:
+        return _cond(layout, i)
+    return _static_keys(layout, plan, i) if plan.static else None
+
+
 def static_groups(layout: TokenLayout, plan: RoutePlan, device=None) -> list[Group]:
     """Query groups shared by every batch element (no dynamic route)."""
     n = layout.n_routed
-    if not plan.static or n == 0:
-        groups = [_group([layout.prompt], None, "prompt", device)]
-        groups += [_group(_cond(layout, i), None, "condition", device) for i in range(n)]
-        canvas = _group([layout.canvas], None, "canvas", weights=plan.weighted(layout))
-        return [g for g in groups + [canvas] if _size(g.q) > 0]
-    groups = [_group([layout.prompt], _prompt_keys(layout, plan), "prompt", device)]
+    prompt_keys = _prompt_keys(layout, plan) if plan.static and n else None
+    groups = [_group([layout.prompt], prompt_keys, "prompt", device)]
     for i in range(n):
-        groups.append(_group(_cond(layout, i), _static_keys(layout, plan, i), "condition", device))
+        groups.append(_group(_cond(layout, i), _condition_keys(layout, plan, i), "condition", device))
     groups.append(_group([layout.canvas], None, "canvas", weights=plan.weighted(layout)))
     return [g for g in groups if _size(g.q) > 0]
 
@@ -180,10 +196,8 @@ def dynamic_groups(layout: TokenLayout, plan: RoutePlan, route: torch.Tensor, de
     groups = [_group([layout.prompt], _prompt_keys(layout, plan) if plan.static else None,
                      "prompt", device)]
     for i in range(n):
-        if plan.symmetric:
-            keys = _symmetric_keys(layout, plan, i, route, device)
-        else:
-            keys = _static_keys(layout, plan, i) if plan.static else None
+        keys = _symmetric_keys(layout, plan, i, route, device) if plan.symmetric \
+            else _condition_keys(layout, plan, i)
         groups.append(_group(_cond(layout, i), keys, "condition", device))
     for i in [UNROUTED, BACKGROUND, *range(n)]:
         q = torch.nonzero(route == i).flatten() + x0

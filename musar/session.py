@@ -5,7 +5,7 @@ attention in ``attention``; the ComfyUI glue drives all three).
                   sampler made them, a fingerprint of what they returned) so the preview node can
                   find the route of the images it is given.
 * ``RunState``  - one sampling run: route scores of the last model call, the route used at every
-                  step, the condition cache.
+                  step, the condition caches (``ConditionCache``, one per CFG branch).
 * ``MusarCall`` - one diffusion-model call: layout, routing plan, flags. Published in the
                   ``ACTIVE`` context variable while the call runs, so the LoRA modules, block
                   patches and the attention override all see the same call.
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 ACTIVE: contextvars.ContextVar[MusarCall | None] = contextvars.ContextVar("musar_call", default=None)
 KEPT_RUNS = 16  # routes of this many recent runs stay available to the preview
+KEPT_CACHES = 2  # condition caches per run: one per CFG branch (cond, uncond)
 
 
 def fingerprint(samples: torch.Tensor) -> str:
@@ -45,6 +46,59 @@ def fingerprint(samples: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+class ConditionCache:
+    """The conditions' keys and values of every block, from one model call of one sampling run,
+    for the later calls that fit it: the same CFG branch (``tag``: cond / uncond kinds, batch,
+    condition lengths) and the same ``inputs`` the conditions depend on (reference latents,
+    pooled vector, guidance), compared exactly. A call that does not fit builds a new cache; a
+    cache is only used once the call that filled it has run every block (``complete``)."""
+
+    def __init__(self, tag: tuple, inputs: tuple):
+        self.tag, self.inputs = tag, inputs
+        self.blocks: dict = {}  # block key -> (caption k, caption v, image-tail k, image-tail v)
+        self.complete = False
+
+    def fits(self, tag: tuple, inputs: tuple) -> bool:
+        return tag == self.tag and len(inputs) == len(self.inputs) and all(
+            _same(a, b) for a, b in zip(inputs, self.inputs))
+
+    def store(self, block, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout) -> None:
+        """Copies (not views: the rest of the block's k / v is freed) of the condition tokens'
+        keys and values: subject captions in the text stream, then the image stream's tail
+        (routed references, subject images)."""
+        txt, tail = _condition_spans(layout)
+        self.blocks[block] = tuple(t[:, :, s].clone() for s in (txt, tail) for t in (k, v))
+
+    def extend(self, block, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout):
+        """The keys and values of every token of ``layout`` from a call that ran the prompt and
+        the canvas only: the cached condition tokens put back in their places."""
+        if block not in self.blocks:
+            raise RuntimeError(f"MUSAR: the condition cache holds no keys for block {block}; the "
+                               "call that filled it ran other blocks (another patch changed them)")
+        kt, vt, ki, vi = self.blocks[block]
+        P = layout.prompt_len
+        return (torch.cat([k[:, :, :P], kt, k[:, :, P:], ki], 2),
+                torch.cat([v[:, :, :P], vt, v[:, :, P:], vi], 2))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for ts in self.blocks.values() for t in ts)
+
+
+def _condition_spans(layout: TokenLayout) -> tuple[slice, slice]:
+    return slice(layout.prompt_len, layout.txt_len), slice(layout.txt_len + layout.canvas_len,
+                                                            layout.total)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and \
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and \
+            len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 class RunState:
     def __init__(self, sampler: tuple | None = None):
         self.sampler = sampler  # (prompt id, node id) of the sampler node that started the run
@@ -52,8 +106,7 @@ class RunState:
         self.last_scores: dict[int, torch.Tensor] = {}  # cond_or_uncond kind -> (b, x_len, N)
         self.routes: list[tuple[float, torch.Tensor]] = []  # (sigma, (b, x_len) int16) per step
         self.grid: tuple[int, int] | None = None
-        self.kv: dict = {}  # condition cache: block key -> (k, v) of condition tokens
-        self.kv_batch: tuple | None = None
+        self.caches: list[ConditionCache] = []  # condition caches, latest last
         self.conditions = None  # references.Conditions: names, colours, regions of the run
         self._route_sigma: float | None = None
         self._route: torch.Tensor | None = None
@@ -73,9 +126,21 @@ class RunState:
                 self.routes.append((sigma, self._route.to(torch.int16).cpu()))
         return None if self._route is None else self._route.repeat(len(kinds), 1)
 
+    def condition_cache(self, tag: tuple, inputs: tuple) -> tuple[ConditionCache, bool]:
+        """The cache for a call of this branch and inputs, and whether it can be used (it is
+        complete); a new one (the oldest dropped beyond ``KEPT_CACHES``) when none fits."""
+        for cache in self.caches:
+            if cache.fits(tag, inputs):
+                if cache.complete:
+                    return cache, True
+                self.caches.remove(cache)  # a call that filled it stopped part-way
+                break
+        self.caches = [*self.caches[-(KEPT_CACHES - 1):], ConditionCache(tag, inputs)]
+        return self.caches[-1], False
+
     def release(self) -> None:
-        """Drop what only the running sampler needs (cache, scores); keep the routes."""
-        self.kv, self.kv_batch, self.last_scores, self._route = {}, None, {}, None
+        """Drop what only the running sampler needs (caches, scores); keep the routes."""
+        self.caches, self.last_scores, self._route = [], {}, None
 
 
 class Recorder:
@@ -136,7 +201,8 @@ class MusarCall:
     run: RunState | None = None
     kinds: list[int] = dataclasses.field(default_factory=lambda: [0])
     collect: bool = False  # compute route scores in the routing blocks (the next step uses them)
-    cached: bool = False  # condition-cache step: conditions' keys/values come from run.kv
+    cache: ConditionCache | None = None  # with condition_cache on: the cache this call reads or fills
+    cached: bool = False  # condition-cache step: conditions' keys/values come from ``cache``
     attachment: Attachment | None = None  # what the patched MODEL carries (subjects, references)
     model: torch.nn.Module | None = None  # the diffusion model (ComfyUI's Flux module) running it
     clean_vector: Callable[[torch.Tensor], torch.Tensor] | None = None  # like -> condition vector
@@ -169,7 +235,10 @@ class MusarCall:
         self._n_scores += 1
 
     def finish(self) -> None:
-        """Store this call's route scores per cond/uncond kind for the next step."""
+        """Store this call's route scores per cond/uncond kind for the next step; the cache this
+        call filled is complete."""
+        if self.cache is not None and not self.cached:
+            self.cache.complete = True
         if self.run is None:
             return
         if self._scores is not None:

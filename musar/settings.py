@@ -68,12 +68,21 @@ class RoutingSettings:
         APPLY: "Blend of the image tokens' attention with vs. without the subjects (1 = full "
                "MUSAR, 0 = subjects ignored).",
         REFERENCES: "Blend of routed with unrouted attention (1 = routed, 0 = the MODEL unchanged)."})
-    condition_cache: bool = setting(False, FLAG, "Reuse condition keys/values after the first step "
-                                    "(faster; an approximation, see README). Off by default.",
-                                    nodes=(APPLY,))
+    condition_cache: bool = setting(False, FLAG, {
+        APPLY: "Compute the subjects' keys/values once per run and reuse them at every step. "
+               "Exact with isolate on; without it an approximation (subjects then see the "
+               "canvas, which changes). Off by default.",
+        REFERENCES: "Compute the references' keys/values once per run (and CFG branch) and run "
+                    "every later step on the canvas and prompt only: exact, needs isolate on and "
+                    "references modulated at a fixed timestep (see the help page). Off by "
+                    "default."}, optional=(REFERENCES,))
     positions: str = setting("shared", POSITION_MODES, "Position ids of the references: 'shared' "
                              "(left of the canvas, OminiControl), 'distinct' (tiled left), "
                              "'kontext' (for FLUX Kontext models).", nodes=(APPLY,))
+    isolate: bool = setting(False, FLAG, "Each {what} attends only to its own tokens (not the "
+                            "prompt, the canvas or other {what}s), so it stays the same at every "
+                            "step and condition_cache becomes exact. Our extension, not the "
+                            "paper's; off by default [chosen].", optional=True)
 
     def __post_init__(self):
         check_routing(complete(self, RoutingError))
@@ -91,6 +100,9 @@ def check_routing(values: Mapping) -> None:
     if v.get("symmetric") and v.get("dynamic_routing") is False:
         raise RoutingError("symmetric routing restricts conditions to their routed region: it "
                            "needs dynamic routing on (turn dynamic_routing on or symmetric off)")
+    if v.get("symmetric") and v.get("isolate"):
+        raise RoutingError("symmetric routing lets each condition see the image tokens routed to "
+                           "it, which isolate forbids: turn symmetric or isolate off")
     if v.get("symmetric") and v.get("condition_cache"):
         raise RoutingError("symmetric routing and the condition cache conflict (cached conditions "
                            "are not recomputed, so their routed view cannot change): turn one off")

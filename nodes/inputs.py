@@ -36,6 +36,8 @@ def widget(field, node: str | None = None, **fmt):
     rule, tooltip, extra = meta["rule"], meta["tooltip"], dict(meta["widget"])
     if isinstance(tooltip, Mapping):
         tooltip = tooltip[node]
+    if isinstance(extra.get("optional"), tuple):  # optional on the nodes it names only
+        extra["optional"] = node in extra["optional"]
     tooltip = tooltip.format(**fmt) if fmt else tooltip
     default = {} if field.default is None else {"default": field.default}
     if isinstance(rule, Limit):

@@ -24,7 +24,7 @@ import torch
 from comfy.ldm.flux.layers import timestep_embedding
 from comfy_execution.utils import get_executing_context
 
-from ..musar import attachment, attention, flux_forward, planning, references, session
+from ..musar import attachment, attention, block, flux_forward, planning, references, session
 from ..musar.errors import ModelError
 from ..musar.layout import TokenLayout
 from ..musar.references import ReferenceLabels
@@ -77,15 +77,19 @@ def route_references(model, labels: ReferenceLabels, settings: RoutingSettings):
 
 
 def _install(model, dm, subjects, references, settings: RoutingSettings):
-    """Patch a clone for one routing of ``subjects`` (block patches and reference tokens only
-    when there are subjects) and/or the conditioning's references."""
+    """Patch a clone for one routing of ``subjects`` and/or the conditioning's references: block
+    patches when the pack modulates per segment (subjects, or references isolated on FLUX.1),
+    subject tokens only with subjects."""
     to = model.model_options["transformer_options"]
+    flux1 = families.family_of(model) == "flux1"
+    clean_refs = attachment.check_isolation(subjects, references, settings, flux1)
+    blocks = len(subjects) > 0 or clean_refs
     replaced = {k for k, p in to.get("patches_replace", {}).get("dit", {}).items()
                 if not getattr(p, "musar", False)}
-    if replaced and len(subjects):
+    if replaced and blocks:
         raise ModelError(f"another node already replaced FLUX blocks {sorted(replaced)[:3]}...; "
                          "apply MUSAR routing before it (MUSAR must run the blocks itself)")
-    if len(subjects):
+    if blocks:
         hooks.block_modulation()  # HookError now, not at the first step, on an unknown ComfyUI
     attachment.check_regions(subjects, references, settings)
     hard = subjects.has_hard_region or (references is not None and references.has_hard_region)
@@ -96,8 +100,8 @@ def _install(model, dm, subjects, references, settings: RoutingSettings):
     m = model.clone()
     to = m.model_options["transformer_options"]
     to[ATTACHMENT] = attachment.Attachment(subjects, references, schedule, recorder,
-                                           model.model.process_latent_in)
-    if len(subjects):
+                                           model.model.process_latent_in, clean_refs)
+    if blocks:
         for kind, count in (("double_block", len(dm.double_blocks)),
                             ("single_block", len(dm.single_blocks))):
             for i in range(count):
@@ -126,8 +130,11 @@ def _outer_sample(executor, *args, **kwargs):
     if attached is None:
         return executor(*args, **kwargs)
     noise = args[0] if args else kwargs["noise"]
-    if attached.has_subjects:
-        references.check_subject_methods(families.reference_methods(guider))
+    methods = families.reference_methods(guider)
+    if attached.modulates_blocks:
+        references.check_subject_methods(methods)
+    elif attached.routes_references and attached.schedule.settings.condition_cache:
+        references.check_cache_methods(methods)
     n_refs = 0
     if attached.routes_references:
         n_refs = references.reference_count(
@@ -140,7 +147,10 @@ def _outer_sample(executor, *args, **kwargs):
     run = attached.recorder.begin(None if context is None else (context.prompt_id, context.node_id))
     run.conditions = conditions
     guider.model_options["transformer_options"][RUN] = run  # a per-sample copy, not the MODEL's
-    out = executor(*args, **kwargs)
+    try:
+        out = executor(*args, **kwargs)
+    finally:  # done, failed or cancelled anywhere: no condition cache outlives its run
+        run.release()
     run.output = session.fingerprint(out)
     return out
 
@@ -162,13 +172,16 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
         prompt_len=context.shape[1], grid=grid, extra_len=0 if routed else sum(refs),
         reference_lens=refs if routed else (), batch=x.shape[0],
         kinds=tuple(to.get("cond_or_uncond", [0])), sigma=float(to["sigmas"].max()),
-        device=x.device, schedule=None if schedule is None else tuple(schedule.tolist()))
+        device=x.device, schedule=None if schedule is None else tuple(schedule.tolist()),
+        inputs=_cache_inputs(attached, call_args))
     run = to.get(RUN) or attached.recorder.latest or attached.recorder.begin()
     conditions = getattr(run, "conditions", None)
-    clean = None if not attached.has_subjects else functools.partial(
+    clean = None if not attached.modulates_blocks else functools.partial(
         _clean_vec, dm, call_args.get("y"), call_args.get("guidance") is not None, x.shape[0])
     call = planning.plan_call(attached, run, shape, getattr(conditions, "regions", None), model=dm,
                               clean_vector=clean, weights=getattr(conditions, "weights", ()))
+    if call.cached and routed:  # the references' keys and values come from the cache
+        call_args.set(ref_latents=None)
     extra = call_args.get("kwargs") or {}  # FLUX takes a conditioning mask here (Qwen by name)
     if extra.get("attention_mask") is not None:
         logger.warning("MUSAR: a conditioning attention_mask cannot be combined with routed "
@@ -186,9 +199,20 @@ def _diffusion_model_wrapper(executor, *args, **kwargs):
         call_args.set(transformer_options={**to, "optimized_attention_override": _AttentionOverride(override)})
     with session.activate(call):
         out = call_args.call(executor)
-    _check_hooks_ran(call, attached.has_subjects)
+    _check_hooks_ran(call, attached.modulates_blocks)
     call.finish()
     return out
+
+
+def _cache_inputs(attached, call_args) -> tuple:
+    """What the cached conditions' keys and values depend on besides the layout (the subjects
+    are the attachment's own): the reference latents, their method, the pooled vector and the
+    guidance of this call. Nothing when the cache is off."""
+    if not attached.schedule.settings.condition_cache:
+        return ()
+    extra = call_args.get("kwargs") or {}
+    return (tuple(call_args.get("ref_latents") or ()), extra.get("ref_latents_method"),
+            call_args.get("y"), call_args.get("guidance"), call_args.get("additional_t_cond"))
 
 
 def _check_hooks_ran(call, subjects: bool) -> None:
@@ -201,7 +225,8 @@ def _check_hooks_ran(call, subjects: bool) -> None:
     if subjects and not call.cached and call.hook_calls["block"] == 0:
         raise hooks.hook_error("patches_replace['dit'] block patches",
                                "were not called by the FLUX forward",
-                               "MUSAR subjects need them for their per-segment modulation")
+                               "MUSAR subjects and isolated FLUX.1 references need them for "
+                               "their per-segment modulation")
 
 
 def _clean_vec(dm, y, with_guidance: bool, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -290,5 +315,5 @@ class _AttentionOverride:
         if call is None or not call.routed:
             return kernel(q, k, v, mask)
         call.hook_calls["attention"] += 1
-        block = hooks.block_position(transformer_options or {})
-        return attention.block_attention(call, block, q, k, v, mask, kernel)
+        position = hooks.block_position(transformer_options or {})
+        return block.block_attention(call, position, q, k, v, mask, kernel)

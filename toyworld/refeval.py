@@ -16,12 +16,19 @@ Per case one more held-out identity B' with the pattern of subject b and colours
 every condition generates each case twice, as is and with b's reference picture swapped for B''s
 (same seed, same prompt), which gives T and L (docs/TOY_WORLD.md §3).
 
-Conditions (``CONDITIONS``; routing settings over MUSAR Route References' defaults):
-  off      the stock graph, no Route References
-  static   static routing on, dynamic routing off
-  dynamic  static + dynamic with the shipped defaults (start 0.2, double blocks, smoothing 3, threshold 0)
-  hard     dynamic + a hard MUSAR Layout Region per reference: its prompted slot's rectangle
-  soft     the same regions, soft, strength 0.5
+Conditions (``CONDITIONS``; routing settings over MUSAR Route References' defaults), in two
+studies (``STUDIES``; docs/TOY_WORLD.md §11 and §13):
+  routing (default: --study routing)
+    off      the stock graph, no Route References
+    static   static routing on, dynamic routing off
+    dynamic  static + dynamic with the shipped defaults (start 0.2, double blocks, smoothing 3, threshold 0)
+    hard     dynamic + a hard MUSAR Layout Region per reference: its prompted slot's rectangle
+    soft     the same regions, soft, strength 0.5
+  cache (--study cache: off, dynamic and)
+    isolated         dynamic + isolate (every reference sees only its own tokens)
+    isolated_cached  isolated + condition_cache (the exact reference cache)
+    frozen           the stock graph through core's Flux KV Cache (references' keys frozen after
+                     the first step; ComfyUI 0.33+)
 
 Records: one JSON line per image (the 16 x 16 cell map as letters) in <out>/records.jsonl; a rerun
 skips finished images (resumable) and refuses records made with other model files (models.json).
@@ -46,11 +53,21 @@ from .world import World
 
 logger = logging.getLogger("toyworld.refeval")
 STATIC = {"static_routing": True, "dynamic_routing": False}
+ISOLATED = {"isolate": True}
 CONDITIONS = {  # name -> (routing settings or None for the stock graph, (region mode, strength) or None)
     "off": (None, None), "static": (STATIC, None), "dynamic": ({}, None),
     "hard": ({}, ("hard", 0.5)),  # the strength of a hard region is ignored (the node's default)
-    "soft": ({}, ("soft", 0.5))}
-PARTS = {"plain": "off,static,dynamic", "regions": "hard,soft"}  # make eval-toy-refs: side by side
+    "soft": ({}, ("soft", 0.5)),
+    "isolated": (ISOLATED, None), "isolated_cached": ({**ISOLATED, "condition_cache": True}, None),
+    "frozen": (None, None)}  # + core's Flux KV Cache (KV_CACHE)
+KV_CACHE = {"frozen"}
+STUDIES = {  # name -> (conditions, parts run side by side, default counts, default case seed)
+    "routing": ("off,static,dynamic,hard,soft", {"plain": "off,static,dynamic", "regions": "hard,soft"},
+                EVAL_COUNTS, 0),
+    "cache": ("off,dynamic,isolated,isolated_cached,frozen",
+              {"plain": "off,dynamic,frozen", "isolated": "isolated,isolated_cached"},
+              "2:100,3:100,4:100", 1)}
+PARTS = STUDIES["routing"][1]  # make eval-toy-refs: side by side
 WEIGHTS = common.CACHE_DIR / "refbase"
 
 
@@ -59,23 +76,33 @@ def parse(argv=None):
     p.add_argument("--weights", type=Path, default=WEIGHTS, help="folder of the model, codec and text encoder")
     p.add_argument("--model", default=REF_MODEL_FILE)
     p.add_argument("--out", type=Path, help="default <weights>/eval, or <weights>/eval_<part>")
-    p.add_argument("--counts", default=EVAL_COUNTS, help="n:cases,... (references per case : number of cases)")
-    p.add_argument("--conditions", help="default: every condition, or the --part's")
-    p.add_argument("--part", choices=PARTS, help="run one part of the conditions "
-                   f"({'; '.join(f'{k}: {v}' for k, v in PARTS.items())}) into <weights>/eval_<part>")
-    p.add_argument("--seed", type=int, default=0, help="the cases' seed")
+    p.add_argument("--study", choices=STUDIES, default="routing",
+                   help="routing (§11, default) or cache (§13: isolation and the exact cache)")
+    p.add_argument("--counts", help="n:cases,... (references per case : number of cases); default "
+                   "the study's")
+    p.add_argument("--conditions", help="default: the study's conditions, or the --part's")
+    p.add_argument("--part", help="run one part of the study's conditions into <weights>/eval_<part> "
+                   "(routing: " + "; ".join(f"{k}: {v}" for k, v in STUDIES["routing"][1].items())
+                   + "; cache: " + "; ".join(f"{k}: {v}" for k, v in STUDIES["cache"][1].items()) + ")")
+    p.add_argument("--seed", type=int, help="the cases' seed (default the study's: routing 0, cache 1)")
     p.add_argument("--samples", type=int, default=2, help="cases per n saved as images")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--merge", nargs="*", type=Path, metavar="DIR", help="generate nothing: combine parts run "
                    "side by side into --out, then the report (no DIR: the --part folders)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    conditions, parts, counts, seed = STUDIES[args.study]
+    prefix = "eval" if args.study == "routing" else f"eval_{args.study}"
+    if args.part is not None:
+        choose(parts, args.part, "part")
     if args.merge == []:
-        args.merge = [args.weights / f"eval_{part}" for part in PARTS]
-    args.conditions = args.conditions or PARTS.get(args.part, ",".join(CONDITIONS))
+        args.merge = [args.weights / f"{prefix}_{part}" for part in parts]
+    args.counts = args.counts or counts
+    args.seed = seed if args.seed is None else args.seed
+    args.conditions = args.conditions or parts.get(args.part, conditions)
     for cond in args.conditions.split(","):
         choose(CONDITIONS, cond, "condition")
-    args.out = args.out or args.weights / (f"eval_{args.part}" if args.part else "eval")
+    args.out = args.out or args.weights / (f"{prefix}_{args.part}" if args.part else prefix)
     return args
 
 
@@ -93,7 +120,8 @@ def graph_for(runner, case: dict, cond: str, swap: bool, model_file: str) -> dic
     scene = case_scene(case, swap)
     files = reference_files(runner, [p.identity.name for p in scene.placed])
     return ref_graph(scene.prompt, files, seed=case["seed"], model_file=model_file, routing=routing,
-                     regions=(list(case["slots"]), *regions) if regions else None)
+                     regions=(list(case["slots"]), *regions) if regions else None,
+                     kv_cache=cond in KV_CACHE)
 
 
 def jobs(cases: list[dict], conditions: list[str]):

@@ -75,10 +75,12 @@ def _regions(g: dict, slots: list[str], mode: str, strength: float) -> list:
 
 
 def ref_graph(prompt: str, files: list[str], *, seed: int, model_file: str = REF_MODEL_FILE,
-              routing: dict | None = None, regions: tuple[list[str], str, float] | None = None) -> dict:
+              routing: dict | None = None, regions: tuple[list[str], str, float] | None = None,
+              kv_cache: bool = False) -> dict:
     """The API graph of one image: ``files`` the reference pictures in image order (ComfyUI input
     folder), ``routing`` MUSAR Route References' settings over ``ROUTE_DEFAULTS`` (None: the
-    stock graph), ``regions`` (slot per reference, mode, strength)."""
+    stock graph), ``regions`` (slot per reference, mode, strength), ``kv_cache`` core's Flux KV
+    Cache on the stock graph's MODEL (ComfyUI 0.33+)."""
     g = {
         "1": _node("MUSAR_ToyWorldLoader", "Toy world", model_file=model_file),
         "6": _node("CLIPTextEncode", "Prompt", text=prompt, clip=["1", 1]),
@@ -91,6 +93,9 @@ def ref_graph(prompt: str, files: list[str], *, seed: int, model_file: str = REF
         "13": _node("PreviewImage", "Image", images=["12", 0]),
     }
     g["11"]["inputs"]["positive"] = _references(g, files)
+    if kv_cache:
+        g["16"] = _node("FluxKVCache", "Flux KV Cache", model=["1", 0])
+        g["11"]["inputs"]["model"] = ["16", 0]
     if routing is None:
         return g
     g["10"] = _node("MUSAR_RouteReferences", "MUSAR Route References", model=["1", 0],

@@ -25,9 +25,13 @@ from .stats import clustered_bootstrap, holm
 
 LABELS = {"off": "off (stock graph)", "static": "static routing",
           "dynamic": "static + dynamic (shipped defaults)", "hard": "static + dynamic + hard regions",
-          "soft": "static + dynamic + soft regions (0.5)"}
+          "soft": "static + dynamic + soft regions (0.5)",
+          "isolated": "static + dynamic + isolate", "isolated_cached": "isolate + exact cache",
+          "frozen": "off + core's Flux KV Cache"}
 PAIRS = (("static", "off"), ("dynamic", "off"), ("dynamic", "static"), ("hard", "dynamic"),
-         ("soft", "dynamic"), ("hard", "off"), ("soft", "off"))
+         ("soft", "dynamic"), ("hard", "off"), ("soft", "off"),
+         ("isolated", "off"), ("isolated", "frozen"), ("isolated", "dynamic"), ("frozen", "off"),
+         ("isolated_cached", "isolated"))  # only the pairs whose conditions the records hold
 
 
 def _interval(*values, clusters, ratio=False, seed=0) -> dict:
@@ -61,7 +65,9 @@ def comparisons(cases: list[dict], data: dict, seed: int = 0) -> list[dict]:
     def interval(ids, *values, ratio=False):
         return _interval(*values, clusters=[by_id[i]["subjects"] for i in ids], ratio=ratio, seed=seed)
 
-    out = report_comparisons(cases, data, seed, PAIRS, interval)
+    present = {cond for cond, _ in data}
+    pairs = tuple(p for p in PAIRS if set(p) <= present)
+    out = report_comparisons(cases, data, seed, pairs, interval)
     tests = [(row, key) for row in out for key in ("mcnemar_all_right", "mcnemar_any_entangled")]
     for (row, key), p in zip(tests, holm([row[key]["p"] for row, key in tests]) if tests else []):
         row[key]["p_holm"] = p

@@ -187,6 +187,8 @@ def main(argv=None) -> int:
     e = sub.add_parser("eval", help="conditions (a) (b) (c) (d) on the fresh test cases, one seed")
     e.add_argument("--seed", type=int, choices=SEEDS, required=True)
     sub.add_parser("publish-refs", help="copy the finished Route References evaluation into toyworld/results/refbase")
+    sub.add_parser("publish-cache", help="copy the finished isolation / exact-cache evaluation "
+                   "(§13) into toyworld/results/refbase/cache")
     sub.add_parser("analyse", help="the pre-registered primary endpoints")
     args, extra = p.parse_known_args(argv)
     if args.stage == "train":
@@ -200,6 +202,11 @@ def main(argv=None) -> int:
         for path in (WEIGHTS / "train_refbase_log.json", WEIGHTS / "refbase_gate.json", WEIGHTS / "run" / "gates.jsonl"):
             if path.is_file():  # the base's training log, its gate and the gates measured on the way
                 shutil.copyfile(path, ref_results() / path.name)
+        return 0
+    if args.stage == "publish-cache":
+        from .refeval import WEIGHTS
+
+        publish(WEIGHTS / "eval_cache", ref_results() / "cache")
         return 0
     return analyse()
 

@@ -130,14 +130,14 @@ def route_refs(pack, model, labels=None, **kw):
 
 def spy_layouts(pack, monkeypatch):
     """Records (layout, plan) of every routed block attention call, in call order."""
-    attention = pack_module(pack, "musar.attention")
-    seen, original = [], attention.block_attention
+    blocks = pack_module(pack, "musar.block")
+    seen, original = [], blocks.block_attention
 
     def spy(call, *a):
         seen.append((call.layout, call.plan))
         return original(call, *a)
 
-    monkeypatch.setattr(attention, "block_attention", spy)
+    monkeypatch.setattr(blocks, "block_attention", spy)
     return seen
 
 
@@ -171,15 +171,15 @@ def use_dense_reference(pack, monkeypatch) -> None:
 def spy_block_attention(pack, monkeypatch) -> list:
     """Runs MUSAR's block attention unchanged and records every call's (layout, plan, q, k, v,
     kernel), q / k / v cloned, in call order."""
-    attention = pack_module(pack, "musar.attention")
+    blocks = pack_module(pack, "musar.block")
     captured = []
-    original = attention.block_attention
+    original = blocks.block_attention
 
     def spy(call, block, q, k, v, mask, kernel):
         captured.append((call.layout, call.plan, q.clone(), k.clone(), v.clone(), kernel))
         return original(call, block, q, k, v, mask, kernel)
 
-    monkeypatch.setattr(attention, "block_attention", spy)
+    monkeypatch.setattr(blocks, "block_attention", spy)
     return captured
 
 

@@ -41,15 +41,15 @@ def test_patched_sampling_equals_dense_reference(pack, model, monkeypatch, n, dy
 
 
 def test_cond_and_uncond_run_batched_and_share_one_route(pack, model, monkeypatch):
-    attention = pack_module(pack, "musar.attention")
+    blocks = pack_module(pack, "musar.block")
     seen = []
-    original = attention.block_attention
+    original = blocks.block_attention
 
     def spy(call, block, q, *a):
         seen.append((q.shape[0], None if call.plan.route is None else call.plan.route.clone()))
         return original(call, block, q, *a)
 
-    monkeypatch.setattr(attention, "block_attention", spy)
+    monkeypatch.setattr(blocks, "block_attention", spy)
     patched, _ = routed(pack, model, make_subjects(pack))
     sample(patched, steps=3, cfg=3.0)
     assert {b for b, _ in seen} == {2}
@@ -219,17 +219,6 @@ def test_condition_tokens_use_clean_modulation(pack, model, monkeypatch):
     assert not torch.allclose(checks[0][0], checks[-1][0])  # the sampling vector does change
 
 
-def test_condition_cache_reuses_and_approximates(pack, model, monkeypatch):
-    subjects = make_subjects(pack)
-    exact, _ = routed(pack, model, subjects)
-    cached, rec = routed(pack, model, subjects, cache=True)
-    a, b = sample(exact, steps=4), sample(cached, steps=4)
-    assert rec.latest.kv and len(rec.latest.kv) == 4
-    assert not torch.equal(a, b)
-    # an approximation: its error stays below the whole effect MUSAR has on this model
-    assert (a - b).abs().max() < (a - sample(model, steps=4)).abs().max()
-
-
 def test_masked_subject_uses_only_kept_tokens_and_matches_the_reference(pack, model, monkeypatch):
     subj = pack_module(pack, "musar.subjects")
     g = torch.Generator().manual_seed(4)
@@ -261,10 +250,10 @@ def test_kontext_reference_latents_are_routed_with_the_canvas(pack, model, monke
         return comfy.sample.sample(patched, noise, 3, 2.0, "euler", "simple", pos, neg,
                                    torch.zeros_like(noise), seed=0, disable_pbar=True)
 
-    attention = pack_module(pack, "musar.attention")
+    blocks = pack_module(pack, "musar.block")
     extras = []
-    original = attention.block_attention
-    monkeypatch.setattr(attention, "block_attention",
+    original = blocks.block_attention
+    monkeypatch.setattr(blocks, "block_attention",
                         lambda call, *a: extras.append(call.layout.extra_len) or original(call, *a))
     fast = run()
     assert set(extras) == {16}

@@ -155,14 +155,14 @@ def test_the_edit_text_encoder_path_feeds_routed_references(pack, builders, qwen
     positive = [[tokens, {"reference_latents": refs(2)}]]
     negative = [[tokens, {"reference_latents": refs(2)}]]
     seen = []
-    attention = pack_module(pack, "musar.attention")
-    original = attention.block_attention
+    blocks = pack_module(pack, "musar.block")
+    original = blocks.block_attention
 
     def spy(call, *a):
         seen.append(call.layout)
         return original(call, *a)
 
-    monkeypatch.setattr(attention, "block_attention", spy)
+    monkeypatch.setattr(blocks, "block_attention", spy)
     for block in (False, True):
         patched, _ = route_refs(pack, qwen, dynamic=True, block_prompt_references=block)
         fast = sample(patched, (positive, negative), steps=2)

@@ -48,8 +48,8 @@ def test_references_join_subjects_keeping_their_positions():
 @pytest.mark.parametrize("first,second,match", [
     ("subjects", "subjects", "chain every MUSAR Subject into one Apply Routing"),
     ("references", "references", "use one per MODEL"),
-    ("references+cache", "subjects", "condition_cache cannot be combined"),
-    ("subjects+cache", "references", "condition_cache on"),
+    ("references+cache", "subjects", "condition_cache cannot cache MUSAR subjects and routed"),
+    ("subjects+cache", "references", "condition_cache cannot cache MUSAR subjects and routed"),
 ])
 def test_conflicting_second_nodes_are_refused(first, second, match):
     cache = first.endswith("+cache")
@@ -79,3 +79,17 @@ def test_the_attachment_knows_its_segments_and_ids():
     att = make_attachment(_schedule(), (2, 5), (4, 2))
     assert att.caption_lens == (2, 5) and att.image_lens == (4, 2)
     assert att.ids.shape == (6, 3) and att.has_subjects and att.active and not att.routes_references
+
+
+def test_isolation_and_the_reference_cache_rules():
+    refs = ReferenceLabels()
+    with pytest.raises(RoutingError, match="exact only for isolated references"):
+        attachment.check_isolation(SubjectSet(), refs, RoutingSettings(condition_cache=True), True)
+    with pytest.raises(RoutingError, match="set strength to 1 or turn isolate off"):
+        attachment.check_isolation(SubjectSet(), refs, RoutingSettings(isolate=True, strength=0.5), True)
+    isolated = RoutingSettings(isolate=True, condition_cache=True)
+    assert attachment.check_isolation(SubjectSet(), refs, isolated, True)  # FLUX.1: the pack modulates
+    assert not attachment.check_isolation(SubjectSet(), refs, isolated, False)  # core's timestep zero
+    assert not attachment.check_isolation(_subjects(), None, isolated, True)  # subjects: always
+    with pytest.raises(RoutingError, match="turn symmetric or isolate off"):
+        RoutingSettings(isolate=True, symmetric=True)

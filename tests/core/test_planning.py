@@ -21,17 +21,19 @@ def _schedule(**kw):
     return planning.resolve(RoutingSettings(**{"start_percent": 0.0, **kw}), percent_to_sigma, 2, 2)
 
 
-def _shape(sigma, batch=1, kinds=(0,), schedule=SCHEDULE):
+def _shape(sigma, batch=1, kinds=(0,), schedule=SCHEDULE, inputs=()):
     return planning.CallShape(prompt_len=5, grid=GRID, batch=batch, kinds=kinds, sigma=sigma,
-                              schedule=schedule)
+                              schedule=schedule, inputs=inputs)
 
 
-def _step(resolved, run, sigma, scores=None, **kw):
-    """One model call: plan it, then (as the routing blocks would) hand it route scores."""
+def _step(resolved, run, sigma, scores=None, finish=True, **kw):
+    """One model call: plan it, then (as the routing blocks would) hand it route scores; with
+    ``finish`` False the call stops part-way (an interrupt inside a block)."""
     call = planning.plan_call(attachment(resolved, *SEGMENTS), run, _shape(sigma, **kw))
     if call.collect and scores is not None:
         call.add_scores(scores)
-    call.finish()
+    if finish:
+        call.finish()
     return call
 
 
@@ -98,14 +100,32 @@ def test_symmetric_only_where_a_route_exists():
     assert _step(schedule, run, 0.8).plan.symmetric
 
 
-def test_condition_cache_hits_from_the_second_call_of_the_same_batch():
+def test_condition_cache_hits_from_the_second_call_of_the_same_branch_and_inputs():
     schedule, run = _schedule(condition_cache=True, dynamic_routing=False), RunState()
-    first = _step(schedule, run, 1.0, batch=2, kinds=(1, 0))
-    assert not first.cached
-    run.kv[("double", 0)] = "filled by the first call's blocks"
-    assert _step(schedule, run, 0.8, batch=2, kinds=(1, 0)).cached
-    other = _step(schedule, run, 0.6, batch=1, kinds=(0,))  # another batch layout: recompute
-    assert not other.cached and run.kv == {}
+    y = torch.arange(4.0).view(2, 2)
+    first = _step(schedule, run, 1.0, batch=2, kinds=(1, 0), inputs=(y,))
+    assert not first.cached and first.cache is not None
+    assert _step(schedule, run, 0.8, batch=2, kinds=(1, 0), inputs=(y.clone(),)).cached
+    changed = _step(schedule, run, 0.7, batch=2, kinds=(1, 0), inputs=(y + 1,))  # other inputs
+    assert not changed.cached and changed.cache is not first.cache
+    other = _step(schedule, run, 0.6, batch=1, kinds=(0,), inputs=(y,))  # another batch layout
+    assert not other.cached
+
+
+def test_cfg_branches_run_apart_keep_one_cache_each():
+    schedule, run = _schedule(condition_cache=True, dynamic_routing=False), RunState()
+    for sigma in (1.0, 0.8, 0.6):
+        calls = [_step(schedule, run, sigma, batch=1, kinds=(k,), inputs=(torch.full((1, 2), k),))
+                 for k in (0, 1)]
+        assert all(c.cached == (sigma < 1.0) for c in calls)
+    assert len(run.caches) == 2
+
+
+def test_a_cache_whose_call_stopped_part_way_is_never_read():
+    schedule, run = _schedule(condition_cache=True, dynamic_routing=False), RunState()
+    _step(schedule, run, 1.0, finish=False)  # interrupted inside a block
+    again = _step(schedule, run, 0.8)
+    assert not again.cached and len(run.caches) == 1
 
 
 def _run(recorder, prompt, node, output, routes=1):
@@ -137,10 +157,11 @@ def test_recorder_refuses_to_guess_between_two_samplers_of_one_prompt():
 def test_recorder_keeps_routes_of_old_runs_but_frees_their_cache():
     rec = Recorder(("a",))
     old = rec.begin(("p", "1"))
-    old.kv, old.routes = {"block": "kv"}, [(1.0, torch.zeros(1, 8, dtype=torch.int16))]
+    old.condition_cache((), ())
+    old.routes = [(1.0, torch.zeros(1, 8, dtype=torch.int16))]
     for i in range(40):
         rec.begin(("p", str(i)))
-    assert old.kv == {} and old.routes and len(rec.runs) <= 16 and old not in rec.runs
+    assert old.caches == [] and old.routes and len(rec.runs) <= 16 and old not in rec.runs
 
 
 def test_route_overlay_draws_each_image_with_its_own_route():

@@ -57,7 +57,7 @@ def expected_mask(layout, plan, b=0):
                 m[conds[i], P] = True
                 m[P, conds[i]] = True
     if plan.route is None:
-        return m
+        return _isolate(m, plan, conds)
     route = plan.route[b]
     x0 = layout.x.start
     for p, r in enumerate(route.tolist()):
@@ -78,6 +78,15 @@ def expected_mask(layout, plan, b=0):
             if not plan.static or sees_prompt[i]:
                 row[P] = True
             m[conds[i]] = row
+    return _isolate(m, plan, conds)
+
+
+def _isolate(m, plan, conds):
+    """Isolation: a condition's queries see its own tokens, nothing else."""
+    if plan.isolated:
+        for rows in conds:
+            m[rows] = False
+            m[rows[:, None], rows[None]] = True
     return m
 
 
@@ -90,6 +99,11 @@ def _plans(layout, batch, seed):
                                                    block_prompt_references=block)
     yield "dynamic-nostatic", RoutePlan(static=False, route=route)
     yield "symmetric-nostatic", RoutePlan(static=False, route=route, symmetric=True)
+    for static in (True, False):
+        yield f"isolated-static{static}", RoutePlan(static=static, isolated=True)
+        yield f"isolated-dynamic-static{static}", RoutePlan(static=static, route=route, isolated=True)
+    yield "isolated-weighted", RoutePlan(route=route, isolated=True,
+                                         weights=tuple(0.5 for _ in range(layout.n_routed)))
 
 
 @pytest.mark.parametrize("n_subjects,n_refs", [(0, m) for m in range(1, 7)] + [(2, 3), (1, 6)])
@@ -113,6 +127,22 @@ def test_routed_attention_with_references_matches_dense_reference(n_subjects, n_
         for kernel in (attention.sdpa, gather):  # log-sum-exp and gather executors
             got = attention.routed_attention(q, k, v, layout, plan, kernel)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_isolated_conditions_see_only_their_own_tokens_and_are_seen_as_routed():
+    layout = TokenLayout(prompt_len=2, x_len=4, caption_lens=(1,), image_lens=(2,),
+                         reference_lens=(3, 2))
+    route = torch.tensor([[0, 1, 2, BACKGROUND]])
+    m = routes.allowed_mask(layout, RoutePlan(route=route, isolated=True), 1)[0]
+    for i in range(3):
+        own = _rows(layout, i)
+        assert m[own][:, own].all() and m[own].sum() == len(own) ** 2
+    x = layout.x.start
+    assert m[x, _rows(layout, 0)].all() and not m[x, _rows(layout, 1)].any()
+    assert m[layout.prompt, layout.reference(0)].all()  # the prompt still sees references
+    assert not RoutePlan(static=False, isolated=True).is_dense
+    with pytest.raises(routes.RoutingError, match="isolat"):
+        RoutePlan(route=route, symmetric=True, isolated=True)
 
 
 def test_static_routing_blocks_reference_pairs_and_keeps_the_prompt_by_default():

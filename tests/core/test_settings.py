@@ -120,10 +120,12 @@ def test_rules_give_the_node_schema_its_bounds():
 def test_each_routing_node_shows_its_own_settings_in_widget_order():
     assert input_names(RoutingSettings, APPLY) == [
         "static_routing", "dynamic_routing", "start_percent", "end_percent", "routing_blocks",
-        "threshold", "smoothing", "symmetric", "strength", "condition_cache", "positions"]
+        "threshold", "smoothing", "symmetric", "strength", "condition_cache", "positions",
+        "isolate"]
     assert input_names(RoutingSettings, REFERENCES) == [
         "static_routing", "block_prompt_references", "dynamic_routing", "start_percent",
-        "end_percent", "routing_blocks", "threshold", "smoothing", "symmetric", "strength"]
+        "end_percent", "routing_blocks", "threshold", "smoothing", "symmetric", "strength",
+        "condition_cache", "isolate"]
 
 
 # ---- the primitives (musar/checks.py) and the settings of the LoRA and training nodes ----------

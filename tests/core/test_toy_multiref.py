@@ -208,3 +208,18 @@ def test_graph_regions_are_the_prompted_slots_and_the_method_is_index():
     assert g["42"]["inputs"]["reference"] == 1 and g["10"]["inputs"]["labels"] == ["42", 0]
     assert g["19"]["inputs"]["reference_latents_method"] == "index" and g["11"]["inputs"]["model"] == ["10", 0]
     assert g["11"]["inputs"]["negative"] == ["8", 0] and g["8"]["inputs"]["text"] == ""
+
+
+def test_the_cache_study_graphs_and_its_defaults():
+    from toyworld import refeval
+
+    frozen = ref_graph("image 1 at top left on grey.", ["a.png"], seed=1, kv_cache=True)
+    assert frozen["16"]["class_type"] == "FluxKVCache" and frozen["11"]["inputs"]["model"] == ["16", 0]
+    assert frozen["19"]["inputs"]["reference_latents_method"] == "index"  # the conditioning keeps it
+    isolated = ref_graph("image 1 at top left on grey.", ["a.png"], seed=1,
+                         routing=refeval.CONDITIONS["isolated_cached"][0])
+    assert isolated["10"]["inputs"]["isolate"] and isolated["10"]["inputs"]["condition_cache"]
+    args = refeval.parse(["--study", "cache"])
+    assert (args.conditions, args.counts, args.seed) == (
+        "off,dynamic,isolated,isolated_cached,frozen", "2:100,3:100,4:100", 1)
+    assert refeval.parse([]).conditions == "off,static,dynamic,hard,soft"  # §11 unchanged
