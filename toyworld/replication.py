@@ -115,13 +115,18 @@ def pooled(per_seed: list[dict], cases: list[dict], metric: str, conditions: tup
     return np.asarray(x), np.asarray(y), clusters
 
 
-def primary(sources: dict[str, tuple[list[dict], list[dict]]]) -> list[dict]:
-    """The six primary endpoints from ``sources``: "R" (refeval) and "M" (the MUSAR seeds), each
-    (per-case data of every seed, cases). Missing sources leave their endpoints out; Holm runs
-    over the endpoints present (the note says when a part is still missing)."""
+CACHE_PRIMARY = (("I3", "right", ("isolated", "off"), 3), ("I4", "right", ("isolated", "off"), 4),
+                 ("F3", "right", ("isolated", "frozen"), 3), ("F4", "right", ("isolated", "frozen"), 4))
+
+
+def primary(sources: dict[str, tuple[list[dict], list[dict]]], family=PRIMARY) -> list[dict]:
+    """The primary endpoints of ``family`` (§11.2: R, M, D; §13: I, F) from ``sources``: "R"
+    (refeval), "M" (the MUSAR seeds) or "C" (the cache study), each (per-case data of every seed,
+    cases). Missing sources leave their endpoints out; Holm runs over the endpoints present (the
+    note says when a part is still missing)."""
     out = []
-    for name, metric, pair, n in PRIMARY:
-        source = sources.get(name[0] if name[0] == "R" else "M")
+    for name, metric, pair, n in family:
+        source = sources.get({"R": "R", "I": "C", "F": "C"}.get(name[0], "M"))
         if source is None:
             continue
         x, y, clusters = pooled(source[0], source[1], metric, pair, n)
@@ -161,20 +166,50 @@ def sources() -> dict[str, tuple[list[dict], list[dict]]]:
     return out
 
 
-def analyse() -> int:
-    rows = primary(sources())
-    if not rows:
-        print("nothing to analyse yet: no published evaluation")
+def cell_maps_agree(folder: Path, a: str, b: str) -> dict:
+    """How many images of condition ``a`` have exactly the cell map of the same case and variant
+    under ``b`` (the exact cache against the uncached isolated run, §13)."""
+    with gzip.open(folder / "records.jsonl.gz", "rt") as f:
+        cells = {(r["condition"], r["id"], r["variant"]): r["cells"] for r in map(json.loads, f) if r}
+    pairs = [(v, cells.get((b, i, var))) for (c, i, var), v in cells.items() if c == a]
+    same = sum(1 for x, y in pairs if x == y)
+    return {"images": len(pairs), "identical_cell_maps": same, "compared": f"{a} vs {b}"}
+
+
+def analyse_cache() -> int:
+    """§13: I3, I4, F3, F4 with Holm over the four, and the exact cache's agreement check."""
+    folder = ref_results() / "cache"
+    found = read_eval(folder)
+    if found is None:
+        print(f"nothing to analyse yet: {folder} holds no published evaluation")
         return 1
-    results = RESULTS
-    (results / "primary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    rows = primary({"C": ([found[1]], found[0])}, CACHE_PRIMARY)
+    check = cell_maps_agree(folder, "isolated_cached", "isolated")
+    write_primary(folder, rows, f"\nCheck: {check['identical_cell_maps']} of {check['images']} "
+                  f"images have identical cell maps ({check['compared']}).\n", {"check": check})
+    return 0
+
+
+def write_primary(folder: Path, rows: list[dict], extra_text: str = "", extra: dict | None = None) -> None:
+    """primary.json and primary.md in ``folder``; prints the table."""
+    data = {"endpoints": rows, **extra} if extra else rows
+    (folder / "primary.json").write_text(json.dumps(data, indent=1) + "\n")
     lines = ["| id | metric | comparison | n | cases | diff [95 %] | p | p (Holm) | established |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['id']} | {r['metric']} | {r['comparison']} | {r['n']} | {r['cases']} | "
               f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] | {r['p']:.4f} | {r['p_holm']:.4f} | "
               f"{'yes' if r['established'] else 'no'} |" for r in rows]
-    (results / "primary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = "\n".join(lines) + "\n" + extra_text
+    (folder / "primary.md").write_text(text)
+    print(text)
+
+
+def analyse() -> int:
+    rows = primary(sources())
+    if not rows:
+        print("nothing to analyse yet: no published evaluation")
+        return 1
+    write_primary(RESULTS, rows)
     return 0
 
 
@@ -190,6 +225,7 @@ def main(argv=None) -> int:
     sub.add_parser("publish-cache", help="copy the finished isolation / exact-cache evaluation "
                    "(§13) into toyworld/results/refbase/cache")
     sub.add_parser("analyse", help="the pre-registered primary endpoints")
+    sub.add_parser("analyse-cache", help="§13's primary endpoints and the exact cache's check")
     args, extra = p.parse_known_args(argv)
     if args.stage == "train":
         return train(args.seed, args.attention, extra)
@@ -208,6 +244,8 @@ def main(argv=None) -> int:
 
         publish(WEIGHTS / "eval_cache", ref_results() / "cache")
         return 0
+    if args.stage == "analyse-cache":
+        return analyse_cache()
     return analyse()
 
 

@@ -50,3 +50,24 @@ def test_primary_uses_reference_routing_entanglement_and_skips_cases_missing_in_
     del seeds[1][("b", cases[0]["id"])]
     x, _, clusters = replication.pooled(seeds, cases, "right", ("b", "a"), 3)
     assert len(x) == 39 and len(clusters) == 39
+
+
+def test_the_cache_study_family_and_its_agreement_check(tmp_path):
+    import gzip
+    import json
+
+    rng = np.random.default_rng(2)
+    cases = _cases(3, 40, 10, rng) + _cases(4, 40, 10, rng)
+    data = _data(cases, {"off": 0.8, "isolated": 0.4}, rng)  # isolation costs
+    data.update({("frozen", cid): m for (cond, cid), m in list(data.items()) if cond == "isolated"})
+    rows = {r["id"]: r for r in replication.primary({"C": ([data], cases)}, replication.CACHE_PRIMARY)}
+    assert set(rows) == {"I3", "I4", "F3", "F4"}
+    assert all(rows[k]["diff"] < 0 and rows[k]["established"] for k in ("I3", "I4"))
+    assert all(rows[k]["diff"] == 0 and not rows[k]["established"] for k in ("F3", "F4"))
+    records = [{"condition": c, "id": "n3_0", "variant": v, "cells": cells}
+               for c, v, cells in (("isolated", "main", "ab"), ("isolated_cached", "main", "ab"),
+                                   ("isolated", "swap", "ab"), ("isolated_cached", "swap", "ba"))]
+    with gzip.open(tmp_path / "records.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    check = replication.cell_maps_agree(tmp_path, "isolated_cached", "isolated")
+    assert (check["images"], check["identical_cell_maps"]) == (2, 1)
