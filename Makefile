@@ -60,6 +60,7 @@ eval-toy-cache: setup ## isolation and the exact reference cache on the multi-re
 	wait $$p && [ $$s = 0 ]
 	$(PY) -m toyworld.refeval --study cache --merge $(EVAL_ARGS)
 	[ -n "$(EVAL_ARGS)" ] || $(PY) -m toyworld.replication publish-cache
+	[ -n "$(EVAL_ARGS)" ] || $(PY) -m toyworld.replication analyse-cache
 
 replicate: setup ## the MUSAR result over LoRA seeds 0-2 on the medium base (docs/TOY_WORLD.md §11; needs make toy-base TOY_SIZE=medium): six LoRAs, (a)-(d) on case seed 2 per seed, then the pre-registered analysis -> toyworld/results/primary.md; resumable (a finished stage is skipped), nice'd; SEEDS="1 2" for some seeds
 	for s in $(SEEDS); do for a in static dense; do nice $(PY) -m toyworld.replication train --seed $$s --attention $$a || exit 1; done; \
