@@ -57,13 +57,14 @@ def _references(g: dict, files: list[str]) -> list:
 
 def _regions(g: dict, slots: list[str], mode: str, strength: float) -> list:
     """One MUSAR Layout Region per reference (its slot's rectangle), labelled in a chain."""
-    g["30"] = _node("SolidMask", "Empty mask", value=0.0, width=PANEL, height=PANEL)
-    g["31"] = _node("SolidMask", "Block mask", value=1.0, width=BLOCK * CELL, height=BLOCK * CELL)
+    # ids from 100: the references' nodes take 20 + 3j ... (four references reach 31)
+    g["100"] = _node("SolidMask", "Empty mask", value=0.0, width=PANEL, height=PANEL)
+    g["101"] = _node("SolidMask", "Block mask", value=1.0, width=BLOCK * CELL, height=BLOCK * CELL)
     labels = None
     for j, slot in enumerate(slots):
-        a, b, c = (str(40 + 3 * j + k) for k in range(3))
+        a, b, c = (str(110 + 3 * j + k) for k in range(3))
         row, col = SLOTS[slot]
-        g[a] = _node("MaskComposite", f"Region {j + 1}", destination=["30", 0], source=["31", 0],
+        g[a] = _node("MaskComposite", f"Region {j + 1}", destination=["100", 0], source=["101", 0],
                      x=col * CELL, y=row * CELL, operation="add")
         g[b] = _node("MUSAR_LayoutRegion", f"Layout region {j + 1}", mask=[a, 0], mode=mode, strength=strength)
         inputs = dict(reference=j + 1, caption=f"image {j + 1}", color="", region=[b, 0])

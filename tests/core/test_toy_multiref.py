@@ -204,10 +204,21 @@ def test_route_references_report_on_known_records():
 def test_graph_regions_are_the_prompted_slots_and_the_method_is_index():
     g = ref_graph("image 1 at bottom right on grey.", ["a.png"], seed=1, routing={},
                regions=(["bottom right"], "hard", 0.5))
-    assert (g["40"]["inputs"]["x"], g["40"]["inputs"]["y"]) == (80, 80) and g["31"]["inputs"]["width"] == 48
-    assert g["42"]["inputs"]["reference"] == 1 and g["10"]["inputs"]["labels"] == ["42", 0]
+    assert (g["110"]["inputs"]["x"], g["110"]["inputs"]["y"]) == (80, 80) and g["101"]["inputs"]["width"] == 48
+    assert g["112"]["inputs"]["reference"] == 1 and g["10"]["inputs"]["labels"] == ["112", 0]
     assert g["19"]["inputs"]["reference_latents_method"] == "index" and g["11"]["inputs"]["model"] == ["10", 0]
     assert g["11"]["inputs"]["negative"] == ["8", 0] and g["8"]["inputs"]["text"] == ""
+
+
+def test_four_references_with_regions_keep_every_reference_node():
+    """Four references reach node id 31; the region nodes must not take those ids (they did once:
+    the n = 4 region cases failed ComfyUI's validation)."""
+    slots = ["top left", "top right", "bottom left", "bottom right"]
+    plain = ref_graph("four", [f"{j}.png" for j in range(4)], seed=1)
+    g = ref_graph("four", [f"{j}.png" for j in range(4)], seed=1, routing={}, regions=(slots, "hard", 0.5))
+    assert all(g[k] == v for k, v in plain.items() if k not in ("11",))  # references untouched
+    assert [g[k]["class_type"] for k in ("29", "30", "31")] == ["LoadImage", "VAEEncode", "ReferenceLatent"]
+    assert g["19"]["inputs"]["conditioning"] == ["31", 0]
 
 
 def test_the_cache_study_graphs_and_its_defaults():
