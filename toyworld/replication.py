@@ -63,7 +63,8 @@ def publish(src: Path, dest: Path) -> None:
     if not (src / "records.jsonl").is_file():
         raise SystemExit(f"{src}: no records.jsonl -- run the evaluation first")
     dest.mkdir(parents=True, exist_ok=True)
-    with (src / "records.jsonl").open("rb") as f, gzip.open(dest / "records.jsonl.gz", "wb", mtime=0) as g:
+    with (src / "records.jsonl").open("rb") as f, (dest / "records.jsonl.gz").open("wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as g:  # same bytes every time
         shutil.copyfileobj(f, g)
     for name in PUBLISHED:
         if (src / name).is_file():
