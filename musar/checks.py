@@ -78,6 +78,12 @@ def setting(default, rule: Rule, tooltip: str | Mapping[str, str] = "", *,
         "rule": rule, "tooltip": tooltip, "nodes": nodes, "widget": widget})
 
 
+def default_of(field: dataclasses.Field, node: str | None = None):
+    """A declared field's default on ``node``: its own per-node default when it has one
+    (``setting(..., defaults={node: value})``; the settings' docs say why), else the field's."""
+    return field.metadata["widget"].get("defaults", {}).get(node, field.default)
+
+
 def _declared(cls, node: str | None):
     for f in dataclasses.fields(cls):
         if "rule" in f.metadata and (node is None or f.metadata["nodes"] is None

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 
 from comfy_api.latest import io
 
-from ..musar.checks import FLAG, TEXT, Limit, declared, input_names, verdict
+from ..musar.checks import FLAG, TEXT, Limit, declared, default_of, verdict
 
 
 def widget(field, node: str | None = None, **fmt):
@@ -39,7 +39,9 @@ def widget(field, node: str | None = None, **fmt):
     if isinstance(extra.get("optional"), tuple):  # optional on the nodes it names only
         extra["optional"] = node in extra["optional"]
     tooltip = tooltip.format(**fmt) if fmt else tooltip
-    default = {} if field.default is None else {"default": field.default}
+    value = default_of(field, node)
+    default = {} if value is None else {"default": value}
+    extra.pop("defaults", None)
     if isinstance(rule, Limit):
         kind = io.Int if rule.integer else io.Float
         return kind.Input(field.name, **default, **rule.schema(), tooltip=tooltip, **extra)
@@ -77,5 +79,7 @@ def validation(cls, check: Callable[[Mapping], object], node: str | None = None,
 
 
 def settings_of(cls, inputs: Mapping, node: str | None = None):
-    """The settings object of a node's inputs (its other inputs - model, images - left out)."""
-    return cls(**{name: inputs[name] for name in input_names(cls, node) if name in inputs})
+    """The settings object of a node's inputs (its other inputs - model, images - left out); an
+    input the prompt does not hold takes the node's own default."""
+    return cls(**{f.name: inputs[f.name] if f.name in inputs else default_of(f, node)
+                  for f in declared(cls, node) if f.name in inputs or default_of(f, node) is not None})

@@ -15,8 +15,8 @@ ComfyUI process: the first six four-subject held-out cases of case seed ``GRID_C
 before any was drawn) through the shipped four-subject workflow (``GRID_WORKFLOW``) under
 ``GRID_CONDITIONS`` - no routing (the dense-trained LoRA, routing off), static routing, and the
 workflow as shipped (the static-trained LoRA) - and, when the multi-reference base is in the toy
-weights folder, six three-reference cases with MUSAR Route References off and on (its shipped
-defaults). Every image is scored by the toy detector; the figure shows the references, each image
+weights folder, six three-reference cases with MUSAR Route References off, as shipped (static
+routing) and with dynamic routing on. Every image is scored by the toy detector; the figure shows the references, each image
 with its count of subjects right and the route, and the tally per condition under each panel
 (``OUTPUT/toy_demo.png``, numbers in ``OUTPUT/toy_demo.json``; ``--docs`` also copies the figure
 to docs/images/toy_demo.png, the README's picture; ``--quick``: one case per panel).
@@ -168,7 +168,9 @@ GRID_CONDITIONS = {  # name -> (LoRA, Apply Routing inputs set; None = as the wo
     "as shipped": ("static", None),
 }
 REF_CASES = 6  # three-reference cases of the multi-reference base, the first six of GRID_CASE_SEED
-REF_CONDITIONS = {"off": "off", "Route References": "dynamic"}  # -> toyworld.refeval's: stock / shipped defaults
+# -> toyworld.refeval's conditions: stock; Route References as shipped (static routing: dynamic
+# routing is off by default since the §11 measurement); with dynamic routing on
+REF_CONDITIONS = {"off": "off", "Route References": "static", "+ dynamic routing": "dynamic"}
 
 
 def grid_cases(W, count: int = GRID_CASES) -> list[dict]:
@@ -326,7 +328,7 @@ def make_demo(out: Path, count: int = GRID_CASES, refs: int = REF_CASES, threads
             ref_part = run_refs(pack, runner, W, det, refs, ref_model.name)
             figure, record["references"] = panel(
                 ref_part, REF_CONDITIONS, "Route References: three reference pictures, multi-reference base",
-                "Route References", lambda case, i: multiref.reference_picture(W.Identity.parse(case["subjects"][i])))
+                "+ dynamic routing", lambda case, i: multiref.reference_picture(W.Identity.parse(case["subjects"][i])))
             figures.append(figure)
         elif refs:
             print(f"toy demo: no {ref_model.name} in {weights}: the Route References panel is left out")

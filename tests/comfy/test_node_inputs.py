@@ -178,7 +178,7 @@ def test_every_settings_field_is_a_node_input_and_every_widget_a_settings_field(
         for w in widgets:
             f, rule = fields[w.id], fields[w.id].metadata["rule"]
             if f.default is not None and w.id not in ("lora_name",):
-                assert w.default == f.default, (node_id, w.id)
+                assert w.default == checks.default_of(f, key), (node_id, w.id)
             if isinstance(rule, checks.Limit):
                 assert (w.min, w.max, w.step) == (rule.low, rule.high, rule.step), (node_id, w.id)
                 assert isinstance(w, io.Int.Input) == rule.integer, (node_id, w.id)
