@@ -92,17 +92,17 @@ def reference_count(per_cond: list[int], labels: ReferenceLabels) -> int:
 TIMESTEP_ZERO = "index_timestep_zero"  # ComfyUI's method that modulates references at t = 0
 
 
-def check_subject_methods(methods: set[str]) -> None:
+def check_subject_methods(methods: set[str], what: str = "MUSAR subjects") -> None:
     """MUSAR subjects run FLUX.1's blocks with their own per-segment modulation, which cannot
     be combined with ComfyUI's own timestep-zero references (set by the reference method
     ``index_timestep_zero`` or by core's FluxKVCache node); ComfyUI's FLUX.1 forward does not run
     that method either."""
     if TIMESTEP_ZERO in methods:
-        raise LayoutError("MUSAR subjects cannot be combined with the reference method "
+        raise LayoutError(f"{what} cannot be combined with the reference method "
                           f"'{TIMESTEP_ZERO}' (set by 'Edit Model Reference Method' or by the "
                           "Flux KV Cache node): use the method 'index' or 'offset' and no Flux KV "
-                          "Cache with MUSAR Apply Routing (MUSAR Route References alone can route "
-                          "timestep-zero references on FLUX.2)")
+                          "Cache with MUSAR Apply Routing or isolated FLUX.1 references (MUSAR "
+                          "Route References without isolate can route timestep-zero references)")
 
 
 def check_cache_methods(methods: set) -> None:

@@ -132,7 +132,8 @@ def _outer_sample(executor, *args, **kwargs):
     noise = args[0] if args else kwargs["noise"]
     methods = families.reference_methods(guider)
     if attached.modulates_blocks:
-        references.check_subject_methods(methods)
+        references.check_subject_methods(methods, "MUSAR subjects" if attached.has_subjects else
+                                          "References isolated on FLUX.1 (modulated by the pack)")
     elif attached.routes_references and attached.schedule.settings.condition_cache:
         references.check_cache_methods(methods)
     n_refs = 0
