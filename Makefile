@@ -3,7 +3,7 @@
 # .venv, or the venv of $COMFYUI_PATH (scripts/env.sh)
 PY = $(shell COMFYUI_PATH="$(COMFYUI_PATH)" scripts/env.sh --python)
 export COMFYUI_PATH
-TOY_SIZE ?= small
+TOY_SIZE ?= medium
 SEEDS ?= 0 1 2
 
 .PHONY: setup test test-core test-comfy test-adversarial serve demo bench toy-base toy-lora eval-toy toy-refbase eval-toy-refs eval-toy-cache replicate lint clean
@@ -62,8 +62,11 @@ eval-toy-cache: setup ## isolation and the exact reference cache on the multi-re
 	[ -n "$(EVAL_ARGS)" ] || $(PY) -m toyworld.replication publish-cache
 	[ -n "$(EVAL_ARGS)" ] || $(PY) -m toyworld.replication analyse-cache
 
-replicate: setup ## the MUSAR result over LoRA seeds 0-2 on the medium base (docs/TOY_WORLD.md §11; needs make toy-base TOY_SIZE=medium): six LoRAs, (a)-(d) on case seed 2 per seed, then the pre-registered analysis -> toyworld/results/primary.md; resumable (a finished stage is skipped), nice'd; SEEDS="1 2" for some seeds
-	for s in $(SEEDS); do for a in static dense; do nice $(PY) -m toyworld.replication train --seed $$s --attention $$a || exit 1; done; \
+replicate: setup ## the MUSAR result over LoRA seeds 0-2 on the medium base (docs/TOY_WORLD.md §11; needs make toy-base TOY_SIZE=medium): per seed its two LoRAs side by side, then (a)-(d) on case seed 2 in two processes, then the pre-registered analysis -> toyworld/results/primary.md; resumable (a finished stage is skipped), nice'd; SEEDS="1 2" for some seeds
+	for s in $(SEEDS); do \
+	  nice $(PY) -m toyworld.replication train --seed $$s --attention static & p=$$!; \
+	  nice $(PY) -m toyworld.replication train --seed $$s --attention dense; t=$$?; \
+	  wait $$p && [ $$t = 0 ] || exit 1; \
 	  nice $(PY) -m toyworld.replication eval --seed $$s || exit 1; done
 	$(PY) -m toyworld.replication analyse
 

@@ -20,7 +20,7 @@ echo "== tier 1: tests/core (no ComfyUI) =="
 tier1=$?
 echo "== tier 1 done at ${SECONDS}s =="
 echo "== tier 2: tests/comfy (real ComfyUI $(cat "$MUSAR_VENV/.musar-comfyui-path")) =="
-"$PY" -m pytest tests/comfy "$@"
+"$PY" -m pytest tests/comfy --durations=12 "$@"
 tier2=$?
 echo "== tier 2 done at ${SECONDS}s =="
 echo "== adversarial: tests/adversarial (a real ComfyUI server under bad input) =="

@@ -19,15 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = ROOT / "toyworld" / "weights"
 CACHE_DIR = ROOT / ".cache" / "toyworld"
 BASE_SIZES = ("small", "medium")  # the toy base model's sizes (their shapes: train_base.SIZES)
+DEFAULT_SIZE = "medium"  # the base that passes its gate; the committed demo models are its chain's
 logger = logging.getLogger("toyworld")
 
 
 def run_folders(size: str) -> tuple[Path, Path]:
-    """(weights folder, work folder) of the toy-world chain of one base size. The small model's
-    weights are the committed ones in toyworld/weights; a larger base stays in the cache with its
-    LoRAs (it would not fit the committed-weights budget of 10 MB)."""
-    if size == "small":
-        return WEIGHTS_DIR, CACHE_DIR
+    """(weights folder, work folder) of the toy-world chain of one base size, both in the cache.
+    The committed folder toyworld/weights is written only by ``python -m toyworld.replication
+    commit-weights`` (fp16 copies of the medium chain's files), so no training overwrites it."""
     return CACHE_DIR / size / "weights", CACHE_DIR / size
 
 

@@ -65,7 +65,7 @@ PARTS = {"text": "text,oracle,a,a2", "routing": "b,c", "tuned": "d"}  # make eva
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=common.BASE_SIZES, default="small", help="which base model's chain "
+    p.add_argument("--size", choices=common.BASE_SIZES, default=common.DEFAULT_SIZE, help="which base model's chain "
                    "(train_base --size): sets the defaults of --weights and --out")
     p.add_argument("--out", type=Path, help="default .cache/toyworld[/<size>]/eval")
     p.add_argument("--weights", type=Path, help="default: the size's weights folder")

@@ -89,13 +89,28 @@ def train(seed: int, attention: str, extra: list[str]) -> int:
     return code
 
 
-def evaluate(seed: int, extra: list[str]) -> int:
+JOB_PARTS = ("a,c", "b,d")  # ``eval --jobs 2``: two processes of about equal work, then merged
+
+
+def evaluate(seed: int, extra: list[str], jobs: int = 1) -> int:
+    """(a)-(d) of one seed on the pre-registered cases; ``jobs`` = 2 runs two halves of the
+    conditions side by side (one thread each) and merges them. Publishes the records once the
+    pre-registered run is complete (no ``extra`` arguments)."""
     folder = seed_folder(seed)
-    args = [sys.executable, "-m", "toyworld.eval", "--size", "medium", "--seed", str(CASE_SEED),
-            "--counts", COUNTS, "--conditions", CONDITIONS, "--loras", str(folder / "weights"),
-            "--out", str(folder / "eval")]
-    code = subprocess.call(args + extra, cwd=common.ROOT)
-    if code == 0 and not extra:  # a partial run (--part, --counts ...) is not the pre-registered one
+    base = [sys.executable, "-m", "toyworld.eval", "--size", "medium", "--seed", str(CASE_SEED),
+            "--counts", COUNTS, "--loras", str(folder / "weights")]
+    if jobs == 1:
+        code = subprocess.call(base + ["--conditions", CONDITIONS, "--out", str(folder / "eval")] + extra,
+                               cwd=common.ROOT)
+    else:
+        parts = [folder / f"eval_{part.replace(',', '')}" for part in JOB_PARTS]
+        procs = [subprocess.Popen(base + ["--conditions", part, "--out", str(out)] + extra, cwd=common.ROOT)
+                 for part, out in zip(JOB_PARTS, parts)]
+        code = max(proc.wait() for proc in procs)
+        if code == 0:
+            code = subprocess.call(base + ["--out", str(folder / "eval"), "--merge", *map(str, parts)]
+                                   + extra, cwd=common.ROOT)
+    if code == 0 and not extra:  # a partial run (--counts ...) is not the pre-registered one
         publish(folder / "eval", seed_results(seed))
     return code
 
@@ -214,6 +229,59 @@ def analyse() -> int:
     return 0
 
 
+WEIGHTS_BUDGET = 20_000_000  # bytes of committed *.safetensors in toyworld/weights (issue 21)
+COMMITTED_SEED = 0  # the LoRAs of this training seed are the demo's (the recipe's own seed)
+
+
+def commit_weights() -> int:
+    """Write the demo's models into the committed folder toyworld/weights: the medium base (its
+    gate must have passed) and the seed-0 LoRAs of both arms (gated), every floating tensor in
+    fp16, with their training logs and gates; the multi-reference base already there stays. Refuses
+    when anything is missing or when the folder's weights would exceed ``WEIGHTS_BUDGET``.
+    ``weights.json`` records each file's source, its digest and what was converted."""
+    import torch
+    from safetensors import safe_open
+
+    from .eval import model_digests
+
+    base_dir, lora_dir = common.run_folders("medium")[0], seed_folder(COMMITTED_SEED) / "weights"
+    gate = base_dir / "base_gate.json"
+    if not gate.is_file() or not json.loads(gate.read_text())["passed"]:
+        raise SystemExit(f"{gate}: the medium base has not passed its gate; train it first "
+                         "(make toy-base TOY_SIZE=medium)")
+    models = [base_dir / "toy_flux.safetensors"] + [lora_dir / f"toy_lora_{a}.safetensors" for a in ("static", "dense")]
+    sides = [base_dir / name for name in ("toy_codec.safetensors", "toy_text_encoder.safetensors",
+                                          "train_base_log.json", "base_gate.json")]
+    sides += [lora_dir / name for a in ("static", "dense") for name in (f"train_lora_{a}_log.json", f"lora_gate_{a}.json")]
+    missing = [str(p) for p in models + sides if not p.is_file()]
+    if missing:
+        raise SystemExit("commit-weights: missing " + ", ".join(missing) + " (train the medium base and "
+                         f"the seed-{COMMITTED_SEED} LoRAs first: make replicate SEEDS={COMMITTED_SEED})")
+    for p in sides[4:]:
+        if p.name.startswith("lora_gate") and not json.loads(p.read_text())["passed"]:
+            raise SystemExit(f"{p}: this LoRA did not pass its gate")
+    converted = {}
+    for src in models:
+        with safe_open(str(src), "pt") as f:
+            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        dtypes = sorted({str(t.dtype) for t in tensors.values()})
+        half = {k: t.to(torch.float16) if t.is_floating_point() else t for k, t in tensors.items()}
+        common.save_safetensors(half, common.WEIGHTS_DIR / src.name, meta)
+        converted[src.name] = {"source": str(src.relative_to(common.ROOT)), "source_dtypes": dtypes,
+                               "stored": "float16", "source_digest": model_digests([src])[src.name],
+                               "digest": model_digests([common.WEIGHTS_DIR / src.name])[src.name]}
+    for src in sides:
+        shutil.copyfile(src, common.WEIGHTS_DIR / src.name)
+    total = sum(p.stat().st_size for p in common.WEIGHTS_DIR.glob("*.safetensors"))
+    common.write_json({"files": converted, "weights_bytes": total, "budget_bytes": WEIGHTS_BUDGET},
+                      common.WEIGHTS_DIR / "weights.json")
+    print(f"committed weights: {total / 1e6:.2f} MB of {WEIGHTS_BUDGET / 1e6:.0f} MB")
+    if total > WEIGHTS_BUDGET:
+        raise SystemExit(f"commit-weights: toyworld/weights holds {total / 1e6:.2f} MB of weights, over the "
+                         f"{WEIGHTS_BUDGET / 1e6:.0f} MB budget")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", required=True)
@@ -222,16 +290,20 @@ def main(argv=None) -> int:
     t.add_argument("--attention", choices=("static", "dense"), required=True)
     e = sub.add_parser("eval", help="conditions (a) (b) (c) (d) on the fresh test cases, one seed")
     e.add_argument("--seed", type=int, choices=SEEDS, required=True)
+    e.add_argument("--jobs", type=int, choices=(1, 2), default=2,
+                   help=f"2: the conditions in two processes side by side ({' and '.join(JOB_PARTS)}), then merged")
     sub.add_parser("publish-refs", help="copy the finished Route References evaluation into toyworld/results/refbase")
     sub.add_parser("publish-cache", help="copy the finished isolation / exact-cache evaluation "
                    "(§13) into toyworld/results/refbase/cache")
     sub.add_parser("analyse", help="the pre-registered primary endpoints")
+    sub.add_parser("commit-weights", help="the medium base and the seed-0 LoRAs in fp16 -> toyworld/weights "
+                   "(the demo's and the tests' models)")
     sub.add_parser("analyse-cache", help="§13's primary endpoints and the exact cache's check")
     args, extra = p.parse_known_args(argv)
     if args.stage == "train":
         return train(args.seed, args.attention, extra)
     if args.stage == "eval":
-        return evaluate(args.seed, extra)
+        return evaluate(args.seed, extra, args.jobs)
     if args.stage == "publish-refs":
         from .refeval import WEIGHTS
 
@@ -247,6 +319,8 @@ def main(argv=None) -> int:
         return 0
     if args.stage == "analyse-cache":
         return analyse_cache()
+    if args.stage == "commit-weights":
+        return commit_weights()
     return analyse()
 
 

@@ -59,7 +59,7 @@ BLOCK_TOKENS = 3
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=common.BASE_SIZES, default="small")
+    p.add_argument("--size", choices=common.BASE_SIZES, default=common.DEFAULT_SIZE)
     p.add_argument("--weights", type=Path, help="default: the size's weights folder")
     p.add_argument("--loras", type=Path, help="folder of the LoRA files (default: --weights)")
     p.add_argument("--out", type=Path, help="default .cache/toyworld[/<size>]/route_study")

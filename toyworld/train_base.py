@@ -43,9 +43,9 @@ SIZES = {  # [chosen]; "small" is the 1.8 M model, "medium" the ~6 M fallback of
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=common.BASE_SIZES, default="small",
-                   help="small: the committed 1.8 M model; medium: ~6 M (weights stay in .cache/toyworld/medium)")
-    p.add_argument("--out", type=Path, help="default: toyworld/weights (small), .cache/toyworld/<size>/weights")
+    p.add_argument("--size", choices=common.BASE_SIZES, default=common.DEFAULT_SIZE,
+                   help="medium: the ~6 M base that passes its gate; small: the 1.8 M one that does not")
+    p.add_argument("--out", type=Path, help="default: .cache/toyworld/<size>/weights")
     p.add_argument("--work", type=Path, help="default: .cache/toyworld[/<size>]/base_run")
     p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--batch", type=int, default=32, help="square images per step (diptych steps: half)")

@@ -33,7 +33,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attention", choices=("static", "dense"), default="static",
                    help="attention plan of training (TrainConfig.attention)")
-    p.add_argument("--size", choices=common.BASE_SIZES, default="small", help="which base model's chain "
+    p.add_argument("--size", choices=common.BASE_SIZES, default=common.DEFAULT_SIZE, help="which base model's chain "
                    "(train_base --size): sets the defaults of --weights, --out and --work")
     p.add_argument("--weights", type=Path, help="toy base model folder (default: the size's weights folder)")
     p.add_argument("--out", type=Path, help="default: --weights")

@@ -23,6 +23,7 @@ from toyworld.common import WEIGHTS_DIR
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: threads cost more than they give (tests/conftest.py)
 CODEC, TEXT, BASE = "toy_codec.safetensors", "toy_text_encoder.safetensors", "toy_flux.safetensors"
+COMMITTED = ["--weights", str(WEIGHTS_DIR)]  # the committed demo models, not a training chain's cache
 
 
 @pytest.fixture(autouse=True)
@@ -157,7 +158,7 @@ def test_both_loras_train_through_the_pack_trainer_and_differ(tmp_path, pack):
 
 def test_one_case_with_its_counterfactual_through_the_real_graph(tmp_path):
     out = tmp_path / "eval"
-    assert toy_eval.main(["--out", str(out), "--counts", "2:1", "--conditions", "text,c", "--samples", "1",
+    assert toy_eval.main([*COMMITTED, "--out", str(out), "--counts", "2:1", "--conditions", "text,c", "--samples", "1",
                           "--threads", "0", "--verify", "1"]) == 0
     records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     assert sorted((r["condition"], r["variant"]) for r in records) == [("c", "main"), ("c", "swap"), ("text", "main")]
@@ -170,7 +171,7 @@ def test_one_case_with_its_counterfactual_through_the_real_graph(tmp_path):
     assert (out / "figures" / "toy_eval_2_subjects.png").is_file()
     # a part run side by side on another condition, merged with the first into one table
     part = tmp_path / "oracle"
-    assert toy_eval.main(["--out", str(part), "--counts", "2:1", "--conditions", "oracle", "--samples", "0",
+    assert toy_eval.main([*COMMITTED, "--out", str(part), "--counts", "2:1", "--conditions", "oracle", "--samples", "0",
                           "--threads", "0"]) == 0
     merged = tmp_path / "merged"
     assert toy_eval.main(["--out", str(merged), "--merge", str(out), str(part)]) == 0
@@ -186,7 +187,7 @@ def test_one_case_with_its_counterfactual_through_the_real_graph(tmp_path):
     other.mkdir()
     shutil.copy(toy_eval.common.WEIGHTS_DIR / "toy_lora_dense.safetensors", other / "toy_lora_static.safetensors")
     with pytest.raises(SystemExit, match="toy_lora_static.safetensors changed"):
-        toy_eval.main(["--out", str(out), "--counts", "2:1", "--conditions", "c", "--loras", str(other), "--threads", "0"])
+        toy_eval.main([*COMMITTED, "--out", str(out), "--counts", "2:1", "--conditions", "c", "--loras", str(other), "--threads", "0"])
 
 
 def test_toy_demo_gives_the_shipped_workflow_held_out_subjects_without_colour_words(tmp_path, pack, W):
@@ -261,7 +262,7 @@ def test_route_study_reads_where_the_route_sends_each_block(tmp_path):
     from toyworld import route_study
 
     out = tmp_path / "routes"
-    assert route_study.main(["--out", str(out), "--n", "2", "--cases", "1", "--variants", "b,c", "--threads", "0"]) == 0
+    assert route_study.main([*COMMITTED, "--out", str(out), "--n", "2", "--cases", "1", "--variants", "b,c", "--threads", "0"]) == 0
     records = {r["variant"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
     assert "routes" not in records["b"] and len(records["b"]["right"]) == 2
     steps = records["c"]["routes"]

@@ -71,3 +71,43 @@ def test_the_cache_study_family_and_its_agreement_check(tmp_path):
         f.writelines(json.dumps(r) + "\n" for r in records)
     check = replication.cell_maps_agree(tmp_path, "isolated_cached", "isolated")
     assert (check["images"], check["identical_cell_maps"]) == (2, 1)
+
+
+def test_eval_side_by_side_splits_the_conditions_and_merges_before_publishing(tmp_path, monkeypatch):
+    """``eval --jobs 2``: two processes whose conditions together are exactly the pre-registered
+    ones, on the same cases, then one merge into the seed's eval folder, then the publication."""
+    calls, published = [], []
+
+    class Proc:
+        def __init__(self, args, cwd):
+            calls.append(args)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(replication, "seed_folder", lambda seed: tmp_path / f"seed{seed}")
+    monkeypatch.setattr(replication.subprocess, "Popen", Proc)
+    monkeypatch.setattr(replication.subprocess, "call", lambda args, cwd: calls.append(args) or 0)
+    monkeypatch.setattr(replication, "publish", lambda src, dest: published.append(src))
+
+    assert replication.evaluate(1, [], jobs=2) == 0
+
+    def value(args, flag):
+        return args[args.index(flag) + 1]
+
+    *parts, merge = calls
+    conditions = [value(args, "--conditions").split(",") for args in parts]
+    assert sorted(c for part in conditions for c in part) == sorted(replication.CONDITIONS.split(","))
+    assert {value(args, "--seed") for args in calls} == {str(replication.CASE_SEED)}
+    assert {value(args, "--counts") for args in calls} == {replication.COUNTS}
+    assert merge[merge.index("--merge") + 1:] == [value(args, "--out") for args in parts]
+    assert value(merge, "--out") == str(tmp_path / "seed1" / "eval") and published == [tmp_path / "seed1" / "eval"]
+
+
+def test_a_partial_or_failed_eval_is_not_published(tmp_path, monkeypatch):
+    monkeypatch.setattr(replication, "seed_folder", lambda seed: tmp_path / f"seed{seed}")
+    monkeypatch.setattr(replication, "publish", lambda src, dest: pytest.fail("published"))
+    monkeypatch.setattr(replication.subprocess, "call", lambda args, cwd: 0)
+    assert replication.evaluate(0, ["--counts", "2:1"], jobs=1) == 0
+    monkeypatch.setattr(replication.subprocess, "call", lambda args, cwd: 3)
+    assert replication.evaluate(0, [], jobs=1) == 3

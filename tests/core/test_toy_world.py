@@ -112,7 +112,7 @@ def test_pairs_export_reads_back_through_the_pack_reader_pixel_exact(tmp_path):
 
 def test_every_stage_finds_the_same_folders_for_a_base_size():
     """`make toy-base/toy-lora/eval-toy TOY_SIZE=medium` chain through one folder, without flags;
-    the small chain keeps the committed weights folder."""
+    none of them is the committed weights folder."""
     from toyworld import common, train_base, train_lora
     from toyworld import eval as toy_eval
 
@@ -129,8 +129,9 @@ def test_every_stage_finds_the_same_folders_for_a_base_size():
         assert {p.out.parent for p in parts} == {ev.out.parent} and len({p.out for p in parts}) == len(parts)
         conditions = [c for p in parts for c in p.conditions.split(",")]  # disjoint, together every condition
         assert sorted(conditions) == sorted(toy_eval.CONDITIONS)
-    assert train_base.parse([]).out == common.WEIGHTS_DIR
-    assert common.WEIGHTS_DIR not in common.run_folders("medium")
+    assert train_base.parse([]).out == common.run_folders(common.DEFAULT_SIZE)[0]
+    for size in common.BASE_SIZES:  # no training writes into the committed folder
+        assert all(common.WEIGHTS_DIR not in (folder, *folder.parents) for folder in common.run_folders(size))
 
 
 def test_route_study_reads_each_slot_as_its_three_by_three_tokens():
