@@ -233,15 +233,64 @@ WEIGHTS_BUDGET = 20_000_000  # bytes of committed *.safetensors in toyworld/weig
 COMMITTED_SEED = 0  # the LoRAs of this training seed are the demo's (the recipe's own seed)
 
 
+RANK_TOLERANCE = 2.0 ** -11  # fp16's unit roundoff: a cut this small is below what fp16 storage loses
+
+
+def _save_half(src: Path, dest: Path) -> dict:
+    """``src`` with every floating tensor in fp16 (metadata kept) -> ``dest``."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(src), "pt") as f:
+        meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    dtypes = sorted({str(t.dtype) for t in tensors.values()})
+    common.save_safetensors({k: t.to(torch.float16) if t.is_floating_point() else t
+                             for k, t in tensors.items()}, dest, meta)
+    return {"source_dtypes": dtypes, "stored": "float16"}
+
+
+def _save_truncated_lora(src: Path, dest: Path) -> dict:
+    """Every LoRA pair of ``src`` re-factored by SVD of its product (scale folded in) and cut to the
+    fewest singular values whose left-out part has a Frobenius norm ≤ ``RANK_TOLERANCE`` × the
+    product's: the delta changes by no more than fp16 rounding changes it. Returns the ranks kept."""
+    import dataclasses
+
+    import torch
+
+    from musar.lora import save_dual_lora
+    from musar.omini import load_lora_file
+
+    lora, kept, params = load_lora_file(src), {}, [0, 0]
+    modules = {}
+    for name, pairs in lora.modules.items():
+        cut = []
+        for branch, pair in zip(("noisy", "subject"), pairs):
+            if pair is None:
+                cut.append(None)
+                continue
+            delta = (pair.up.double() * pair.scale) @ pair.down.double()
+            u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+            tail = torch.sqrt(torch.flip(torch.cumsum(torch.flip(sv ** 2, [0]), 0), [0]))  # tail[i]: norm of sv[i:]
+            fits = torch.nonzero(tail <= RANK_TOLERANCE * tail[0]).flatten()
+            rank = min(int(fits[0]) if len(fits) else pair.rank, pair.rank)
+            root = torch.sqrt(sv[:rank])  # rank 0: the product is exactly zero (e.g. an output never read)
+            cut.append(dataclasses.replace(pair, down=(root[:, None] * vh[:rank]).float(),
+                                           up=(u[:, :rank] * root).float(), scale=1.0) if rank else None)
+            kept[f"{name}.{branch}"] = [pair.rank, rank]
+            params[0] += pair.rank * sum(delta.shape)
+            params[1] += rank * sum(delta.shape)
+        if any(cut):
+            modules[name] = tuple(cut)
+    save_dual_lora(dest, dataclasses.replace(lora, modules=modules))
+    return {"rank_tolerance": RANK_TOLERANCE, "ranks_kept": kept, "parameters": params}
+
+
 def commit_weights() -> int:
     """Write the demo's models into the committed folder toyworld/weights: the medium base (its
     gate must have passed) and the seed-0 LoRAs of both arms (gated), every floating tensor in
     fp16, with their training logs and gates; the multi-reference base already there stays. Refuses
     when anything is missing or when the folder's weights would exceed ``WEIGHTS_BUDGET``.
     ``weights.json`` records each file's source, its digest and what was converted."""
-    import torch
-    from safetensors import safe_open
-
     from .eval import model_digests
 
     base_dir, lora_dir = common.run_folders("medium")[0], seed_folder(COMMITTED_SEED) / "weights"
@@ -262,14 +311,13 @@ def commit_weights() -> int:
             raise SystemExit(f"{p}: this LoRA did not pass its gate")
     converted = {}
     for src in models:
-        with safe_open(str(src), "pt") as f:
-            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-        dtypes = sorted({str(t.dtype) for t in tensors.values()})
-        half = {k: t.to(torch.float16) if t.is_floating_point() else t for k, t in tensors.items()}
-        common.save_safetensors(half, common.WEIGHTS_DIR / src.name, meta)
-        converted[src.name] = {"source": str(src.relative_to(common.ROOT)), "source_dtypes": dtypes,
-                               "stored": "float16", "source_digest": model_digests([src])[src.name],
-                               "digest": model_digests([common.WEIGHTS_DIR / src.name])[src.name]}
+        dest = common.WEIGHTS_DIR / src.name
+        info = {"source": str(src.relative_to(common.ROOT)), "source_digest": model_digests([src])[src.name]}
+        if src.name.startswith("toy_lora_"):  # factors re-cut to the rank fp16 can tell apart, then fp16
+            info.update(_save_truncated_lora(src, dest))
+            src = dest
+        info.update(_save_half(src, dest))
+        converted[dest.name] = {**info, "digest": model_digests([dest])[dest.name]}
     for src in sides:
         shutil.copyfile(src, common.WEIGHTS_DIR / src.name)
     total = sum(p.stat().st_size for p in common.WEIGHTS_DIR.glob("*.safetensors"))

@@ -111,3 +111,36 @@ def test_a_partial_or_failed_eval_is_not_published(tmp_path, monkeypatch):
     assert replication.evaluate(0, ["--counts", "2:1"], jobs=1) == 0
     monkeypatch.setattr(replication.subprocess, "call", lambda args, cwd: 3)
     assert replication.evaluate(0, [], jobs=1) == 3
+
+
+def test_committed_lora_keeps_each_product_to_fp16_precision_with_fewer_factors(tmp_path):
+    """The demo's LoRAs are re-cut by SVD: a product of true rank 3 stored as rank-16 factors comes
+    back with rank 3 and the same product to the tolerance; an all-zero pair is left out; a
+    full-rank pair keeps its rank; the file loads through the pack's reader."""
+    import torch
+
+    from musar.lora import DualLoRA, LoRAPair, save_dual_lora
+    from musar.omini import load_lora_file
+
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(24, 3, generator=g) @ torch.randn(3, 16, generator=g)  # (out, r) of rank 3
+    def full():
+        return LoRAPair(torch.randn(8, 16, generator=g), torch.randn(24, 8, generator=g), scale=0.5)
+
+    modules = {"double_blocks.0.img_attn.proj": (full(), LoRAPair(torch.randn(16, 16, generator=g), low)),
+               "double_blocks.0.img_mlp.2": (full(), LoRAPair(torch.randn(16, 16, generator=g), torch.zeros(24, 16)))}
+    src, dest = tmp_path / "src.safetensors", tmp_path / "dest.safetensors"
+    save_dual_lora(src, DualLoRA(modules, {}))
+    info = replication._save_truncated_lora(src, dest)
+    assert info["ranks_kept"] == {"double_blocks.0.img_attn.proj.noisy": [8, 8],
+                                  "double_blocks.0.img_attn.proj.subject": [16, 3],
+                                  "double_blocks.0.img_mlp.2.noisy": [8, 8],
+                                  "double_blocks.0.img_mlp.2.subject": [16, 0]}
+    before, after = load_lora_file(src), load_lora_file(dest)
+    assert after.modules["double_blocks.0.img_mlp.2"][1] is None
+    for name, pairs in after.modules.items():
+        for old, new in zip(before.modules[name], pairs):
+            if new is None:
+                continue
+            a, b = (p.up @ p.down * p.scale for p in (old, new))
+            assert (a - b).norm() <= 2 * replication.RANK_TOLERANCE * a.norm()
