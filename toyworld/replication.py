@@ -41,7 +41,7 @@ PRIMARY = (("R3", "entangled", ("static", "off"), 3), ("R4", "entangled", ("stat
 
 
 RESULTS = common.ROOT / "toyworld" / "results"
-PUBLISHED = ("cases.json", "models.json", "summary.json", "table.md")  # + records.jsonl as .gz
+PUBLISHED = ("cases.json", "models.json", "summary.json", "table.md", "verify.json")  # + records.jsonl as .gz
 
 
 def seed_folder(seed: int) -> Path:
@@ -89,6 +89,7 @@ def train(seed: int, attention: str, extra: list[str]) -> int:
     return code
 
 
+VERIFY_SHARE = 0.02  # of a seed's 4,000 images re-run once all are done (verify.json)
 JOB_PARTS = ("a,c", "b,d")  # ``eval --jobs 2``: two processes of about equal work, then merged
 
 
@@ -110,6 +111,9 @@ def evaluate(seed: int, extra: list[str], jobs: int = 1) -> int:
         if code == 0:
             code = subprocess.call(base + ["--out", str(folder / "eval"), "--merge", *map(str, parts)]
                                    + extra, cwd=common.ROOT)
+    if code == 0:  # the re-run check: a seeded share of the finished images generated again
+        code = subprocess.call(base + ["--conditions", CONDITIONS, "--out", str(folder / "eval"),
+                                       "--verify", str(VERIFY_SHARE)] + extra, cwd=common.ROOT)
     if code == 0 and not extra:  # a partial run (--counts ...) is not the pre-registered one
         publish(folder / "eval", seed_results(seed))
     return code

@@ -95,7 +95,9 @@ def test_eval_side_by_side_splits_the_conditions_and_merges_before_publishing(tm
     def value(args, flag):
         return args[args.index(flag) + 1]
 
-    *parts, merge = calls
+    *parts, merge, check = calls
+    assert value(check, "--out") == value(merge, "--out") and value(check, "--conditions") == replication.CONDITIONS
+    assert float(value(check, "--verify")) > 0
     conditions = [value(args, "--conditions").split(",") for args in parts]
     assert sorted(c for part in conditions for c in part) == sorted(replication.CONDITIONS.split(","))
     assert {value(args, "--seed") for args in calls} == {str(replication.CASE_SEED)}
