@@ -253,18 +253,16 @@ def _save_half(src: Path, dest: Path) -> dict:
     return {"source_dtypes": dtypes, "stored": "float16"}
 
 
-def _save_truncated_lora(src: Path, dest: Path) -> dict:
+def _save_truncated_lora(src: Path, dest: Path, lora_io, omini) -> dict:
     """Every LoRA pair of ``src`` re-factored by SVD of its product (scale folded in) and cut to the
     fewest singular values whose left-out part has a Frobenius norm ≤ ``RANK_TOLERANCE`` × the
-    product's: the delta changes by no more than fp16 rounding changes it. Returns the ranks kept."""
+    product's: the delta changes by no more than fp16 rounding changes it. ``lora_io`` / ``omini``:
+    the pack's musar.lora / musar.omini. Returns the ranks kept."""
     import dataclasses
 
     import torch
 
-    from musar.lora import save_dual_lora
-    from musar.omini import load_lora_file
-
-    lora, kept, params = load_lora_file(src), {}, [0, 0]
+    lora, kept, params = omini.load_lora_file(src), {}, [0, 0]
     modules = {}
     for name, pairs in lora.modules.items():
         cut = []
@@ -274,6 +272,8 @@ def _save_truncated_lora(src: Path, dest: Path) -> dict:
                 continue
             delta = (pair.up.double() * pair.scale) @ pair.down.double()
             u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+            sign = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True)))  # one sign per pair: same
+            u, vh = u * sign, vh * sign.T  # bytes whichever LAPACK path (thread count) ran the SVD
             tail = torch.sqrt(torch.flip(torch.cumsum(torch.flip(sv ** 2, [0]), 0), [0]))  # tail[i]: norm of sv[i:]
             fits = torch.nonzero(tail <= RANK_TOLERANCE * tail[0]).flatten()
             rank = min(int(fits[0]) if len(fits) else pair.rank, pair.rank)
@@ -285,7 +285,7 @@ def _save_truncated_lora(src: Path, dest: Path) -> dict:
             params[1] += rank * sum(delta.shape)
         if any(cut):
             modules[name] = tuple(cut)
-    save_dual_lora(dest, dataclasses.replace(lora, modules=modules))
+    lora_io.save_dual_lora(dest, dataclasses.replace(lora, modules=modules))
     return {"rank_tolerance": RANK_TOLERANCE, "ranks_kept": kept, "parameters": params}
 
 
@@ -294,7 +294,8 @@ def commit_weights() -> int:
     gate must have passed) and the seed-0 LoRAs of both arms (gated), every floating tensor in
     fp16, with their training logs and gates; the multi-reference base already there stays. Refuses
     when anything is missing or when the folder's weights would exceed ``WEIGHTS_BUDGET``.
-    ``weights.json`` records each file's source, its digest and what was converted."""
+    ``weights.json`` records each file's source, its digest, what was converted and each LoRA's gate
+    measured again on the committed files (the same cases as its training gate)."""
     from .eval import model_digests
 
     base_dir, lora_dir = common.run_folders("medium")[0], seed_folder(COMMITTED_SEED) / "weights"
@@ -313,17 +314,25 @@ def commit_weights() -> int:
     for p in sides[4:]:
         if p.name.startswith("lora_gate") and not json.loads(p.read_text())["passed"]:
             raise SystemExit(f"{p}: this LoRA did not pass its gate")
-    converted = {}
+    converted, pack = {}, common.setup(threads=1)
     for src in models:
         dest = common.WEIGHTS_DIR / src.name
         info = {"source": str(src.relative_to(common.ROOT)), "source_digest": model_digests([src])[src.name]}
         if src.name.startswith("toy_lora_"):  # factors re-cut to the rank fp16 can tell apart, then fp16
-            info.update(_save_truncated_lora(src, dest))
+            info.update(_save_truncated_lora(src, dest, *(common.module(pack, f"musar.{m}") for m in ("lora", "omini"))))
             src = dest
         info.update(_save_half(src, dest))
         converted[dest.name] = {**info, "digest": model_digests([dest])[dest.name]}
     for src in sides:
         shutil.copyfile(src, common.WEIGHTS_DIR / src.name)
+    from .gate import lora_gate
+
+    for attention in ("static", "dense"):  # the gate again, on the committed (cut, fp16) files
+        name = f"toy_lora_{attention}.safetensors"
+        gate = lora_gate(common.WEIGHTS_DIR, common.WEIGHTS_DIR / name, attention,
+                         seed_folder(COMMITTED_SEED) / f"gate_committed_{attention}", threads=2)
+        converted[name]["gate_on_committed_files"] = gate
+        print(f"{name}: gate on the committed files {gate['summary']}")
     total = sum(p.stat().st_size for p in common.WEIGHTS_DIR.glob("*.safetensors"))
     common.write_json({"files": converted, "weights_bytes": total, "budget_bytes": WEIGHTS_BUDGET},
                       common.WEIGHTS_DIR / "weights.json")

@@ -121,6 +121,8 @@ def test_committed_lora_keeps_each_product_to_fp16_precision_with_fewer_factors(
     full-rank pair keeps its rank; the file loads through the pack's reader."""
     import torch
 
+    from musar import lora as lora_io
+    from musar import omini
     from musar.lora import DualLoRA, LoRAPair, save_dual_lora
     from musar.omini import load_lora_file
 
@@ -133,7 +135,7 @@ def test_committed_lora_keeps_each_product_to_fp16_precision_with_fewer_factors(
                "double_blocks.0.img_mlp.2": (full(), LoRAPair(torch.randn(16, 16, generator=g), torch.zeros(24, 16)))}
     src, dest = tmp_path / "src.safetensors", tmp_path / "dest.safetensors"
     save_dual_lora(src, DualLoRA(modules, {}))
-    info = replication._save_truncated_lora(src, dest)
+    info = replication._save_truncated_lora(src, dest, lora_io, omini)
     assert info["ranks_kept"] == {"double_blocks.0.img_attn.proj.noisy": [8, 8],
                                   "double_blocks.0.img_attn.proj.subject": [16, 3],
                                   "double_blocks.0.img_mlp.2.noisy": [8, 8],

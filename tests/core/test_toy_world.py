@@ -149,3 +149,25 @@ def test_route_study_reads_each_slot_as_its_three_by_three_tokens():
     route[tokens["top left"][:3]] = 1  # a third of subject 0's block routed to subject 1
     shares = route_study.route_shares(world, route, {"slots": ["top left", "bottom right"]})
     assert shares == [{"own": 0.667, "other": 0.333, "none": 0.0}, {"own": 0.0, "other": 0.0, "none": 1.0}]
+
+
+def test_committed_weights_fit_the_budget_and_are_what_commit_weights_wrote():
+    """toyworld/weights holds at most 20 MB of weights; every model commit-weights converted is the
+    file its manifest names (digest), stored in fp16, and the base it came from passed its gate."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    from toyworld import common, replication
+    from toyworld.eval import model_digests
+
+    folder = common.WEIGHTS_DIR
+    assert sum(p.stat().st_size for p in folder.glob("*.safetensors")) <= replication.WEIGHTS_BUDGET
+    manifest = json.loads((folder / "weights.json").read_text())
+    assert set(manifest["files"]) == {"toy_flux.safetensors", "toy_lora_static.safetensors", "toy_lora_dense.safetensors"}
+    for name, info in manifest["files"].items():
+        assert model_digests([folder / name])[name] == info["digest"]
+        with safe_open(str(folder / name), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert json.loads((folder / "base_gate.json").read_text())["passed"]
