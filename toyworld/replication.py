@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -289,34 +290,56 @@ def _save_truncated_lora(src: Path, dest: Path, lora_io, omini) -> dict:
     return {"rank_tolerance": RANK_TOLERANCE, "ranks_kept": kept, "parameters": params}
 
 
+def _passed(gate: Path) -> bool:
+    return gate.is_file() and json.loads(gate.read_text())["passed"]
+
+
+def install(stage: Path, folder: Path, budget: int = WEIGHTS_BUDGET) -> int:
+    """Move every file of ``stage`` into ``folder`` if the weights (*.safetensors) the folder then
+    holds stay within ``budget`` bytes; otherwise refuse and leave ``folder`` as it was. Returns
+    the folder's weight bytes."""
+    staged = {p.name: p for p in stage.iterdir() if p.is_file()}
+    total = sum(p.stat().st_size for p in staged.values() if p.suffix == ".safetensors")
+    total += sum(p.stat().st_size for p in folder.glob("*.safetensors") if p.name not in staged)
+    if total > budget:
+        raise SystemExit(f"commit-weights: {folder} would hold {total / 1e6:.2f} MB of weights, over the "
+                         f"{budget / 1e6:.0f} MB budget; nothing was changed")
+    for name, path in staged.items():
+        os.replace(path, folder / name)
+    return total
+
+
 def commit_weights() -> int:
     """Write the demo's models into the committed folder toyworld/weights: the medium base (its
     gate must have passed) and the seed-0 LoRAs of both arms (gated), every floating tensor in
-    fp16, with their training logs and gates; the multi-reference base already there stays. Refuses
-    when anything is missing or when the folder's weights would exceed ``WEIGHTS_BUDGET``.
-    ``weights.json`` records each file's source, its digest, what was converted and each LoRA's gate
-    measured again on the committed files (the same cases as its training gate)."""
+    fp16, with their training logs and gates; the multi-reference base already there stays.
+    Everything is made and measured in a staging folder first; the committed folder changes only
+    when the result fits ``WEIGHTS_BUDGET``. ``weights.json`` records each file's source, its
+    digest, what was converted and each LoRA's gate measured again on the converted files (the
+    same cases as its training gate)."""
     from .eval import model_digests
+    from .gate import lora_gate
 
     base_dir, lora_dir = common.run_folders("medium")[0], seed_folder(COMMITTED_SEED) / "weights"
-    gate = base_dir / "base_gate.json"
-    if not gate.is_file() or not json.loads(gate.read_text())["passed"]:
-        raise SystemExit(f"{gate}: the medium base has not passed its gate; train it first "
-                         "(make toy-base TOY_SIZE=medium)")
-    models = [base_dir / "toy_flux.safetensors"] + [lora_dir / f"toy_lora_{a}.safetensors" for a in ("static", "dense")]
+    arms = ("static", "dense")
+    models = [base_dir / "toy_flux.safetensors"] + [lora_dir / f"toy_lora_{a}.safetensors" for a in arms]
     sides = [base_dir / name for name in ("toy_codec.safetensors", "toy_text_encoder.safetensors",
                                           "train_base_log.json", "base_gate.json")]
-    sides += [lora_dir / name for a in ("static", "dense") for name in (f"train_lora_{a}_log.json", f"lora_gate_{a}.json")]
+    sides += [lora_dir / name for a in arms for name in (f"train_lora_{a}_log.json", f"lora_gate_{a}.json")]
     missing = [str(p) for p in models + sides if not p.is_file()]
     if missing:
         raise SystemExit("commit-weights: missing " + ", ".join(missing) + " (train the medium base and "
                          f"the seed-{COMMITTED_SEED} LoRAs first: make replicate SEEDS={COMMITTED_SEED})")
-    for p in sides[4:]:
-        if p.name.startswith("lora_gate") and not json.loads(p.read_text())["passed"]:
-            raise SystemExit(f"{p}: this LoRA did not pass its gate")
+    failed = [str(g) for g in [base_dir / "base_gate.json"] + [lora_dir / f"lora_gate_{a}.json" for a in arms]
+              if not _passed(g)]
+    if failed:
+        raise SystemExit("commit-weights: these gates did not pass: " + ", ".join(failed))
+    stage = common.CACHE_DIR / "commit_stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     converted, pack = {}, common.setup(threads=1)
     for src in models:
-        dest = common.WEIGHTS_DIR / src.name
+        dest = stage / src.name
         info = {"source": str(src.relative_to(common.ROOT)), "source_digest": model_digests([src])[src.name]}
         if src.name.startswith("toy_lora_"):  # factors re-cut to the rank fp16 can tell apart, then fp16
             info.update(_save_truncated_lora(src, dest, *(common.module(pack, f"musar.{m}") for m in ("lora", "omini"))))
@@ -324,22 +347,16 @@ def commit_weights() -> int:
         info.update(_save_half(src, dest))
         converted[dest.name] = {**info, "digest": model_digests([dest])[dest.name]}
     for src in sides:
-        shutil.copyfile(src, common.WEIGHTS_DIR / src.name)
-    from .gate import lora_gate
-
-    for attention in ("static", "dense"):  # the gate again, on the committed (cut, fp16) files
+        shutil.copyfile(src, stage / src.name)
+    for attention in arms:  # the gate again, on the converted (cut, fp16) files
         name = f"toy_lora_{attention}.safetensors"
-        gate = lora_gate(common.WEIGHTS_DIR, common.WEIGHTS_DIR / name, attention,
-                         seed_folder(COMMITTED_SEED) / f"gate_committed_{attention}", threads=2)
+        gate = lora_gate(stage, stage / name, attention, common.CACHE_DIR / f"commit_gate_{attention}", threads=2)
         converted[name]["gate_on_committed_files"] = gate
         print(f"{name}: gate on the committed files {gate['summary']}")
-    total = sum(p.stat().st_size for p in common.WEIGHTS_DIR.glob("*.safetensors"))
+    total = install(stage, common.WEIGHTS_DIR)
     common.write_json({"files": converted, "weights_bytes": total, "budget_bytes": WEIGHTS_BUDGET},
                       common.WEIGHTS_DIR / "weights.json")
     print(f"committed weights: {total / 1e6:.2f} MB of {WEIGHTS_BUDGET / 1e6:.0f} MB")
-    if total > WEIGHTS_BUDGET:
-        raise SystemExit(f"commit-weights: toyworld/weights holds {total / 1e6:.2f} MB of weights, over the "
-                         f"{WEIGHTS_BUDGET / 1e6:.0f} MB budget")
     return 0
 
 

@@ -148,3 +148,20 @@ def test_committed_lora_keeps_each_product_to_fp16_precision_with_fewer_factors(
                 continue
             a, b = (p.up @ p.down * p.scale for p in (old, new))
             assert (a - b).norm() <= 2 * replication.RANK_TOLERANCE * a.norm()
+
+
+def test_install_moves_the_staged_files_only_within_the_budget(tmp_path):
+    """commit-weights changes the committed folder only when the weights it would then hold fit the
+    budget: a staged file replaces its namesake, other files count as they are."""
+    stage, folder = tmp_path / "stage", tmp_path / "weights"
+    stage.mkdir(), folder.mkdir()
+    (folder / "kept.safetensors").write_bytes(b"k" * 40)
+    (folder / "toy_flux.safetensors").write_bytes(b"o" * 500)
+    (stage / "toy_flux.safetensors").write_bytes(b"n" * 50)
+    (stage / "log.json").write_text("{}")
+    with pytest.raises(SystemExit, match="over the"):
+        replication.install(stage, folder, budget=89)
+    assert (folder / "toy_flux.safetensors").read_bytes() == b"o" * 500 and not (folder / "log.json").exists()
+    assert replication.install(stage, folder, budget=90) == 90
+    assert (folder / "toy_flux.safetensors").read_bytes() == b"n" * 50 and (folder / "log.json").is_file()
+    assert (folder / "kept.safetensors").is_file() and not any(stage.iterdir())
