@@ -165,3 +165,93 @@ def test_install_moves_the_staged_files_only_within_the_budget(tmp_path):
     assert replication.install(stage, folder, budget=90) == 90
     assert (folder / "toy_flux.safetensors").read_bytes() == b"n" * 50 and (folder / "log.json").is_file()
     assert (folder / "kept.safetensors").is_file() and not any(stage.iterdir())
+
+
+def test_each_seed_reports_its_own_difference_and_the_spread_over_seeds():
+    """§11.2's secondary report: per LoRA seed the difference on that seed's cases alone, then the
+    mean and the standard deviation (ddof 1) of those differences; one seed has no spread."""
+    rng = np.random.default_rng(3)
+    cases = _cases(2, 30, 10, rng) + _cases(3, 40, 10, rng) + _cases(4, 40, 10, rng)
+    rates = [0.5, 0.7, 0.9]  # (b) gains 0.0, +0.2, +0.4 over (a) depending on the seed
+    seeds = {s: (cases, _data(cases, {"a": 0.5, "b": rate, "c": rate}, rng))
+             for s, rate in zip(replication.SEEDS, rates)}
+    for _, data in seeds.values():
+        data.update({("d", cid): m for (cond, cid), m in list(data.items()) if cond == "b"})
+    rows = {(r["comparison"], r["n"]): r for r in replication.per_seed(seeds)}
+    assert set(rows) == {(f"{x} - {y}", n) for x, y in replication.SEED_COMPARISONS for n in replication.NS}
+    row = rows[("b - a", 3)]
+    own = [replication.difference(([data], cases), "right", ("b", "a"), 3)["diff"] for _, data in seeds.values()]
+    assert [row["seeds"][s]["diff"] for s in replication.SEEDS] == own
+    assert own[0] < own[1] < own[2]  # the seeds really differ, so the spread is not zero
+    assert row["mean"] == pytest.approx(np.mean(own)) and row["sd"] == pytest.approx(np.std(own, ddof=1))
+    assert row["sd"] > 0.1
+    assert rows[("d - b", 3)]["sd"] == 0 and rows[("d - b", 3)]["mean"] == 0  # (d) made (b)'s images
+    single = replication.per_seed({0: seeds[0]})
+    assert all(r["sd"] is None and set(r["seeds"]) == {0} for r in single)
+
+
+def _row(id_, diff, established, lo=None, hi=None):
+    return {"id": id_, "diff": diff, "established": established, "lo": lo, "hi": hi}
+
+
+def _sec(comparison, n, diff, lo, hi):
+    return {"comparison": comparison, "n": n, "diff": diff, "lo": lo, "hi": hi}
+
+
+def test_the_decision_rules_follow_the_registered_text():
+    """§11.3's rules 3 and 4 on the inputs each outcome needs, and a rule whose inputs are missing
+    waits instead of deciding."""
+    def rule(rows, second, number):
+        return next(r for r in replication.decisions(rows, second) if r["rule"] == number)
+
+    m_ok = [_row("M3", 0.2, True), _row("M4", 0.1, True)]
+    c_worse = [_sec("c - b", n, -0.1, -0.15, -0.05) for n in (3, 4)]
+    c_mixed = [_sec("c - b", 3, -0.1, -0.15, -0.05), _sec("c - b", 4, -0.01, -0.05, 0.03)]
+    d_up = [_row("D3", 0.1, True), _row("D4", 0.05, True)]
+    d_half = [_row("D3", 0.1, True), _row("D4", 0.05, False)]
+    assert "single" in rule(m_ok + d_up, c_worse, 3)["decision"]
+    assert "off by default" in rule(m_ok + d_half, c_worse, 3)["decision"]
+    assert "stay" in rule(m_ok + d_half, c_mixed, 3)["decision"]
+    assert "confirms" in rule(m_ok, [], 4)["decision"]
+    assert "failure" in rule([_row("M3", 0.2, True), _row("M4", -0.1, True)], [], 4)["decision"]
+    waiting = rule(m_ok, c_worse, 3)
+    assert waiting["decision"] is None and waiting["waiting_for"] == ["D3", "D4"]
+    assert rule([], [], 4)["waiting_for"] == ["M3", "M4"]
+    r_rows = [_row("R3", 0.0, False), _row("R4", 0.0, False)]
+    harmless = [_sec("static - off", n, 0.0, -0.01, 0.01) for n in (3, 4)]
+    costly = [_sec("static - off", 3, -0.05, -0.08, -0.02), harmless[1]]
+    assert "stays on" in rule(r_rows, harmless, 1)["decision"]
+    assert "becomes off" in rule(r_rows, costly, 1)["decision"]
+    assert "increases" in rule([_row("R3", 0.1, True), _row("R4", 0.0, False)], harmless, 1)["decision"]
+    dyn = [_sec("dynamic - static", n, -0.4, -0.45, -0.35) for n in (3, 4)]
+    assert "default off" in rule([], dyn, 2)["decision"]
+
+
+def test_analyse_writes_the_family_the_seeds_and_the_rules_from_the_published_records(tmp_path, monkeypatch):
+    """``analyse`` from published evaluations only: with two of three seeds the MUSAR endpoints are
+    left out (not pooled over fewer seeds) but each seed's own table is there; with all three the
+    six endpoints, Holm over six, and rules 3 and 4 decided."""
+    import json
+
+    rng = np.random.default_rng(4)
+    cases = _cases(2, 20, 10, rng) + _cases(3, 40, 10, rng) + _cases(4, 40, 10, rng)
+    monkeypatch.setattr(replication, "RESULTS", tmp_path)
+    published = {replication.seed_results(s): (cases, _data(cases, {"a": 0.3, "b": 0.8, "c": 0.5, "d": 0.8}, rng))
+                 for s in replication.SEEDS}
+    published[replication.ref_results()] = (cases, _data(cases, {"off": 0.9, "static": 0.9, "dynamic": 0.5}, rng))
+    monkeypatch.setattr(replication, "read_eval", lambda folder: published.get(folder))
+    missing = published.pop(replication.seed_results(2))
+    assert replication.analyse() == 0
+    data = json.loads((tmp_path / "primary.json").read_text())
+    assert [r["id"] for r in data["endpoints"]] == ["R3", "R4"]
+    assert {s for r in data["per_seed"] for s in r["seeds"]} == {"0", "1"}
+    assert [r["decision"] is None for r in data["decisions"]] == [False, False, True, True]
+    published[replication.seed_results(2)] = missing
+    assert replication.analyse() == 0
+    data = json.loads((tmp_path / "primary.json").read_text())
+    rows = {r["id"]: r for r in data["endpoints"]}
+    assert set(rows) == {"R3", "R4", "M3", "M4", "D3", "D4"}
+    assert rows["M3"]["established"] and rows["M3"]["diff"] > 0.3
+    assert all(r["sd"] is not None for r in data["per_seed"])
+    text = (tmp_path / "primary.md").read_text()
+    assert "6 present" in text and "confirms" in text and "| seed 2 |" in text
