@@ -76,7 +76,10 @@ def run_script(parse, work, argv=None) -> int:
 
 
 def save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    """Atomic write: temporary name in the same folder, then os.replace."""
+    """Atomic write: temporary name in the same folder, then os.replace. The header's metadata is
+    written with sorted keys: the safetensors library keeps metadata in a hash map whose order changes
+    from process to process, so the same tensors and metadata would otherwise give other bytes
+    (and another digest in the records) on every run."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -84,6 +87,15 @@ def save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) ->
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={k: str(v) for k, v in (metadata or {}).items()})
+    with tmp.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header, data = json.loads(f.read(size)), f.read()
+    if "__metadata__" in header:  # the tensors' entries are already in a fixed order
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the format's 8-byte alignment of the data
+    with tmp.open("wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + data)
     os.replace(tmp, path)
 
 

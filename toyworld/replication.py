@@ -490,8 +490,9 @@ def commit_weights() -> int:
     for src in sides:
         shutil.copyfile(src, stage / src.name)
     for attention in arms:  # the gate again, on the converted (cut, fp16) files
-        name = f"toy_lora_{attention}.safetensors"
-        gate = lora_gate(stage, stage / name, attention, common.CACHE_DIR / f"commit_gate_{attention}", threads=2)
+        name, work = f"toy_lora_{attention}.safetensors", common.CACHE_DIR / f"commit_gate_{attention}"
+        shutil.rmtree(work, ignore_errors=True)  # a measurement of these files, never an earlier run's records
+        gate = lora_gate(stage, stage / name, attention, work, threads=2)
         converted[name]["gate_on_committed_files"] = gate
         print(f"{name}: gate on the committed files {gate['summary']}")
     total = install(stage, common.WEIGHTS_DIR)

@@ -255,3 +255,23 @@ def test_analyse_writes_the_family_the_seeds_and_the_rules_from_the_published_re
     assert all(r["sd"] is not None for r in data["per_seed"])
     text = (tmp_path / "primary.md").read_text()
     assert "6 present" in text and "confirms" in text and "| seed 2 |" in text
+
+
+def test_saved_toy_weights_have_the_same_bytes_whatever_the_metadata_order(tmp_path):
+    """The committed files' digests are reproducible: the same tensors and metadata, given in
+    different orders (safetensors' own header order changes from map to map), give the same bytes,
+    and the file reads back through safetensors."""
+    import torch
+    from safetensors import safe_open
+
+    from toyworld import common
+
+    tensors = {f"w{i}": torch.arange(i + 3, dtype=torch.float16) for i in range(5)}
+    meta = {f"musar.key{i}": str(i * 7) for i in range(40)}
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    common.save_safetensors(tensors, first, meta)
+    common.save_safetensors(dict(reversed(tensors.items())), second, dict(reversed(meta.items())))
+    assert first.read_bytes() == second.read_bytes()
+    with safe_open(str(first), "pt") as f:
+        assert f.metadata() == meta and all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())
+    assert int.from_bytes(first.read_bytes()[:8], "little") % 8 == 0
