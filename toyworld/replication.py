@@ -22,25 +22,18 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from . import common
-from .stats import clustered_bootstrap, holm
+from .analysis import CACHE_PRIMARY, decisions, per_seed, primary, report_text, secondary, write_primary
 
 SEEDS = (0, 1, 2)  # training seeds of both LoRA arms [pre-registered]
 CASE_SEED = 2  # fresh test cases (0: the first evaluation, 1: the route study) [pre-registered]
 COUNTS = "2:100,3:200,4:200"
 CONDITIONS = "a,b,c,d"
-PRIMARY = (("R3", "entangled", ("static", "off"), 3), ("R4", "entangled", ("static", "off"), 4),
-           ("M3", "right", ("b", "a"), 3), ("M4", "right", ("b", "a"), 4),
-           ("D3", "right", ("d", "b"), 3), ("D4", "right", ("d", "b"), 4))
-
 
 RESULTS = common.ROOT / "toyworld" / "results"
 PUBLISHED = ("cases.json", "models.json", "summary.json", "table.md", "verify.json")  # + records.jsonl as .gz
@@ -121,148 +114,6 @@ def evaluate(seed: int, extra: list[str], jobs: int = 1) -> int:
     return code
 
 
-def pooled(per_seed: list[dict], cases: list[dict], metric: str, conditions: tuple[str, str],
-           n: int) -> tuple[np.ndarray, np.ndarray, list]:
-    """Per case (of n subjects, present in every seed): the mean over seeds of the per-case share
-    of ``metric`` ("right" or "entangled") under each of the two conditions, and the case's
-    identities (its bootstrap clusters)."""
-    x, y, clusters = [], [], []
-    for case in (c for c in cases if c["n"] == n):
-        keys = [(cond, case["id"]) for cond in conditions]
-        if not all(k in data for data in per_seed for k in keys):
-            continue
-        x.append(np.mean([np.mean(data[keys[0]][metric]) for data in per_seed]))
-        y.append(np.mean([np.mean(data[keys[1]][metric]) for data in per_seed]))
-        clusters.append(tuple(case["subjects"]))
-    return np.asarray(x), np.asarray(y), clusters
-
-
-CACHE_PRIMARY = (("I3", "right", ("isolated", "off"), 3), ("I4", "right", ("isolated", "off"), 4),
-                 ("F3", "right", ("isolated", "frozen"), 3), ("F4", "right", ("isolated", "frozen"), 4))
-
-
-def difference(source: tuple[list[dict], list[dict]], metric: str, pair: tuple[str, str], n: int) -> dict | None:
-    """One paired difference of ``metric`` ("right" / "entangled") between the two conditions of
-    ``pair`` at ``n`` subjects, per case pooled over the seeds of ``source`` (per-case data of every
-    seed, cases), with the identity-clustered bootstrap's interval and p; None without cases."""
-    x, y, clusters = pooled(source[0], source[1], metric, pair, n)
-    if not len(x):
-        return None
-    result = clustered_bootstrap(x, y, clusters=clusters)
-    return {"metric": metric, "comparison": f"{pair[0]} - {pair[1]}", "n": n, "cases": len(x),
-            "diff": result["diff"], "lo": result["lo"], "hi": result["hi"], "p": result["p"]}
-
-
-def primary(sources: dict[str, tuple[list[dict], list[dict]]], family=PRIMARY) -> list[dict]:
-    """The primary endpoints of ``family`` (§11.2: R, M, D; §13: I, F) from ``sources``: "R"
-    (refeval), "M" (the MUSAR seeds) or "C" (the cache study), each (per-case data of every seed,
-    cases). Missing sources leave their endpoints out; Holm runs over the endpoints present (the
-    note says when a part is still missing)."""
-    out = []
-    for name, metric, pair, n in family:
-        source = sources.get({"R": "R", "I": "C", "F": "C"}.get(name[0], "M"))
-        row = difference(source, metric, pair, n) if source else None
-        if row:
-            out.append({"id": name, **row})
-    for row, adjusted in zip(out, holm([r["p"] for r in out]) if out else []):
-        row.update(p_holm=adjusted, established=adjusted < 0.05)
-    return out
-
-
-# §11.2's secondary differences (subject right, no adjustment; no decision rests on one alone)
-# and the ones §11.3's rules read: (source, comparison), at n = 2, 3, 4
-SECONDARY = (("R", ("static", "off")), ("R", ("dynamic", "static")), ("R", ("hard", "dynamic")),
-             ("R", ("soft", "dynamic")), ("R", ("hard", "off")), ("R", ("soft", "off")),
-             ("M", ("c", "b")), ("M", ("c", "a")), ("M", ("d", "a")))
-SEED_COMPARISONS = (("b", "a"), ("d", "b"), ("c", "b"), ("c", "a"), ("d", "a"))  # per LoRA seed
-NS = (2, 3, 4)
-
-
-def secondary(sources: dict[str, tuple[list[dict], list[dict]]]) -> list[dict]:
-    """The §11.2 secondary differences of subject right present in ``sources``, unadjusted."""
-    out = []
-    for src, pair in SECONDARY:
-        for n in NS if src in sources else ():
-            row = difference(sources[src], "right", pair, n)
-            if row:
-                out.append({"source": src, **row})
-    return out
-
-
-def per_seed(seeds: dict[int, tuple[list[dict], dict]]) -> list[dict]:
-    """Each LoRA seed's own differences of subject right (that seed's cases alone, the same
-    clustered bootstrap) and, over two or more seeds, their mean and standard deviation (ddof 1):
-    the across-seed spread §11.2 asks to report next to the pooled result."""
-    out = []
-    for pair in SEED_COMPARISONS:
-        for n in NS:
-            found = {s: difference(([data], cases), "right", pair, n) for s, (cases, data) in seeds.items()}
-            found = {s: {k: r[k] for k in ("diff", "lo", "hi", "cases")} for s, r in found.items() if r}
-            if not found:
-                continue
-            diffs = [r["diff"] for r in found.values()]
-            out.append({"comparison": f"{pair[0]} - {pair[1]}", "n": n, "seeds": found,
-                        "mean": float(np.mean(diffs)),
-                        "sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None})
-    return out
-
-
-def decisions(rows: list[dict], second: list[dict]) -> list[dict]:
-    """§11.3's four rules applied to the primary rows and the secondary differences; a rule whose
-    inputs are not all there yet says so instead of deciding."""
-    by_id = {r["id"]: r for r in rows}
-    sec = {(r["comparison"], r["n"]): r for r in second}
-
-    def need(*keys):  # the inputs not there yet, named for the report
-        return [k if isinstance(k, str) else f"{k[0]} at n = {k[1]}" for k in keys
-                if k not in by_id and k not in sec]
-
-    out = []
-    missing = need("R3", "R4", ("static - off", 3), ("static - off", 4))
-    if missing:
-        out.append({"rule": 1, "decision": None, "waiting_for": missing})
-    else:
-        r = [by_id["R3"], by_id["R4"]]
-        if all(x["established"] and x["diff"] < 0 for x in r):
-            d = "static reference routing reduces bleed: keep it on"
-        elif any(x["established"] and x["diff"] > 0 for x in r):
-            d = "static reference routing increases bleed: turn it off"
-        elif all(sec[("static - off", n)]["lo"] >= -0.02 for n in (3, 4)):
-            d = "no measurable effect on bleed; harmless (subject right lower bound >= -0.02): stays on"
-        else:
-            d = "no measurable effect on bleed and it may cost accuracy: default becomes off"
-        out.append({"rule": 1, "decision": d})
-    missing = need(("dynamic - static", 3), ("dynamic - static", 4))
-    if missing:
-        out.append({"rule": 2, "decision": None, "waiting_for": missing})
-    else:
-        ds = [sec[("dynamic - static", n)] for n in (3, 4)]
-        d = ("dynamic reference routing costs accuracy: default off" if all(x["hi"] < 0 for x in ds) else
-             "dynamic reference routing helps: stays on" if all(x["lo"] > 0 for x in ds) else
-             "the evidence does not decide dynamic reference routing: stays on, and the README says so")
-        out.append({"rule": 2, "decision": d})
-    missing = need("D3", "D4", ("c - b", 3), ("c - b", 4))
-    if missing:
-        out.append({"rule": 3, "decision": None, "waiting_for": missing})
-    else:
-        if all(by_id[k]["established"] and by_id[k]["diff"] > 0 for k in ("D3", "D4")):
-            d = "(d)'s settings become Apply Routing's defaults (routing_blocks single, start_percent 0.5)"
-        elif all(sec[("c - b", n)]["hi"] < 0 for n in (3, 4)):
-            d = ("dynamic routing becomes off by default in Apply Routing; (d)'s settings are documented "
-                 "as the way to switch it on")
-        else:
-            d = "Apply Routing's dynamic defaults stay; the README says why"
-        out.append({"rule": 3, "decision": d})
-    missing = need("M3", "M4")
-    if missing:
-        out.append({"rule": 4, "decision": None, "waiting_for": missing})
-    else:
-        ok = all(by_id[k]["established"] and by_id[k]["diff"] > 0 for k in ("M3", "M4"))
-        out.append({"rule": 4, "decision": "static routing for MUSAR subjects: the replication confirms it" if ok
-                    else "static routing for MUSAR subjects: failure to replicate"})
-    return out
-
-
 def read_eval(folder: Path) -> tuple[list[dict], dict] | None:
     """(cases, per-case data) of one published evaluation, or None while it is missing."""
     from .report import per_case
@@ -319,46 +170,6 @@ def analyse_cache() -> int:
     return 0
 
 
-def write_primary(folder: Path, rows: list[dict], extra_text: str = "", extra: dict | None = None) -> None:
-    """primary.json and primary.md in ``folder``; prints the table."""
-    data = {"endpoints": rows, **extra} if extra else rows
-    (folder / "primary.json").write_text(json.dumps(data, indent=1) + "\n")
-    lines = [f"Primary endpoints ({len(rows)} present; Holm over those):", "",
-             "| id | metric | comparison | n | cases | diff [95 %] | p | p (Holm) | established |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['id']} | {r['metric']} | {r['comparison']} | {r['n']} | {r['cases']} | "
-              f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] | {r['p']:.4f} | {r['p_holm']:.4f} | "
-              f"{'yes' if r['established'] else 'no'} |" for r in rows]
-    text = "\n".join(lines) + "\n" + extra_text
-    (folder / "primary.md").write_text(text)
-    print(text)
-
-
-def _interval(r: dict) -> str:
-    return f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
-
-
-def report_text(seeds: dict[int, tuple[list[dict], dict]], seed_rows: list[dict], second: list[dict],
-                rules: list[dict]) -> str:
-    """The per-seed table, the secondary differences and the rules' outcomes, as markdown."""
-    names = [f"seed {s}" for s in SEEDS]
-    lines = ["", f"Per LoRA seed (subject right; each seed's cases alone; published: "
-             f"{', '.join(map(str, seeds)) or 'none'}):", "",
-             "| comparison | n | " + " | ".join(names) + " | mean | SD over seeds |",
-             "|---|---|" + "---|" * len(names) + "---|---|"]
-    for r in seed_rows:
-        cells = [_interval(r["seeds"][s]) if s in r["seeds"] else "—" for s in SEEDS]
-        sd = f"{r['sd']:.3f}" if r["sd"] is not None else "—"
-        lines.append(f"| {r['comparison']} | {r['n']} | " + " | ".join(cells) + f" | {r['mean']:+.3f} | {sd} |")
-    lines += ["", "Secondary (subject right, pooled over seeds, not adjusted):", "",
-              "| source | comparison | n | cases | diff [95 %] |", "|---|---|---|---|---|"]
-    lines += [f"| {r['source']} | {r['comparison']} | {r['n']} | {r['cases']} | {_interval(r)} |" for r in second]
-    lines += ["", "Decision rules (docs/TOY_WORLD.md §11.3):", ""]
-    lines += [f"{r['rule']}. " + (r["decision"] or "not decided yet: waiting for " + ", ".join(r["waiting_for"]))
-              for r in rules]
-    return "\n".join(lines) + "\n"
-
-
 def analyse() -> int:
     """§11.2: the primary family (Holm over the endpoints present), each published seed's own
     differences with the across-seed spread, the secondary differences and §11.3's rules."""
@@ -370,135 +181,8 @@ def analyse() -> int:
         return 1
     seed_rows, second = per_seed(seeds), secondary(found)
     rules = decisions(rows, second)
-    write_primary(RESULTS, rows, report_text(seeds, seed_rows, second, rules),
+    write_primary(RESULTS, rows, report_text(SEEDS, seeds, seed_rows, second, rules),
                   {"per_seed": seed_rows, "secondary": second, "decisions": rules})
-    return 0
-
-
-WEIGHTS_BUDGET = 20_000_000  # bytes of committed *.safetensors in toyworld/weights (issue 21)
-COMMITTED_SEED = 0  # the LoRAs of this training seed are the demo's (the recipe's own seed)
-
-
-RANK_TOLERANCE = 2.0 ** -11  # fp16's unit roundoff: a cut this small is below what fp16 storage loses
-
-
-def _save_half(src: Path, dest: Path) -> dict:
-    """``src`` with every floating tensor in fp16 (metadata kept) -> ``dest``."""
-    import torch
-    from safetensors import safe_open
-
-    with safe_open(str(src), "pt") as f:
-        meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    dtypes = sorted({str(t.dtype) for t in tensors.values()})
-    common.save_safetensors({k: t.to(torch.float16) if t.is_floating_point() else t
-                             for k, t in tensors.items()}, dest, meta)
-    return {"source_dtypes": dtypes, "stored": "float16"}
-
-
-def _save_truncated_lora(src: Path, dest: Path, lora_io, omini) -> dict:
-    """Every LoRA pair of ``src`` re-factored by SVD of its product (scale folded in) and cut to the
-    fewest singular values whose left-out part has a Frobenius norm ≤ ``RANK_TOLERANCE`` × the
-    product's: the delta changes by no more than fp16 rounding changes it. ``lora_io`` / ``omini``:
-    the pack's musar.lora / musar.omini. Returns the ranks kept."""
-    import dataclasses
-
-    import torch
-
-    lora, kept, params = omini.load_lora_file(src), {}, [0, 0]
-    modules = {}
-    for name, pairs in lora.modules.items():
-        cut = []
-        for branch, pair in zip(("noisy", "subject"), pairs):
-            if pair is None:
-                cut.append(None)
-                continue
-            delta = (pair.up.double() * pair.scale) @ pair.down.double()
-            u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
-            sign = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True)))  # one sign per pair: same
-            u, vh = u * sign, vh * sign.T  # bytes whichever LAPACK path (thread count) ran the SVD
-            tail = torch.sqrt(torch.flip(torch.cumsum(torch.flip(sv ** 2, [0]), 0), [0]))  # tail[i]: norm of sv[i:]
-            fits = torch.nonzero(tail <= RANK_TOLERANCE * tail[0]).flatten()
-            rank = min(int(fits[0]) if len(fits) else pair.rank, pair.rank)
-            root = torch.sqrt(sv[:rank])  # rank 0: the product is exactly zero (e.g. an output never read)
-            cut.append(dataclasses.replace(pair, down=(root[:, None] * vh[:rank]).float(),
-                                           up=(u[:, :rank] * root).float(), scale=1.0) if rank else None)
-            kept[f"{name}.{branch}"] = [pair.rank, rank]
-            params[0] += pair.rank * sum(delta.shape)
-            params[1] += rank * sum(delta.shape)
-        if any(cut):
-            modules[name] = tuple(cut)
-    lora_io.save_dual_lora(dest, dataclasses.replace(lora, modules=modules))
-    return {"rank_tolerance": RANK_TOLERANCE, "ranks_kept": kept, "parameters": params}
-
-
-def _passed(gate: Path) -> bool:
-    return gate.is_file() and json.loads(gate.read_text())["passed"]
-
-
-def install(stage: Path, folder: Path, budget: int = WEIGHTS_BUDGET) -> int:
-    """Move every file of ``stage`` into ``folder`` if the weights (*.safetensors) the folder then
-    holds stay within ``budget`` bytes; otherwise refuse and leave ``folder`` as it was. Returns
-    the folder's weight bytes."""
-    staged = {p.name: p for p in stage.iterdir() if p.is_file()}
-    total = sum(p.stat().st_size for p in staged.values() if p.suffix == ".safetensors")
-    total += sum(p.stat().st_size for p in folder.glob("*.safetensors") if p.name not in staged)
-    if total > budget:
-        raise SystemExit(f"commit-weights: {folder} would hold {total / 1e6:.2f} MB of weights, over the "
-                         f"{budget / 1e6:.0f} MB budget; nothing was changed")
-    for name, path in staged.items():
-        os.replace(path, folder / name)
-    return total
-
-
-def commit_weights() -> int:
-    """Write the demo's models into the committed folder toyworld/weights: the medium base (its
-    gate must have passed) and the seed-0 LoRAs of both arms (gated), every floating tensor in
-    fp16, with their training logs and gates; the multi-reference base already there stays.
-    Everything is made and measured in a staging folder first; the committed folder changes only
-    when the result fits ``WEIGHTS_BUDGET``. ``weights.json`` records each file's source, its
-    digest, what was converted and each LoRA's gate measured again on the converted files (the
-    same cases as its training gate)."""
-    from .eval import model_digests
-    from .gate import lora_gate
-
-    base_dir, lora_dir = common.run_folders("medium")[0], seed_folder(COMMITTED_SEED) / "weights"
-    arms = ("static", "dense")
-    models = [base_dir / "toy_flux.safetensors"] + [lora_dir / f"toy_lora_{a}.safetensors" for a in arms]
-    sides = [base_dir / name for name in ("toy_codec.safetensors", "toy_text_encoder.safetensors",
-                                          "train_base_log.json", "base_gate.json")]
-    sides += [lora_dir / name for a in arms for name in (f"train_lora_{a}_log.json", f"lora_gate_{a}.json")]
-    missing = [str(p) for p in models + sides if not p.is_file()]
-    if missing:
-        raise SystemExit("commit-weights: missing " + ", ".join(missing) + " (train the medium base and "
-                         f"the seed-{COMMITTED_SEED} LoRAs first: make replicate SEEDS={COMMITTED_SEED})")
-    failed = [str(g) for g in [base_dir / "base_gate.json"] + [lora_dir / f"lora_gate_{a}.json" for a in arms]
-              if not _passed(g)]
-    if failed:
-        raise SystemExit("commit-weights: these gates did not pass: " + ", ".join(failed))
-    stage = common.CACHE_DIR / "commit_stage"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    converted, pack = {}, common.setup(threads=1)
-    for src in models:
-        dest = stage / src.name
-        info = {"source": str(src.relative_to(common.ROOT)), "source_digest": model_digests([src])[src.name]}
-        if src.name.startswith("toy_lora_"):  # factors re-cut to the rank fp16 can tell apart, then fp16
-            info.update(_save_truncated_lora(src, dest, *(common.module(pack, f"musar.{m}") for m in ("lora", "omini"))))
-            src = dest
-        info.update(_save_half(src, dest))
-        converted[dest.name] = {**info, "digest": model_digests([dest])[dest.name]}
-    for src in sides:
-        shutil.copyfile(src, stage / src.name)
-    for attention in arms:  # the gate again, on the converted (cut, fp16) files
-        name, work = f"toy_lora_{attention}.safetensors", common.CACHE_DIR / f"commit_gate_{attention}"
-        shutil.rmtree(work, ignore_errors=True)  # a measurement of these files, never an earlier run's records
-        gate = lora_gate(stage, stage / name, attention, work, threads=2)
-        converted[name]["gate_on_committed_files"] = gate
-        print(f"{name}: gate on the committed files {gate['summary']}")
-    total = install(stage, common.WEIGHTS_DIR)
-    common.write_json({"files": converted, "weights_bytes": total, "budget_bytes": WEIGHTS_BUDGET},
-                      common.WEIGHTS_DIR / "weights.json")
-    print(f"committed weights: {total / 1e6:.2f} MB of {WEIGHTS_BUDGET / 1e6:.0f} MB")
     return 0
 
 
@@ -540,6 +224,8 @@ def main(argv=None) -> int:
     if args.stage == "analyse-cache":
         return analyse_cache()
     if args.stage == "commit-weights":
+        from .commit_weights import commit_weights
+
         return commit_weights()
     return analyse()
 

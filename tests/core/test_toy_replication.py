@@ -4,7 +4,7 @@ over LoRA seeds, the identity-clustered test and Holm's adjustment over the endp
 import numpy as np
 import pytest
 
-from toyworld import replication
+from toyworld import analysis, commit_weights, replication
 
 
 def _cases(n: int, count: int, identities: int, rng) -> list[dict]:
@@ -26,7 +26,7 @@ def test_primary_pools_seeds_establishes_real_effects_and_adjusts_over_the_famil
     seeds = [_data(cases, {"a": 0.3, "b": 0.7}, rng) for _ in replication.SEEDS]
     for data in seeds:
         data.update({("d", cid): m for (cond, cid), m in list(data.items()) if cond == "b"})
-    rows = {r["id"]: r for r in replication.primary({"M": (seeds, cases)})}
+    rows = {r["id"]: r for r in analysis.primary({"M": (seeds, cases)})}
     assert set(rows) == {"M3", "M4", "D3", "D4"}  # no refeval records: R3/R4 left out, not invented
     for key in ("M3", "M4"):
         assert rows[key]["diff"] > 0.25 and rows[key]["lo"] > 0 and rows[key]["established"]
@@ -34,7 +34,7 @@ def test_primary_pools_seeds_establishes_real_effects_and_adjusts_over_the_famil
     for key in ("D3", "D4"):
         assert rows[key]["diff"] == 0 and rows[key]["p_holm"] == 1 and not rows[key]["established"]
     # per case the mean over seeds: the pooled difference is the mean of the per-seed differences
-    x, y, _ = replication.pooled(seeds, cases, "right", ("b", "a"), 3)
+    x, y, _ = analysis.pooled(seeds, cases, "right", ("b", "a"), 3)
     per_seed = [np.mean([np.mean(s[("b", c["id"])]["right"]) - np.mean(s[("a", c["id"])]["right"])
                          for c in cases if c["n"] == 3]) for s in seeds]
     assert float(np.mean(x - y)) == pytest.approx(float(np.mean(per_seed)))
@@ -44,11 +44,11 @@ def test_primary_uses_reference_routing_entanglement_and_skips_cases_missing_in_
     rng = np.random.default_rng(1)
     cases = _cases(3, 40, 10, rng) + _cases(4, 40, 10, rng)
     ref = _data(cases, {"off": 0.4, "static": 0.8}, rng)  # static: less entangled
-    rows = {r["id"]: r for r in replication.primary({"R": ([ref], cases)})}
+    rows = {r["id"]: r for r in analysis.primary({"R": ([ref], cases)})}
     assert set(rows) == {"R3", "R4"} and all(r["diff"] < 0 and r["established"] for r in rows.values())
     seeds = [_data(cases, {"a": 0.5, "b": 0.5, "d": 0.5}, rng) for _ in replication.SEEDS]
     del seeds[1][("b", cases[0]["id"])]
-    x, _, clusters = replication.pooled(seeds, cases, "right", ("b", "a"), 3)
+    x, _, clusters = analysis.pooled(seeds, cases, "right", ("b", "a"), 3)
     assert len(x) == 39 and len(clusters) == 39
 
 
@@ -60,7 +60,7 @@ def test_the_cache_study_family_and_its_agreement_check(tmp_path):
     cases = _cases(3, 40, 10, rng) + _cases(4, 40, 10, rng)
     data = _data(cases, {"off": 0.8, "isolated": 0.4}, rng)  # isolation costs
     data.update({("frozen", cid): m for (cond, cid), m in list(data.items()) if cond == "isolated"})
-    rows = {r["id"]: r for r in replication.primary({"C": ([data], cases)}, replication.CACHE_PRIMARY)}
+    rows = {r["id"]: r for r in analysis.primary({"C": ([data], cases)}, analysis.CACHE_PRIMARY)}
     assert set(rows) == {"I3", "I4", "F3", "F4"}
     assert all(rows[k]["diff"] < 0 and rows[k]["established"] for k in ("I3", "I4"))
     assert all(rows[k]["diff"] == 0 and not rows[k]["established"] for k in ("F3", "F4"))
@@ -135,7 +135,7 @@ def test_committed_lora_keeps_each_product_to_fp16_precision_with_fewer_factors(
                "double_blocks.0.img_mlp.2": (full(), LoRAPair(torch.randn(16, 16, generator=g), torch.zeros(24, 16)))}
     src, dest = tmp_path / "src.safetensors", tmp_path / "dest.safetensors"
     save_dual_lora(src, DualLoRA(modules, {}))
-    info = replication._save_truncated_lora(src, dest, lora_io, omini)
+    info = commit_weights._save_truncated_lora(src, dest, lora_io, omini)
     assert info["ranks_kept"] == {"double_blocks.0.img_attn.proj.noisy": [8, 8],
                                   "double_blocks.0.img_attn.proj.subject": [16, 3],
                                   "double_blocks.0.img_mlp.2.noisy": [8, 8],
@@ -147,7 +147,7 @@ def test_committed_lora_keeps_each_product_to_fp16_precision_with_fewer_factors(
             if new is None:
                 continue
             a, b = (p.up @ p.down * p.scale for p in (old, new))
-            assert (a - b).norm() <= 2 * replication.RANK_TOLERANCE * a.norm()
+            assert (a - b).norm() <= 2 * commit_weights.RANK_TOLERANCE * a.norm()
 
 
 def test_install_moves_the_staged_files_only_within_the_budget(tmp_path):
@@ -160,9 +160,9 @@ def test_install_moves_the_staged_files_only_within_the_budget(tmp_path):
     (stage / "toy_flux.safetensors").write_bytes(b"n" * 50)
     (stage / "log.json").write_text("{}")
     with pytest.raises(SystemExit, match="over the"):
-        replication.install(stage, folder, budget=89)
+        commit_weights.install(stage, folder, budget=89)
     assert (folder / "toy_flux.safetensors").read_bytes() == b"o" * 500 and not (folder / "log.json").exists()
-    assert replication.install(stage, folder, budget=90) == 90
+    assert commit_weights.install(stage, folder, budget=90) == 90
     assert (folder / "toy_flux.safetensors").read_bytes() == b"n" * 50 and (folder / "log.json").is_file()
     assert (folder / "kept.safetensors").is_file() and not any(stage.iterdir())
 
@@ -177,16 +177,16 @@ def test_each_seed_reports_its_own_difference_and_the_spread_over_seeds():
              for s, rate in zip(replication.SEEDS, rates)}
     for _, data in seeds.values():
         data.update({("d", cid): m for (cond, cid), m in list(data.items()) if cond == "b"})
-    rows = {(r["comparison"], r["n"]): r for r in replication.per_seed(seeds)}
-    assert set(rows) == {(f"{x} - {y}", n) for x, y in replication.SEED_COMPARISONS for n in replication.NS}
+    rows = {(r["comparison"], r["n"]): r for r in analysis.per_seed(seeds)}
+    assert set(rows) == {(f"{x} - {y}", n) for x, y in analysis.SEED_COMPARISONS for n in analysis.NS}
     row = rows[("b - a", 3)]
-    own = [replication.difference(([data], cases), "right", ("b", "a"), 3)["diff"] for _, data in seeds.values()]
+    own = [analysis.difference(([data], cases), "right", ("b", "a"), 3)["diff"] for _, data in seeds.values()]
     assert [row["seeds"][s]["diff"] for s in replication.SEEDS] == own
     assert own[0] < own[1] < own[2]  # the seeds really differ, so the spread is not zero
     assert row["mean"] == pytest.approx(np.mean(own)) and row["sd"] == pytest.approx(np.std(own, ddof=1))
     assert row["sd"] > 0.1
     assert rows[("d - b", 3)]["sd"] == 0 and rows[("d - b", 3)]["mean"] == 0  # (d) made (b)'s images
-    single = replication.per_seed({0: seeds[0]})
+    single = analysis.per_seed({0: seeds[0]})
     assert all(r["sd"] is None and set(r["seeds"]) == {0} for r in single)
 
 
@@ -202,7 +202,7 @@ def test_the_decision_rules_follow_the_registered_text():
     """§11.3's rules 3 and 4 on the inputs each outcome needs, and a rule whose inputs are missing
     waits instead of deciding."""
     def rule(rows, second, number):
-        return next(r for r in replication.decisions(rows, second) if r["rule"] == number)
+        return next(r for r in analysis.decisions(rows, second) if r["rule"] == number)
 
     m_ok = [_row("M3", 0.2, True), _row("M4", 0.1, True)]
     c_worse = [_sec("c - b", n, -0.1, -0.15, -0.05) for n in (3, 4)]

@@ -159,11 +159,11 @@ def test_committed_weights_fit_the_budget_and_are_what_commit_weights_wrote():
     import torch
     from safetensors import safe_open
 
-    from toyworld import common, replication
+    from toyworld import commit_weights, common
     from toyworld.eval import model_digests
 
     folder = common.WEIGHTS_DIR
-    assert sum(p.stat().st_size for p in folder.glob("*.safetensors")) <= replication.WEIGHTS_BUDGET
+    assert sum(p.stat().st_size for p in folder.glob("*.safetensors")) <= commit_weights.WEIGHTS_BUDGET
     manifest = json.loads((folder / "weights.json").read_text())
     assert set(manifest["files"]) == {"toy_flux.safetensors", "toy_lora_static.safetensors", "toy_lora_dense.safetensors"}
     for name, info in manifest["files"].items():
