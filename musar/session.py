@@ -145,11 +145,13 @@ class RunState:
 
 class Recorder:
     """Shared by a patched MODEL and the routing wire to the preview: its recent sampling runs.
-    ``patched`` False: a routing node that left the MODEL as it was (strength 0) - no runs."""
+    ``patched`` False: a routing node that left the MODEL as it was (strength 0) - no runs;
+    ``routes`` False: its settings route no image token (dynamic routing off, no hard region)."""
 
-    def __init__(self, captions: tuple[str, ...], patched: bool = True):
+    def __init__(self, captions: tuple[str, ...], patched: bool = True, routes: bool = True):
         self.captions = captions if patched else ()
         self.patched = patched
+        self.routes = patched and routes
         self.runs: list[RunState] = []
 
     @property

@@ -96,7 +96,8 @@ def _install(model, dm, subjects, references, settings: RoutingSettings):
     sampling = model.get_model_object("model_sampling")
     schedule = planning.resolve(settings, sampling.percent_to_sigma, *families.depths(dm),
                                 hard_regions=hard)
-    recorder = session.Recorder(tuple(s.caption for s in subjects.subjects))
+    recorder = session.Recorder(tuple(s.caption for s in subjects.subjects),
+                                routes=settings.dynamic_routing or hard)
     m = model.clone()
     to = m.model_options["transformer_options"]
     to[ATTACHMENT] = attachment.Attachment(subjects, references, schedule, recorder,

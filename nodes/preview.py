@@ -61,8 +61,13 @@ class MusarRoutingPreview(io.ComfyNode):
         regions = None if conditions is None else conditions.regions
         outlines = None if regions is None else regions.outlines
         if run is None or (not run.routes and outlines is None):
-            logger.warning("MUSAR preview: no route recorded (dynamic routing off, no subjects, "
-                           "or the sampler has not run with this MODEL); showing the image as is")
+            if routing.patched and not routing.routes:  # as its settings ask: nothing to warn about
+                logger.info("MUSAR preview: dynamic routing is off on the routing node, so there is "
+                            "no route to draw; showing the image as is (turn dynamic_routing on to "
+                            "see one)")
+            else:
+                logger.warning("MUSAR preview: no route recorded (no subjects, or the sampler has "
+                               "not run with this MODEL); showing the image as is")
             masks = torch.zeros(max(1, n * images.shape[0]), *images.shape[1:3])
             return io.NodeOutput(images, masks, ui=_preview(images, routing, cls, conditions))
         if run.routes and settings.step >= len(run.routes):

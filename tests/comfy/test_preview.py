@@ -96,3 +96,16 @@ def test_a_second_apply_routing_on_a_routed_model_is_refused(run_prompt):
     assert "chain every MUSAR Subject into one Apply Routing" in err["exception_message"]
     executed = [d for e, d in result.messages if e == "execution_error"][0]["executed"]
     assert "4" not in executed
+
+
+def test_with_dynamic_routing_off_the_preview_shows_the_image_and_says_why_at_info_level(run_prompt, caplog):
+    g = _graph()
+    g["20"]["inputs"]["dynamic_routing"] = False
+    with caplog.at_level("INFO"):
+        result = run_prompt(g)
+    result.raise_for_error()
+    overlay, masks = result.output("14")
+    assert torch.equal(overlay, result.output("5")[0]) and not masks.any()
+    said = [r for r in caplog.records if "MUSAR preview" in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO"] and "dynamic routing is off" in said[0].getMessage()
+    assert result.output("20")[1].routes is False
