@@ -40,10 +40,14 @@ class Schedule:
     def dynamic_at(self, sigma: float) -> bool:
         return self.settings.dynamic_routing and self.sigma_end <= sigma <= self.sigma_start
 
+    @property
+    def routes(self) -> bool:
+        """Image tokens are routed at all: by scores (dynamic routing) or by hard regions."""
+        return self.settings.dynamic_routing or self.hard_regions
+
     def routes_at(self, sigma: float) -> bool:
         """A route applies at ``sigma``: inside the window, by scores or by hard regions."""
-        return (self.settings.dynamic_routing or self.hard_regions) and \
-            self.sigma_end <= sigma <= self.sigma_start
+        return self.routes and self.sigma_end <= sigma <= self.sigma_start
 
 
 def resolve(settings: RoutingSettings, percent_to_sigma: Callable[[float], float], depth: int,

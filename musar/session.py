@@ -151,7 +151,7 @@ class Recorder:
     def __init__(self, captions: tuple[str, ...], patched: bool = True, routes: bool = True):
         self.captions = captions if patched else ()
         self.patched = patched
-        self.routes = patched and routes
+        self.routes = routes
         self.runs: list[RunState] = []
 
     @property

@@ -97,7 +97,7 @@ def _install(model, dm, subjects, references, settings: RoutingSettings):
     schedule = planning.resolve(settings, sampling.percent_to_sigma, *families.depths(dm),
                                 hard_regions=hard)
     recorder = session.Recorder(tuple(s.caption for s in subjects.subjects),
-                                routes=settings.dynamic_routing or hard)
+                                routes=schedule.routes)
     m = model.clone()
     to = m.model_options["transformer_options"]
     to[ATTACHMENT] = attachment.Attachment(subjects, references, schedule, recorder,
